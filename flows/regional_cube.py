@@ -1,0 +1,268 @@
+"""The ``regional-cube`` flow: region + time window -> cloud-masked, gap-filled, normalized Zarr cube.
+
+One Prefect task per stage (search, cube, cloud mask, gap fill, normalisation, write, quick-look). The
+tasks build and run Dask graphs on a cluster: a ``LocalCluster`` by default, or an existing scheduler
+(``dask.address``); Prefect never sees chunks. Bad input raises ``InputError`` before anything is sent or
+written; catalog hiccups (``TransientError``) are retried with backoff.
+
+Run it from the CLI (``s2pipe run CONFIG.yaml``), from Python (``regional_cube(load_config(...))``), or as a
+deployment (``deploy/prefect.yaml``, ``python -m flows.serve``).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from s2pipe import __version__
+from s2pipe.catalog import CatalogProfile, load_profile
+from s2pipe.cloudmask import clear_mask, mask_clouds
+from s2pipe.config import DaskConfig, RunConfig, load_config
+from s2pipe.cube import build_cube
+from s2pipe.errors import TransientError
+from s2pipe.gapfill import cressman
+from s2pipe.normalize import compute_scale, normalize
+from s2pipe.progress import ProgressLine
+from s2pipe.search import search_items
+from s2pipe.store import write_cube
+
+
+def _is_transient(task, task_run, state) -> bool:
+    """Retry a task only when it failed with a TransientError (never on bad input)."""
+    try:
+        state.result()
+    except TransientError:
+        return True
+    except BaseException:
+        return False
+    return False
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except Exception:  # called outside a run (tests of the library path)
+        return logging.getLogger("s2pipe")
+
+
+@contextlib.contextmanager
+def dask_client(settings: DaskConfig) -> Iterator[Any]:
+    """A ``distributed.Client`` for the run: connect to ``settings.address`` or start a LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    if settings.address:
+        try:
+            client = Client(settings.address, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise TransientError(
+                f"cannot reach the Dask scheduler at {settings.address!r}: {exc}; "
+                "check the address (--dask-address) or leave it out to start a local cluster"
+            ) from exc
+        with client:
+            yield client
+        return
+    with LocalCluster(
+        n_workers=settings.n_workers,
+        threads_per_worker=settings.threads_per_worker,
+        memory_limit=settings.memory_limit,
+        processes=settings.processes,
+        dashboard_address=None,
+    ) as cluster, Client(cluster) as client:
+        yield client
+
+
+@task(name="demo-data", cache_policy=NO_CACHE)
+def demo_data_task(root: str):
+    """Generate the local demo region if it is not there yet (idempotent)."""
+    from s2pipe.demo import generate_demo
+
+    return generate_demo(Path(root), progress=ProgressLine("generating demo scenes", unit="scenes", logger=_logger()))
+
+
+@task(name="search", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_is_transient)
+def search_task(cfg: RunConfig, profile: CatalogProfile, url: str | None) -> list:
+    log = _logger()
+    log.info(f"searching {url or profile.url} collection {profile.collection!r} {cfg.start}..{cfg.end}, cloud <= {cfg.max_cloud}%")
+    items = search_items(
+        profile, bbox=cfg.bbox, geometry=cfg.geometry, start=cfg.start, end=cfg.end, max_cloud=cfg.max_cloud, url=url
+    )
+    log.info(f"found {len(items)} scenes")
+    return items
+
+
+@task(name="cube", cache_policy=NO_CACHE)
+def cube_task(items: list, cfg: RunConfig, profile: CatalogProfile) -> xr.DataArray:
+    cube = build_cube(
+        items, bands=cfg.bands, include_scl=True, bbox=_bbox(cfg), epsg=cfg.epsg, resolution=cfg.resolution,
+        chunk_size=cfg.chunk_size or _aligned_chunk(profile),
+    )
+    cube.attrs.update(catalog=profile.name, catalog_url=profile.url)
+    _logger().info(f"cube: {dict(cube.sizes)} uint16, {cube.nbytes / 2**30:.2f} GiB, chunks {cube.data.chunksize}")
+    return cube
+
+
+@task(name="cloud-mask", cache_policy=NO_CACHE)
+def mask_task(cube: xr.DataArray, cfg: RunConfig) -> tuple[xr.DataArray, xr.DataArray]:
+    reflectance = mask_clouds(cube, clear_classes=cfg.clear_classes)
+    clear = clear_mask(cube.sel(band="SCL"), clear_classes=cfg.clear_classes) & (cube.isel(band=0) > 0)
+    return reflectance, clear
+
+
+@task(name="gap-fill", cache_policy=NO_CACHE)
+def gapfill_task(reflectance: xr.DataArray, cfg: RunConfig) -> tuple[xr.DataArray, xr.DataArray]:
+    g = cfg.gapfill
+    filled, weight = cressman(reflectance, radius=g.radius, kernel=g.kernel, times=g.times, return_weight=True)
+    _logger().info(f"gap fill: {reflectance.sizes['time']} dates -> {filled.sizes['time']} dates (radius {g.radius}, {g.kernel})")
+    return filled, weight
+
+
+@task(name="normalize", cache_policy=NO_CACHE)
+def normalize_task(reflectance: xr.DataArray, filled: xr.DataArray, cfg: RunConfig) -> xr.DataArray:
+    """Scale factors from the clear observations (one reduction pass), applied to the gap-filled cube.
+
+    Cressman values are convex combinations of clear observations, so the maximum over the observations is
+    the maximum of the gap-filled cube whenever the output keeps the acquisition dates, and an upper bound
+    otherwise. A resumed run reuses the factors stored in the existing output.
+    """
+    log = _logger()
+    n = cfg.normalize
+    scale = _stored_scale(cfg.output, filled)
+    if scale is None:
+        t0 = time.monotonic()
+        log.info(f"normalisation statistics ({n.method}) over {reflectance.sizes['time']} dates ...")
+        scale = compute_scale(reflectance, method=n.method, percentile=n.percentile)
+        log.info(f"normalisation factors computed in {time.monotonic() - t0:.1f} s: "
+                 + ", ".join(f"{b}={float(s):.4f}" for b, s in zip(scale.band.values, scale.values)))
+    else:
+        log.info("reusing the normalisation factors of the existing output (resumed run)")
+    return normalize(filled, method=n.method, percentile=n.percentile, scale=scale)
+
+
+@task(name="write-zarr", cache_policy=NO_CACHE)
+def write_task(ds: xr.Dataset, cfg: RunConfig) -> Path:
+    log = _logger()
+    log.info(f"writing {cfg.output} ({dict(ds.sizes)}) region by region")
+    return write_cube(
+        ds, cfg.output, overwrite=cfg.overwrite, region_size=cfg.chunk_size,
+        progress=ProgressLine("writing cube", unit="regions", logger=log),
+    )
+
+
+@task(name="quicklook", cache_policy=NO_CACHE)
+def quicklook_task(cube: xr.DataArray, path: Path) -> Path:
+    from s2pipe.quicklook import quicklook
+    from s2pipe.store import open_cube
+
+    png = quicklook(cube, open_cube(path), path.with_suffix(".png"))
+    _logger().info(f"quick-look saved to {png}")
+    return png
+
+
+@flow(name="regional-cube")
+def regional_cube(config: RunConfig) -> dict[str, Any]:
+    """Build the gap-filled, normalized Zarr datacube of one region and time window."""
+    cfg = load_config(config)
+    profile = load_profile(cfg.catalog)
+    log = _logger()
+    t0 = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        url = None
+        if profile.is_local_demo:
+            from s2pipe.demo import demo_server
+
+            region = demo_data_task(profile.demo_root or "out/demo")
+            url = stack.enter_context(demo_server(region)).url
+            log.info(f"local demo STAC API serving on {url}")
+        items = search_task(cfg, profile, url)
+    with dask_client(cfg.dask) as client:
+        log.info(f"dask cluster: {client.scheduler.address} with {len(client.scheduler_info().get('workers', {}))} workers")
+        cube = cube_task(items, cfg, profile)
+        reflectance, clear = mask_task(cube, cfg)
+        filled, weight = gapfill_task(reflectance, cfg)
+        normalized = normalize_task(reflectance, filled, cfg)
+        ds = assemble_output(normalized, weight, clear, cube=cube, cfg=cfg)
+        path = write_task(ds, cfg)
+        png = quicklook_task(cube, path) if cfg.quicklook else None
+    summary = {
+        "output": str(path),
+        "quicklook": str(png) if png else None,
+        "scenes": len(items),
+        "dates_in": int(cube.sizes["time"]),
+        "dates_out": int(ds.sizes["time"]),
+        "shape": {k: int(v) for k, v in ds["reflectance"].sizes.items()},
+        "seconds": round(time.monotonic() - t0, 1),
+    }
+    log.info(f"done: {summary}")
+    return summary
+
+
+def assemble_output(normalized: xr.DataArray, weight: xr.DataArray, clear: xr.DataArray, *, cube: xr.DataArray, cfg: RunConfig) -> xr.Dataset:
+    """The Dataset written to Zarr: reflectance, Cressman weight, observed flag, provenance attributes."""
+    observed = clear.reindex(time=normalized.time, fill_value=False).astype("uint8")
+    observed.attrs = {"long_name": "value is a clear observation (1) or interpolated (0)", "flag_values": [0, 1]}
+    w = weight.isel(band=0, drop=True) if "band" in weight.dims else weight
+    w = w.astype("float32")
+    w.attrs = {"long_name": "summed Cressman weight of the clear observations", "units": "1"}
+    normalized = normalized.astype("float32")
+    normalized.attrs.update(long_name="normalized surface reflectance (invert with s2pipe.normalize.invert)")
+    ds = xr.Dataset({"reflectance": normalized, "weight": w, "observed": observed})
+    for coord in ("scale", "offset"):
+        if coord in ds.coords:
+            ds = ds.drop_vars(coord)
+    ds.attrs = {
+        "title": "s2pipe Sentinel-2 L2A datacube (cloud-masked, Cressman gap-filled, normalized)",
+        "Conventions": "CF-1.9",
+        "crs": cube.attrs.get("crs"),
+        "transform": list(cube.attrs.get("transform", [])),
+        "resolution": cube.attrs.get("resolution"),
+        "software": f"s2pipe {__version__}",
+        "catalog": cube.attrs.get("catalog"),
+        "catalog_url": cube.attrs.get("catalog_url"),
+        "stac_items": list(cube.attrs.get("stac_items", [])),
+        "parameters": cfg.parameters(),
+        "source": "contains modified Copernicus Sentinel data",
+    }
+    return ds
+
+
+def _bbox(cfg: RunConfig) -> tuple[float, float, float, float]:
+    if cfg.bbox is not None:
+        return cfg.bbox
+    from s2pipe.search import parse_region
+
+    return tuple(parse_region(geometry=cfg.geometry).bounds)
+
+
+def _aligned_chunk(profile: CatalogProfile) -> int:
+    """Spatial chunk = a multiple of the COG block size, near 512 px (bounded memory per time-whole block)."""
+    b = profile.block_size
+    return b * max(1, round(512 / b)) if b <= 512 else b
+
+
+def _stored_scale(path: Path, like: xr.DataArray) -> xr.DataArray | None:
+    """Normalisation factors of an existing, compatible output store (resume), else None."""
+    path = Path(path)
+    if not (path / ".zmetadata").exists() and not (path / ".zattrs").exists():
+        return None
+    try:
+        with xr.open_zarr(path, consolidated=None) as old:
+            attrs = old["reflectance"].attrs
+            bands = list(attrs.get("normalize_bands", []))
+            if bands != [str(b) for b in like.band.values] or "normalize_scale" not in attrs:
+                return None
+            return xr.DataArray([float(s) for s in attrs["normalize_scale"]], dims=("band",), coords={"band": bands})
+    except Exception:
+        return None
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(regional_cube(load_config(sys.argv[1])))

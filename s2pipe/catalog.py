@@ -1,0 +1,87 @@
+"""Catalog profiles: one YAML file per STAC source in the repository's ``catalogs/`` folder.
+
+A profile says where the STAC API is, which collection to search, how the source names its assets
+(``B04`` vs ``red``), how to turn DN into reflectance, and whether asset URLs must be signed.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from s2pipe.bands import BANDS
+from s2pipe.errors import InputError
+
+CATALOG_DIR = Path(os.environ.get("S2PIPE_CATALOGS", Path(__file__).resolve().parents[1] / "catalogs"))
+"""Folder of the built-in profiles (override with the S2PIPE_CATALOGS environment variable)."""
+
+LOCAL_DEMO_URL = "local-demo"
+
+
+class CatalogProfile(BaseModel):
+    """How to search and read one STAC source."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="Short identifier, e.g. 'earth-search-v1-l2a'.")
+    description: str = Field("", description="One line shown by `s2pipe catalogs`.")
+    url: str = Field(description="STAC API root URL, or 'local-demo' for the generated demo region.")
+    collection: str = Field(description="Collection id searched, e.g. 'sentinel-2-l2a'.")
+    signing: Literal["none", "planetary-computer"] = Field(
+        "none", description="How asset hrefs are made readable: not at all, or Planetary Computer SAS tokens."
+    )
+    offset_rule: Literal["raster-bands", "processing-baseline", "earthsearch-boa-flag"] = Field(
+        description=(
+            "Where the DN offset comes from: the items' `raster:bands` offset; -1000 DN when "
+            "`s2:processing_baseline` >= 04.00; or Earth Search's `earthsearch:boa_offset_applied` flag "
+            "(true: already removed from the pixels) falling back to the baseline."
+        )
+    )
+    block_size: int = Field(1024, gt=0, description="Internal COG tile size in pixels; cube chunks are multiples.")
+    scale: float = Field(1e-4, gt=0, description="Reflectance per DN (1/QUANTIFICATION_VALUE).")
+    nodata: int = Field(0, description="DN that marks missing pixels.")
+    assets: dict[str, str] = Field(description="Canonical band name (B02, SCL, ...) -> the source's asset key.")
+    demo_root: str | None = Field(None, description="local-demo only: folder the demo region is generated in.")
+
+    def asset_key(self, band: str) -> str:
+        """The source's asset key for canonical band ``band``; InputError if the source lacks it."""
+        try:
+            return self.assets[band]
+        except KeyError:
+            raise InputError(
+                f"band {band!r} is not offered by catalog {self.name!r}; "
+                f"choose from {', '.join(self.assets)} (argument: bands)"
+            ) from None
+
+    @property
+    def is_local_demo(self) -> bool:
+        return self.url == LOCAL_DEMO_URL
+
+
+def list_profiles() -> list[str]:
+    """Names of the built-in profiles."""
+    return sorted(p.stem for p in CATALOG_DIR.glob("*.yaml"))
+
+
+def load_profile(name_or_path: str | os.PathLike) -> CatalogProfile:
+    """Load a built-in profile by name, or any profile YAML by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CATALOG_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise InputError(
+            f"unknown catalog {str(name_or_path)!r}: no file {path}; "
+            f"use one of {', '.join(list_profiles())} or a path to a profile YAML (argument: catalog)"
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+        profile = CatalogProfile(**data)
+    except (yaml.YAMLError, TypeError, ValidationError) as exc:
+        raise InputError(f"catalog profile {path} is invalid: {exc}") from exc
+    unknown = [b for b in profile.assets if b not in BANDS]
+    if unknown:
+        raise InputError(f"catalog profile {path} maps unknown band names {unknown}; use {', '.join(BANDS)}")
+    return profile

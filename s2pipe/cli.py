@@ -1,0 +1,220 @@
+"""The ``s2pipe`` command line."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from s2pipe.errors import InputError, S2PipeError, TransientError  # noqa: E402
+
+app = typer.Typer(
+    help=(
+        "s2pipe: a region and a time window in, an analysis-ready Sentinel-2 datacube out.\n\n"
+        "Searches a STAC API, stacks the scenes on one grid (Dask), masks clouds with SCL, fills gaps by "
+        "Cressman temporal interpolation, normalizes, and writes a GIS-readable Zarr store. "
+        "Start with `s2pipe demo`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_INPUT = 2
+EXIT_TRANSIENT = 3
+EXIT_OTHER = 1
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("distributed", "httpx", "rasterio", "urllib3", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    if isinstance(exc, InputError):
+        return typer.Exit(EXIT_INPUT)
+    if isinstance(exc, TransientError):
+        return typer.Exit(EXIT_TRANSIENT)
+    return typer.Exit(EXIT_OTHER)
+
+
+def _run_flow(cfg) -> dict:
+    from flows.regional_cube import regional_cube
+
+    return regional_cube(cfg)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="YAML run configuration (see examples/*.yaml and `s2pipe.config.RunConfig`).")],
+    dask_address: Annotated[Optional[str], typer.Option("--dask-address", help="Existing Dask scheduler, e.g. tcp://host:8786 (default: start a LocalCluster).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Override the config's output Zarr path.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an output built from a different grid or inputs.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the regional-cube flow (search -> cube -> cloud mask -> gap fill -> normalize -> Zarr) for CONFIG."""
+    _setup_logging(verbose)
+    from s2pipe.config import load_config
+
+    try:
+        cfg = load_config(config, dask_address=dask_address, output=output, overwrite=overwrite or None)
+        summary = _run_flow(cfg)
+    except S2PipeError as exc:
+        raise _fail(exc) from None
+    _print_summary(summary)
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Zarr store to write.")] = Path("out/demo-cube.zarr"),
+    dask_address: Annotated[Optional[str], typer.Option("--dask-address", help="Existing Dask scheduler (default: a LocalCluster).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output built differently.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """The embedded default job: generate the demo region (once), serve it with a local STAC API, build its cube."""
+    _setup_logging(verbose)
+    from s2pipe.catalog import load_profile
+    from s2pipe.config import load_config
+    from s2pipe.demo import generate_demo
+    from s2pipe.progress import ProgressLine
+
+    try:
+        profile = load_profile("local-demo")
+        region = generate_demo(Path(profile.demo_root or "out/demo"), progress=ProgressLine("generating demo scenes", unit="scenes"))
+        cfg = load_config(
+            {"catalog": "local-demo", "bbox": list(region.default_bbox), "start": region.start, "end": region.end,
+             "output": str(output), "max_cloud": 100.0},
+            dask_address=dask_address, overwrite=overwrite or None,
+        )
+        summary = _run_flow(cfg)
+    except S2PipeError as exc:
+        raise _fail(exc) from None
+    _print_summary(summary)
+    typer.echo(f"vector labels: {region.roads_path} (roads), {region.mangroves_path} (mangroves)")
+    typer.echo(f"open in QGIS/GDAL:  gdalinfo ZARR:\"{Path(summary['output']).resolve()}\":/reflectance")
+
+
+@app.command()
+def search(
+    bbox: Annotated[str, typer.Option(help="west,south,east,north in degrees lon/lat.")],
+    start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option(help="Last day, YYYY-MM-DD.")],
+    catalog: Annotated[str, typer.Option(help="Catalog profile name or YAML path (see `s2pipe catalogs`).")] = "earth-search-v1-l2a",
+    max_cloud: Annotated[float, typer.Option(help="Maximum eo:cloud_cover in percent.")] = 100.0,
+    url: Annotated[Optional[str], typer.Option(help="Override the profile's STAC API URL.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the normalized items as a GeoJSON FeatureCollection.")] = False,
+) -> None:
+    """Search a STAC API and list the scenes a cube would be built from."""
+    _setup_logging(False)
+    import contextlib
+
+    from s2pipe.catalog import load_profile
+    from s2pipe.search import search_items
+
+    try:
+        box = tuple(float(v) for v in bbox.split(","))
+        if len(box) != 4:
+            raise InputError(f"--bbox {bbox!r} must have 4 numbers: west,south,east,north")
+        profile = load_profile(catalog)
+        with contextlib.ExitStack() as stack:
+            if profile.is_local_demo and url is None:
+                from s2pipe.demo import demo_server, generate_demo
+
+                region = generate_demo(Path(profile.demo_root or "out/demo"))
+                url = stack.enter_context(demo_server(region)).url
+            items = search_items(profile, bbox=box, start=start, end=end, max_cloud=max_cloud, url=url)
+    except ValueError as exc:
+        raise _fail(InputError(str(exc)) if not isinstance(exc, S2PipeError) else exc) from None
+    except S2PipeError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps({"type": "FeatureCollection", "features": [i.to_dict() for i in items]}))
+        return
+    for it in items:
+        p = it.properties
+        typer.echo(f"{it.id:48s} {p.get('datetime', '')[:19]}  cloud {p.get('eo:cloud_cover', float('nan')):5.1f}%  EPSG:{p.get('proj:epsg')}")
+    typer.echo(f"{len(items)} scenes")
+
+
+@app.command()
+def catalogs() -> None:
+    """List the built-in catalog profiles."""
+    from s2pipe.catalog import list_profiles, load_profile
+
+    for name in list_profiles():
+        p = load_profile(name)
+        typer.echo(f"{name:26s} {p.collection:20s} {p.description}")
+
+
+@app.command("demo-data")
+def demo_data(
+    root: Annotated[Path, typer.Option(help="Folder to generate the demo region in.")] = Path("out/demo"),
+) -> None:
+    """Generate the demo region only (COGs, STAC items, vector labels); idempotent."""
+    _setup_logging(False)
+    from s2pipe.demo import generate_demo
+    from s2pipe.progress import ProgressLine
+
+    region = generate_demo(root, progress=ProgressLine("generating demo scenes", unit="scenes"))
+    typer.echo(f"demo region in {region.root}: items {region.items_path}, bbox {region.bbox}, {region.start}..{region.end}")
+
+
+@app.command("serve-demo")
+def serve_demo(
+    root: Annotated[Path, typer.Option(help="Folder of the demo region (generated if missing).")] = Path("out/demo"),
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 7822,
+) -> None:
+    """Serve the demo region with a real STAC API on 127.0.0.1 until Ctrl-C (for QGIS, pystac-client, ...)."""
+    import time
+
+    from s2pipe.demo import generate_demo
+    from s2pipe.stac_server import LocalStacServer
+
+    region = generate_demo(root)
+    with LocalStacServer([region.collection_path, region.items_path], port=port) as server:
+        typer.echo(f"STAC API at {server.url} (collection sentinel-2-l2a); Ctrl-C to stop")
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def info(path: Annotated[Path, typer.Argument(help="A Zarr store written by s2pipe.")]) -> None:
+    """Summarise a cube written by s2pipe: variables, grid, dates, provenance."""
+    from s2pipe.store import open_cube
+
+    try:
+        ds = open_cube(path)
+    except S2PipeError as exc:
+        raise _fail(exc) from None
+    typer.echo(str(ds))
+    params = ds.attrs.get("parameters")
+    if params:
+        typer.echo("parameters: " + json.dumps(params))
+
+
+def _print_summary(summary: dict) -> None:
+    typer.echo(f"cube written to {summary['output']}")
+    typer.echo(f"  {summary['scenes']} scenes -> {summary['dates_in']} solar days -> {summary['dates_out']} dates, shape {summary['shape']}, {summary['seconds']} s")
+    if summary.get("quicklook"):
+        typer.echo(f"  quick-look: {summary['quicklook']}")
+
+
+if __name__ == "__main__":
+    app()

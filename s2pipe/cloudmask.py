@@ -1,0 +1,146 @@
+"""Cloud masking from the Sen2Cor scene classification (SCL) and DN -> reflectance scaling.
+
+``mask_clouds`` turns the raw ``"dn"`` cube of ``s2pipe.cube.build_cube`` (uint16, (time, band, y, x),
+SCL as one band) into float32 reflectance with NaN wherever the pixel is nodata (DN 0) or not clear.
+"""
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable
+
+import numpy as np
+import xarray as xr
+
+from s2pipe.bands import DEFAULT_CLEAR_CLASSES, SCL, SCL_CLASSES
+from s2pipe.errors import InputError
+
+__all__ = ["DEFAULT_CLEAR_CLASSES", "DEFAULT_SCALE", "DEFAULT_OFFSET", "clear_mask", "mask_clouds", "mask_array"]
+
+DEFAULT_SCALE = 1e-4
+"""Reflectance per DN when the cube carries no ``scale`` coordinate."""
+DEFAULT_OFFSET = 0.0
+
+
+def _check_classes(clear_classes) -> tuple[int, ...]:
+    """Validate SCL classes: a non-empty collection of ints in 0..11."""
+    if isinstance(clear_classes, numbers.Integral) and not isinstance(clear_classes, bool):
+        clear_classes = (clear_classes,)
+    if isinstance(clear_classes, (str, bytes)) or not isinstance(clear_classes, Iterable):
+        raise InputError(
+            f"clear_classes={clear_classes!r} is not a collection of SCL classes; pass e.g. clear_classes=(4, 5, 6, 7)"
+        )
+    out = []
+    for c in clear_classes:
+        if isinstance(c, bool) or not isinstance(c, numbers.Integral) or int(c) not in SCL_CLASSES:
+            valid = ", ".join(f"{k} {v}" for k, v in SCL_CLASSES.items())
+            raise InputError(f"SCL class {c!r} in clear_classes is not an SCL code; choose among {valid}")
+        out.append(int(c))
+    if not out:
+        raise InputError("clear_classes is empty, which would mask every pixel; pass e.g. clear_classes=(4, 5, 6, 7)")
+    return tuple(sorted(set(out)))
+
+
+def _lut(classes: tuple[int, ...]) -> np.ndarray:
+    lut = np.zeros(256, dtype=bool)
+    lut[list(classes)] = True
+    return lut
+
+
+def _clear_array(scl: np.ndarray, *, lut: np.ndarray) -> np.ndarray:
+    """NumPy kernel: bool array, True where the SCL code is in the lookup table (NaN / out of range -> False)."""
+    scl = np.asarray(scl)
+    if scl.dtype == np.uint8:
+        return lut[scl]
+    if np.issubdtype(scl.dtype, np.integer):  # lut[255] is False, so clipping keeps out-of-range codes unclear
+        return lut[np.minimum(scl, 255) if scl.dtype.kind == "u" else np.clip(scl, 0, 255)]
+    ok = np.isfinite(scl) & (scl >= 0) & (scl < 256)
+    return lut[np.where(ok, scl, 255).astype(np.intp)]
+
+
+def mask_array(dn: np.ndarray, scl: np.ndarray, scale, offset, *, lut: np.ndarray) -> np.ndarray:
+    """NumPy kernel: float32 reflectance ``dn·scale + offset``, NaN where ``dn == 0`` or SCL is not clear.
+
+    All inputs broadcast against each other (e.g. dn (T, B, Y, X), scl (T, 1, Y, X), scale (T, B, 1, 1)).
+    """
+    # float64 arithmetic, then one rounding to float32: DN 1005 · 1e-4 gives float32(0.1005) exactly
+    refl = np.multiply(dn, np.asarray(scale, dtype=np.float64), dtype=np.float64)
+    refl += offset
+    out = refl.astype(np.float32)
+    bad = dn == 0
+    bad |= ~_clear_array(scl, lut=lut)
+    np.copyto(out, np.float32(np.nan), where=bad)
+    return out
+
+
+def clear_mask(scl: xr.DataArray, *, clear_classes=DEFAULT_CLEAR_CLASSES) -> xr.DataArray:
+    """Bool DataArray (same dims as ``scl``, usually (time, y, x)): True where the SCL class is clear.
+
+    ``clear_classes``: SCL codes counted as clear (default 4 vegetation, 5 bare, 6 water, 7 unclassified;
+    add 11 to keep snow). Lazy with Dask.
+    """
+    if not isinstance(scl, xr.DataArray):
+        raise InputError(f"clear_mask expects the SCL xarray.DataArray, got {type(scl).__name__}; pass cube.sel(band='SCL')")
+    lut = _lut(_check_classes(clear_classes))
+    out = xr.apply_ufunc(
+        _clear_array,
+        scl,
+        kwargs={"lut": lut},
+        dask="parallelized",
+        output_dtypes=[bool],
+        keep_attrs=False,
+    )
+    out.name = "clear"
+    out.attrs = {"long_name": "clear-sky mask from SCL", "clear_classes": list(_check_classes(clear_classes))}
+    return out
+
+
+def mask_clouds(cube: xr.DataArray, *, clear_classes=DEFAULT_CLEAR_CLASSES, scl_band: str = SCL) -> xr.DataArray:
+    """Raw ``"dn"`` cube (time, band, y, x) uint16 with an SCL band -> float32 reflectance with NaN.
+
+    reflectance = DN·scale + offset from the ``scale``/``offset`` coords (time, band), or 1e-4 and 0
+    when absent; NaN where DN == 0 (nodata) or the SCL class is not in ``clear_classes``. The SCL band and
+    the scale/offset coords are dropped; other coords and attrs are kept. Lazy and chunk-wise with Dask.
+    """
+    if not isinstance(cube, xr.DataArray):
+        raise InputError(f"mask_clouds expects the raw cube xarray.DataArray, got {type(cube).__name__}; pass cube=build_cube(...)")
+    if "band" not in cube.dims:
+        raise InputError(f"cube {cube.name!r} has dims {cube.dims} but no 'band' dim; pass the (time, band, y, x) cube")
+    lut = _lut(_check_classes(clear_classes))
+    bands = [str(b) for b in cube["band"].values]
+    if scl_band not in bands:
+        raise InputError(
+            f"cube {cube.name!r} has no SCL band {scl_band!r} (bands: {bands}); "
+            "build it with include_scl=True or pass scl_band= the name of the scene-classification band"
+        )
+    spectral = [b for b in bands if b != scl_band]
+    if not spectral:
+        raise InputError(f"cube {cube.name!r} holds only the SCL band {scl_band!r}; add spectral bands to it")
+
+    def coord(name: str, default: float) -> xr.DataArray:
+        if name in cube.coords:
+            return cube.coords[name].sel(band=spectral).reset_coords(drop=True).astype(np.float64)
+        return xr.DataArray(np.float64(default))
+
+    scale = coord("scale", DEFAULT_SCALE)
+    offset = coord("offset", DEFAULT_OFFSET)
+    drop = [c for c in ("scale", "offset") if c in cube.coords]
+    dn = cube.drop_vars(drop).sel(band=spectral)
+    scl = cube.drop_vars(drop).sel(band=scl_band, drop=True)
+    # Keep the same-dims coords of dn only once: strip them from the other inputs.
+    scl = scl.reset_coords(drop=True)
+    out = xr.apply_ufunc(
+        mask_array,
+        dn,
+        scl,
+        scale,
+        offset,
+        kwargs={"lut": lut},
+        dask="parallelized",
+        output_dtypes=[np.float32],
+        keep_attrs=False,
+    )
+    if out.dims != dn.dims:
+        out = out.transpose(*dn.dims)
+    out.name = "reflectance"
+    out.attrs = dict(cube.attrs)
+    return out

@@ -1,0 +1,423 @@
+"""Cube stage: normalized STAC items -> a lazy raw datacube ``"dn"`` (time, band, y, x) uint16 on one exact grid.
+
+stackstac 0.5.1 reads the COGs: spectral bands resampled with cubic convolution, SCL with nearest neighbour,
+two calls on the identical grid concatenated over ``band``. Scenes of the same solar day (neighbouring
+tiles of one overpass) are merged into one date, the first valid (non-zero) pixel winning. Nothing is read
+until the Dask array is computed.
+
+Grid: the output CRS is ``epsg`` or the most common item EPSG; pixel edges lie on multiples of
+``resolution`` (a ``bbox`` is snapped outwards), so ``x``/``y`` pixel centres and the ``transform``
+attribute are exact. Chunks are ``(1 date, 1 band, chunk_size, chunk_size)`` with chunk edges on the COG
+block grid of the first item (the first row/column of chunks is shorter when a ``bbox`` cuts a tile).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from functools import partial
+from typing import Any, NamedTuple
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pystac
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+from affine import Affine
+from pyproj import Transformer
+from rasterio.enums import Resampling
+
+from s2pipe.bands import SCL, SPECTRAL_10, check_bands
+from s2pipe.errors import InputError, NoScenesError
+
+DEFAULT_CHUNK_SIZE = 1024
+"""Default spatial chunk (pixels): a multiple of the 256/512/1024 COG blocks public Sentinel-2 COGs use.
+One 1024² uint16 chunk is 2 MiB; the benchmark (benchmarks/bench_cube.py) reads fastest at 1024-2048."""
+
+SOLAR_DAY = "s2pipe:solar_day"
+
+_SNAP_TOL = 1e-6
+
+
+class Grid(NamedTuple):
+    """An exact raster grid: CRS, affine of the top-left corner, (rows, cols), pixel size in CRS units."""
+
+    epsg: int | None
+    crs: str
+    transform: Affine
+    shape: tuple[int, int]
+    resolution: float
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(xmin, ymin, xmax, ymax) in CRS units."""
+        t, (h, w) = self.transform, self.shape
+        return (t.c, t.f + t.e * h, t.c + t.a * w, t.f)
+
+
+def build_cube(
+    items: Iterable[pystac.Item | dict[str, Any]],
+    *,
+    bands: Sequence[str] = SPECTRAL_10,
+    include_scl: bool = True,
+    bbox: Sequence[float] | None = None,
+    epsg: int | None = None,
+    resolution: float = 10.0,
+    chunk_size: int | None = None,
+) -> xr.DataArray:
+    """Lazy raw cube ``"dn"`` (time, band, y, x) uint16, 0 = nodata, one date per solar day.
+
+    ``items``: normalized items (docs/architecture.md). ``bbox``: (west, south, east, north) in degrees;
+    None covers all items. ``epsg``: output CRS (default: the most common item EPSG). ``resolution``: pixel
+    size in metres (CRS units). ``chunk_size``: spatial chunk in pixels (default ``DEFAULT_CHUNK_SIZE``).
+    Coordinates: ``time`` (solar day 00:00), ``band`` (SCL last), ``x``/``y`` pixel centres, ``scale`` and
+    ``offset`` (time, band) with reflectance = DN * scale + offset, ``spatial_ref``. Attributes: ``crs``,
+    ``transform`` (6 floats, rasterio order), ``resolution``, ``stac_items``, ``catalog``, ``catalog_url``.
+
+    Within a solar day, scenes are taken in acquisition order; if they state different offsets, the later
+    scenes' DN are shifted by (their offset - the day's offset) / scale so one offset holds for the day
+    (InputError when the scales differ or the shift is not a whole number of DN).
+    """
+    import stackstac
+
+    plain = [_plain_item(it) for it in items]
+    if not plain:
+        raise NoScenesError(
+            "build_cube got an empty item list; widen the search region, the dates or the cloud-cover "
+            "limit (arguments bbox, start/end, max_cloud) so that scenes are found"
+        )
+    spectral = check_bands(list(bands), argument="bands")
+    if SCL in spectral:
+        raise InputError(f"bands={list(bands)} lists SCL; leave it out and use include_scl=True (SCL is appended last)")
+    if not spectral and not include_scl:
+        raise InputError("bands is empty and include_scl=False: the cube would have no band; give bands=[...]")
+    all_bands = spectral + ((SCL,) if include_scl else ())
+    _check_assets(plain, all_bands)
+    resolution = float(resolution)
+    if not math.isfinite(resolution) or resolution <= 0:
+        raise InputError(f"resolution={resolution!r} must be a positive number of metres (argument: resolution)")
+    chunk = DEFAULT_CHUNK_SIZE if chunk_size is None else int(chunk_size)
+    if chunk <= 0:
+        raise InputError(f"chunk_size={chunk_size!r} must be a positive number of pixels (argument: chunk_size)")
+
+    out_epsg = int(epsg) if epsg is not None else _common_epsg(plain)
+    item_bounds = [_item_bounds(it, all_bands, out_epsg) for it in plain]
+    if bbox is not None:
+        bbox_proj = _bbox_to_crs(bbox, out_epsg)
+        if not any(_overlap(bbox_proj, b) for b in item_bounds):
+            lon = [_item_lonlat(it) for it in plain]
+            ext = (min(b[0] for b in lon), min(b[1] for b in lon), max(b[2] for b in lon), max(b[3] for b in lon))
+            raise InputError(
+                f"bbox={tuple(bbox)} does not intersect any of the {len(plain)} items (they cover lon/lat "
+                f"{tuple(round(v, 5) for v in ext)}); pass a bbox inside that extent (argument: bbox)"
+            )
+        bounds = bbox_proj
+    else:
+        bounds = (min(b[0] for b in item_bounds), min(b[1] for b in item_bounds),
+                  max(b[2] for b in item_bounds), max(b[3] for b in item_bounds))
+    bounds = _snap(bounds, resolution)
+    width = round((bounds[2] - bounds[0]) / resolution)
+    height = round((bounds[3] - bounds[1]) / resolution)
+    transform = Affine(resolution, 0.0, bounds[0], 0.0, -resolution, bounds[3])
+
+    # one date per solar day, scenes in acquisition order within the day
+    days = [_solar_day(it) for it in plain]
+    order = sorted(range(len(plain)), key=lambda i: (days[i], _datetime(plain[i])))
+    plain = [plain[i] for i in order]
+    days = [days[i] for i in order]
+    day_keys = list(dict.fromkeys(days))
+    group_sizes = tuple(days.count(d) for d in day_keys)
+    scale, offset, shift = _scales_offsets(plain, days, day_keys, all_bands)
+
+    ref_x, ref_y = _block_origin(plain[0], all_bands, out_epsg)
+    y_chunks = _aligned_chunks(height, round((ref_y - bounds[3]) / resolution), chunk)
+    x_chunks = _aligned_chunks(width, round((bounds[0] - ref_x) / resolution), chunk)
+
+    common = dict(
+        epsg=out_epsg, resolution=resolution, bounds=bounds, snap_bounds=False,
+        chunksize=(group_sizes, 1, y_chunks, x_chunks), dtype="uint16", fill_value=np.uint16(0), rescale=False,
+        sortby_date=False, xy_coords="center", properties=False, band_coords=False,
+    )
+    parts = []
+    if spectral:
+        parts.append(stackstac.stack(plain, assets=list(spectral), resampling=Resampling.cubic, **common).data)
+    if include_scl:
+        parts.append(stackstac.stack(plain, assets=[SCL], resampling=Resampling.nearest, **common).data)
+    raw = parts[0] if len(parts) == 1 else da.concatenate(parts, axis=1)
+    if raw.shape[2:] != (height, width):  # stackstac computes the shape itself: make sure the grids agree
+        raise AssertionError(f"stackstac grid {raw.shape[2:]} != expected {(height, width)}")
+
+    if len(day_keys) != len(plain) or shift.any():
+        out_chunks = ((1,) * len(day_keys),) + raw.chunks[1:]
+        raw = da.map_blocks(partial(_merge_day, shift=shift), raw, chunks=out_chunks, dtype=np.uint16,
+                            name="merge-solar-day-" + _token(raw, shift))
+
+    x = bounds[0] + (np.arange(width) + 0.5) * resolution
+    y = bounds[3] - (np.arange(height) + 0.5) * resolution
+    time = pd.DatetimeIndex([pd.Timestamp(d) for d in day_keys]).values.astype("datetime64[ns]")
+    cube = xr.DataArray(
+        raw,
+        dims=("time", "band", "y", "x"),
+        coords={
+            "time": time,
+            "band": list(all_bands),
+            "y": y,
+            "x": x,
+            "scale": (("time", "band"), scale),
+            "offset": (("time", "band"), offset),
+        },
+        name="dn",
+    )
+    # rioxarray drops `crs`/`transform` attributes when it writes spatial_ref: set them afterwards
+    cube = cube.rio.write_crs(f"EPSG:{out_epsg}").rio.write_transform(transform)
+    catalog, catalog_url = _catalog(plain)
+    cube.attrs.update(
+        crs=f"EPSG:{out_epsg}",
+        transform=[float(v) for v in list(transform)[:6]],
+        resolution=resolution,
+        stac_items=[it["id"] for it in plain],
+        catalog=catalog,
+        catalog_url=catalog_url,
+    )
+    return cube
+
+
+def grid_of(obj: xr.DataArray | xr.Dataset) -> Grid:
+    """The exact grid of a cube or dataset: from its ``crs``/``transform`` attributes, else ``spatial_ref`` and x/y."""
+    attrs = obj.attrs
+    crs = attrs.get("crs")
+    if crs is None and "spatial_ref" in obj.coords:
+        crs = obj.rio.crs.to_string() if obj.rio.crs is not None else None
+    if crs is None:
+        raise InputError(
+            f"{type(obj).__name__} {getattr(obj, 'name', '') or ''} has no CRS: set attrs['crs'] ('EPSG:n') "
+            "or write one with .rio.write_crs()"
+        )
+    from pyproj import CRS
+
+    epsg = CRS.from_user_input(crs).to_epsg()
+    ny, nx = int(obj.sizes["y"]), int(obj.sizes["x"])
+    if attrs.get("transform") is not None and len(attrs["transform"]) >= 6:
+        transform = Affine(*[float(v) for v in list(attrs["transform"])[:6]])
+    else:
+        xs, ys = obj["x"].values, obj["y"].values
+        if len(xs) < 2 or len(ys) < 2:
+            raise InputError(f"cannot derive a transform from a {ny}x{nx} grid; set attrs['transform'] (6 floats)")
+        a, e = float(xs[1] - xs[0]), float(ys[1] - ys[0])
+        transform = Affine(a, 0.0, float(xs[0]) - a / 2, 0.0, e, float(ys[0]) - e / 2)
+    return Grid(epsg, f"EPSG:{epsg}" if epsg else str(crs), transform, (ny, nx), abs(transform.a))
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _plain_item(item: pystac.Item | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(item, pystac.Item):
+        return item.to_dict(transform_hrefs=False)
+    if isinstance(item, dict):
+        return item
+    raise InputError(f"build_cube: items must be pystac.Item or STAC item dicts, got {type(item).__name__} {item!r:.80}")
+
+
+def _check_assets(items: list[dict], bands: tuple[str, ...]) -> None:
+    for band in bands:
+        missing = [it["id"] for it in items if band not in it.get("assets", {})]
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise InputError(
+                f"band {band!r} is missing from {len(missing)} of {len(items)} items ({', '.join(missing[:5])}{more}); "
+                f"the items offer {sorted(items[0].get('assets', {}))}; drop it from bands (argument: bands) "
+                "or normalize the items with s2pipe.items.normalize_item"
+            )
+
+
+def _item_epsg(item: dict) -> int | None:
+    epsg = item.get("properties", {}).get("proj:epsg")
+    return int(epsg) if epsg is not None else None
+
+
+def _common_epsg(items: list[dict]) -> int:
+    counts = Counter(e for e in (_item_epsg(it) for it in items) if e is not None)
+    if not counts:
+        raise InputError(
+            f"none of the {len(items)} items has properties['proj:epsg']; pass epsg=... (argument: epsg) or "
+            "normalize the items with s2pipe.items.normalize_item"
+        )
+    return counts.most_common(1)[0][0]
+
+
+def _reproject_bounds(bounds, src: int, dst: int) -> tuple[float, float, float, float]:
+    if src == dst:
+        return tuple(float(v) for v in bounds)
+    t = Transformer.from_crs(src, dst, always_xy=True)
+    return tuple(float(v) for v in t.transform_bounds(*bounds, densify_pts=21))
+
+
+def _item_bounds(item: dict, bands: tuple[str, ...], epsg: int) -> tuple[float, float, float, float]:
+    """Union of the item's asset footprints in ``epsg`` (from proj:transform/proj:shape, else the lon/lat bbox)."""
+    boxes = []
+    src = _item_epsg(item)
+    for band in bands:
+        asset = item["assets"][band]
+        tr, shape = asset.get("proj:transform"), asset.get("proj:shape")
+        a_epsg = asset.get("proj:epsg", src)
+        if tr is not None and shape is not None and a_epsg is not None:
+            af = Affine(*tr[:6])
+            x0, y0 = af @ (0, 0)
+            x1, y1 = af @ (shape[1], shape[0])
+            boxes.append(_reproject_bounds((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), int(a_epsg), epsg))
+    if not boxes:
+        return _reproject_bounds(_item_lonlat(item), 4326, epsg)
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+def _item_lonlat(item: dict) -> tuple[float, float, float, float]:
+    if item.get("bbox"):
+        b = item["bbox"]
+        return (b[0], b[1], b[-3] if len(b) == 6 else b[2], b[-2] if len(b) == 6 else b[3])
+    from shapely.geometry import shape
+
+    return tuple(shape(item["geometry"]).bounds)
+
+
+def _bbox_to_crs(bbox: Sequence[float], epsg: int) -> tuple[float, float, float, float]:
+    try:
+        w, s, e, n = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise InputError(f"bbox={bbox!r} must be 4 numbers (west, south, east, north) in degrees (argument: bbox)") from None
+    if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
+        raise InputError(
+            f"bbox={tuple(bbox)} is empty, inverted or outside lon/lat range; give (west, south, east, north) "
+            "degrees with west < east and south < north (argument: bbox)"
+        )
+    return _reproject_bounds((w, s, e, n), 4326, epsg)
+
+
+def _overlap(a, b) -> bool:
+    return max(a[0], b[0]) < min(a[2], b[2]) and max(a[1], b[1]) < min(a[3], b[3])
+
+
+def _snap(bounds, res: float) -> tuple[float, float, float, float]:
+    """Snap outwards so every edge is a whole multiple of ``res`` (tolerating float noise)."""
+    xmin, ymin, xmax, ymax = bounds
+    return (
+        math.floor(xmin / res + _SNAP_TOL) * res,
+        math.floor(ymin / res + _SNAP_TOL) * res,
+        math.ceil(xmax / res - _SNAP_TOL) * res,
+        math.ceil(ymax / res - _SNAP_TOL) * res,
+    )
+
+
+def _block_origin(item: dict, bands: tuple[str, ...], epsg: int) -> tuple[float, float]:
+    """Top-left corner (in ``epsg``) of the first item's assets: the COG block grid starts there."""
+    for band in bands:
+        tr = item["assets"][band].get("proj:transform")
+        if tr is not None:
+            x0, y0 = float(tr[2]), float(tr[5])
+            src = item["assets"][band].get("proj:epsg", _item_epsg(item))
+            if src is not None and int(src) != epsg:
+                x0, y0 = Transformer.from_crs(int(src), epsg, always_xy=True).transform(x0, y0)
+            return x0, y0
+    return 0.0, 0.0
+
+
+def _aligned_chunks(n: int, offset_px: int, chunk: int) -> tuple[int, ...]:
+    """Chunk lengths covering ``n`` pixels with edges at ``offset_px`` + k * ``chunk`` from the block origin."""
+    first = chunk - (offset_px % chunk)
+    out = [min(first, n)]
+    while sum(out) < n:
+        out.append(min(chunk, n - sum(out)))
+    return tuple(out)
+
+
+def _datetime(item: dict) -> pd.Timestamp:
+    props = item.get("properties", {})
+    value = props.get("datetime") or props.get("start_datetime")
+    if value is None:
+        raise InputError(f"item {item.get('id')!r} has no properties['datetime']; normalize the items first")
+    ts = pd.Timestamp(value)
+    return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
+
+
+def _solar_day(item: dict) -> str:
+    day = item.get("properties", {}).get(SOLAR_DAY)
+    if day:
+        return str(day)[:10]
+    lon = sum(_item_lonlat(item)[0::2]) / 2
+    return (_datetime(item).to_pydatetime() + dt.timedelta(hours=lon / 15.0)).date().isoformat()
+
+
+def _scale_offset(item: dict, band: str) -> tuple[float, float]:
+    rb = item["assets"][band].get("raster:bands") or [{}]
+    return float(rb[0].get("scale", 1.0) or 1.0), float(rb[0].get("offset", 0.0) or 0.0)
+
+
+def _scales_offsets(items, days, day_keys, bands):
+    """Per-date (scale, offset) and per-item DN shift (n_items, n_bands) aligning each item to its day's offset."""
+    nd, nb = len(day_keys), len(bands)
+    scale = np.ones((nd, nb))
+    offset = np.zeros((nd, nb))
+    shift = np.zeros((len(items), nb), dtype=np.int32)
+    first: dict[str, int] = {}
+    for i, (item, day) in enumerate(zip(items, days)):
+        k = day_keys.index(day)
+        for j, band in enumerate(bands):
+            s, o = _scale_offset(item, band)
+            if day not in first:
+                scale[k, j], offset[k, j] = s, o
+                continue
+            if not math.isclose(s, scale[k, j], rel_tol=1e-9):
+                raise InputError(
+                    f"items of solar day {day} state different scales for {band}: {items[first[day]]['id']} "
+                    f"{scale[k, j]} vs {item['id']} {s}; normalize the items with one catalog profile"
+                )
+            d = (o - offset[k, j]) / s
+            if abs(d - round(d)) > 1e-6:
+                raise InputError(
+                    f"items of solar day {day} state offsets for {band} that differ by {o - offset[k, j]} "
+                    f"({d} DN, not a whole number): {items[first[day]]['id']} vs {item['id']}"
+                )
+            shift[i, j] = round(d)
+        first.setdefault(day, i)
+    return scale, offset, shift
+
+
+def _merge_day(block: np.ndarray, *, shift: np.ndarray, block_info=None) -> np.ndarray:
+    """Mosaic the scenes of one solar day (axis 0): first non-zero DN wins; DN shifted to the day's offset."""
+    (t0, t1), (b0, b1) = block_info[0]["array-location"][:2]
+    sh = shift[t0:t1, b0:b1]
+    if block.shape[0] == 1 and not sh.any():
+        return block
+    out = np.zeros((1,) + block.shape[1:], dtype=np.uint16)
+    target = out[0]
+    for i in range(block.shape[0]):
+        layer = block[i]
+        if sh[i].any():
+            layer = layer.astype(np.int32)
+            valid = layer > 0
+            layer = np.where(valid, np.clip(layer + sh[i][:, None, None], 1, 65535), 0).astype(np.uint16)
+        empty = target == 0
+        if not empty.any():
+            break
+        np.copyto(target, layer, where=empty)
+    return out
+
+
+def _token(*args) -> str:
+    from dask.base import tokenize
+
+    return tokenize(*args)
+
+
+def _catalog(items: list[dict]) -> tuple[str, str]:
+    """(catalog, catalog_url) recorded on the items, else ('', the root link of the first item, if any)."""
+    props = items[0].get("properties", {})
+    url = props.get("s2pipe:catalog_url", "")
+    if not url:
+        for link in items[0].get("links", []):
+            if link.get("rel") == "root":
+                url = link.get("href", "")
+                break
+    return str(props.get("s2pipe:catalog", "")), str(url)

@@ -1,0 +1,1 @@
+"""Torch modules only (spectral forecasting, land-cover mapping): filled by later issues."""

@@ -1,0 +1,458 @@
+"""Store stage: write a cube Dataset to a GIS-readable Zarr store, region by region and resumable.
+
+Layout (opens georeferenced in GDAL >= 3.6 / QGIS, and in xarray with ``open_cube``):
+
+* Zarr format 2, consolidated metadata (``.zmetadata``) written when the store is complete;
+* CF ``spatial_ref`` grid mapping (``crs_wkt``, ``GeoTransform``) referenced by each spatial variable's
+  ``grid_mapping``, plus a GDAL ``_CRS = {"wkt": ...}`` attribute on each of them (Debian's GDAL 3.6 needs it);
+* ``time`` as CF datetimes, ``band`` names as a coordinate, ``x``/``y`` pixel centres;
+* provenance: the Dataset's attributes (made JSON-serialisable), ``s2pipe_version`` and ``s2pipe_signature``.
+
+Chunks: ``(1 date, all bands, C, C)`` for variables with ``time``/``band`` (``(1, C, C)`` without band),
+C = the spatial chunk (``chunk_for(region_size)``, at most ``MAX_CHUNK`` = 1024 px). One chunk holds one
+date's full spectrum of a tile: a GIS reading one date decodes only that date, and per-date chunks wrote ~2x
+faster than time-whole ones on this machine (docs: shared/DESIGN.md).
+
+Writing: a *region* is a ``region_size`` x ``region_size`` pixel block with its whole time series; its
+chunks belong to it alone. The store template (metadata, coordinates, attributes, a signature hashing the
+grid and the inputs) is written first; regions are then computed and written a few at a time (enough to
+keep the Dask workers busy; memory stays bounded by the regions in flight, never the whole cube), and each
+finished region is recorded as ``<store>/.s2pipe/done/<iy>_<ix>`` (GDAL and xarray ignore that folder).
+Started again on the same grid and inputs, ``write_cube`` writes only the regions not recorded; a different
+grid or different inputs raise ``OutputConflictError`` before anything is written.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+from affine import Affine
+
+from s2pipe.cube import grid_of
+from s2pipe.errors import InputError, OutputConflictError
+
+STATE_DIR = ".s2pipe"
+"""Hidden folder inside the store: ``state.json`` (signature, layout), ``done/<iy>_<ix>``, ``complete``."""
+DEFAULT_REGION_SIZE = 1024
+"""Default region side (pixels) when neither ``region_size`` nor the Dataset's chunks say otherwise."""
+MAX_CHUNK = 1024
+"""Largest spatial Zarr chunk side (pixels): a (1, 10 bands, 1024, 1024) float32 chunk is 40 MiB."""
+VOLATILE_ATTRS = frozenset({"history", "date_created", "created"})
+"""Dataset attributes left out of the signature (they may change between an interrupted run and its resume)."""
+
+WRITE_TASK_BYTES = 64 * 2**20
+"""Dask write tasks span several dates (several Zarr chunks, about this many bytes): zarr writes the chunks
+of one task concurrently, which keeps the disk busy even with one thread per Dask worker."""
+
+Progress = Callable[[int, int], None]
+
+
+def write_cube(
+    ds: xr.Dataset | xr.DataArray,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    region_size: int | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Write ``ds`` to the Zarr store ``path`` region by region; return the path.
+
+    ``ds``: Dataset (or one DataArray) of lazily computed variables with ``y``/``x`` dims (e.g. reflectance
+    (time, band, y, x) float32, weight (time, y, x) float32, observed (time, y, x) uint8), ``x``/``y``/
+    ``time``/``band`` coordinates and a CRS (``attrs['crs']`` or a rioxarray ``spatial_ref``). ``region_size``:
+    side of a region in pixels (default: ``DEFAULT_REGION_SIZE``, raised to a multiple of the Dataset's spatial
+    chunks so no Dask chunk is computed twice). ``progress(done, total)`` is called with region counts.
+
+    An existing store with the same signature is resumed (recorded regions are skipped); one with a different
+    grid or inputs raises ``OutputConflictError`` and is left untouched, unless ``overwrite=True`` replaces it.
+    """
+    path = Path(path)
+    ds = _prepare(ds)
+    grid, inputs = _describe(ds)
+    signature = _hash({"grid": grid, "inputs": inputs})
+    region, chunk = _layout(ds, region_size)
+
+    state = _existing_state(path, signature, grid, inputs, overwrite=overwrite)
+    if state is None:
+        state = {
+            "signature": signature, "grid": grid, "inputs": inputs, "region_size": region, "chunk": chunk,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        _write_template(ds, path, signature=signature, chunk=chunk)
+        _write_json(path / STATE_DIR / "state.json", state)
+    region, chunk = int(state["region_size"]), int(state["chunk"])  # a resumed run keeps the stored layout
+
+    ny, nx = ds.sizes["y"], ds.sizes["x"]
+    regions = [(iy, ix) for iy in range(math.ceil(ny / region)) for ix in range(math.ceil(nx / region))]
+    done_dir = path / STATE_DIR / "done"
+    done_dir.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in regions if not (done_dir / f"{r[0]}_{r[1]}").exists()]
+    total, n_done = len(regions), len(regions) - len(todo)
+    if progress is not None:
+        progress(n_done, total)
+    if not todo and (path / STATE_DIR / "complete").exists():
+        return path
+
+    data = _spatial_data(ds)
+    target = {dim: (chunk if dim in ("y", "x") else _dates_per_task(data, chunk) if dim == "time" else -1)
+              for dim in data.dims}
+    # token: do not hash in-memory arrays (dask would checksum every byte)
+    data = data.chunk(target, token=f"s2pipe-{uuid.uuid4().hex}")
+
+    def delayed_region(r: tuple[int, int]):
+        iy, ix = r
+        sel = {"y": slice(iy * region, min((iy + 1) * region, ny)), "x": slice(ix * region, min((ix + 1) * region, nx))}
+        sub = data.isel(sel)
+        full = {dim: sel.get(dim, slice(None)) for dim in sub.dims}
+        return sub.to_zarr(path, region=full, mode="r+", zarr_format=2, consolidated=False, compute=False)
+
+    def finished(r: tuple[int, int]) -> None:
+        nonlocal n_done
+        (done_dir / f"{r[0]}_{r[1]}").touch()
+        n_done += 1
+        if progress is not None:
+            progress(n_done, total)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is not recognized as a component of a Zarr hierarchy")
+        client = _distributed_client()
+        if client is not None:
+            _run_distributed(client, todo, delayed_region, finished, window=max(2, 2 * _n_threads(client)))
+        else:
+            batch = max(2, _n_threads(None))
+            for i in range(0, len(todo), batch):
+                part = todo[i:i + batch]
+                dask.compute(*[delayed_region(r) for r in part])
+                for r in part:
+                    finished(r)
+        _consolidate(path)
+    (path / STATE_DIR / "complete").touch()
+    return path
+
+
+def open_cube(path: str | os.PathLike, *, allow_incomplete: bool = False) -> xr.Dataset:
+    """Open a store written by ``write_cube`` lazily (``decode_coords="all"``: ``spatial_ref`` is a coordinate).
+
+    Raises ``InputError`` if ``path`` is missing, or holds an unfinished write (unless ``allow_incomplete``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"no Zarr store at {path}; write one with write_cube / `s2pipe run` (argument: path)")
+    state_dir = path / STATE_DIR
+    complete = (state_dir / "complete").exists()
+    if state_dir.exists() and not complete and not allow_incomplete:
+        raise InputError(
+            f"the store {path} is incomplete (an interrupted write); run the same job again to finish it, "
+            "or pass allow_incomplete=True to open what is there"
+        )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is not recognized as a component of a Zarr hierarchy")
+        return xr.open_zarr(path, consolidated=True if complete else None, decode_coords="all")
+
+
+def chunk_for(region_size: int) -> int:
+    """Spatial Zarr chunk for a region side: the region itself up to ``MAX_CHUNK``, else its largest divisor <= it."""
+    if region_size <= MAX_CHUNK:
+        return region_size
+    k = math.ceil(region_size / MAX_CHUNK)
+    while region_size % k and region_size // k >= 256:
+        k += 1
+    return region_size // k if region_size % k == 0 else region_size
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _prepare(ds: xr.Dataset | xr.DataArray) -> xr.Dataset:
+    """Validate, make coordinates concrete, write spatial_ref/_CRS/grid_mapping, JSON-clean the attributes."""
+    if isinstance(ds, xr.DataArray):
+        ds = ds.to_dataset(name=ds.name or "data", promote_attrs=True)
+    if not isinstance(ds, xr.Dataset):
+        raise InputError(f"write_cube expects an xarray Dataset, got {type(ds).__name__} (argument: ds)")
+    for dim in ("y", "x"):
+        if dim not in ds.dims or dim not in ds.coords:
+            raise InputError(f"write_cube: the dataset has no {dim!r} dimension with coordinates (dims: {dict(ds.sizes)})")
+    spatial = [v for v in ds.data_vars if {"y", "x"} <= set(ds[v].dims)]
+    if not spatial:
+        raise InputError(f"write_cube: no data variable has (y, x) dims; variables: {list(ds.data_vars)}")
+    grid = grid_of(ds)
+    transform = grid.transform
+    xs, ys = ds["x"].values, ds["y"].values
+    if not (np.allclose(xs, transform.c + (np.arange(len(xs)) + 0.5) * transform.a, rtol=0, atol=1e-6 * abs(transform.a))
+            and np.allclose(ys, transform.f + (np.arange(len(ys)) + 0.5) * transform.e, rtol=0, atol=1e-6 * abs(transform.e))):
+        raise InputError(
+            f"write_cube: the x/y coordinates are not the pixel centres of attrs['transform'] {list(transform)[:6]}; "
+            "set attrs['transform'] to the grid's top-left affine (or drop it to derive it from x/y)"
+        )
+    ds = ds.copy()
+    non_index = [c for c in ds.coords if c not in ds.dims and c != "spatial_ref"]
+    ds = ds.assign_coords({c: ds[c].compute() for c in non_index})
+    if "spatial_ref" in ds.coords:
+        ds = ds.drop_vars("spatial_ref")
+    crs = grid.crs
+    ds.rio.write_crs(crs, inplace=True)  # inplace on the shallow copy: rioxarray would deep-copy the arrays
+    ds.rio.write_transform(transform, inplace=True)
+    wkt = ds.rio.crs.to_wkt()
+    attrs = {k: _jsonable(v) for k, v in ds.attrs.items()}
+    attrs["crs"] = crs
+    attrs["transform"] = [float(v) for v in list(transform)[:6]]
+    from s2pipe import __version__
+
+    attrs.setdefault("s2pipe_version", __version__)
+    ds.attrs = attrs
+    for name in ds.data_vars:
+        var = ds[name]
+        var.encoding = {}
+        var.attrs = {k: _jsonable(v) for k, v in var.attrs.items() if k not in ("grid_mapping", "_CRS")}
+        if name in spatial:
+            var.attrs["grid_mapping"] = "spatial_ref"
+            var.attrs["_CRS"] = {"wkt": wkt}
+    for name in ds.coords:
+        ds[name].encoding = {k: v for k, v in ds[name].encoding.items() if k in ("units", "calendar", "dtype")}
+    return ds
+
+
+def _describe(ds: xr.Dataset) -> tuple[dict, dict]:
+    """(grid, inputs): the JSON descriptions hashed into the signature."""
+    g = grid_of(ds)
+    grid: dict[str, Any] = {
+        "crs": g.crs,
+        "transform": [float(v) for v in list(g.transform)[:6]],
+        "shape": [int(v) for v in g.shape],
+    }
+    if "time" in ds.coords:
+        grid["time"] = [str(v) for v in pd.DatetimeIndex(ds["time"].values).strftime("%Y-%m-%dT%H:%M:%S")] \
+            if np.issubdtype(ds["time"].dtype, np.datetime64) else [str(v) for v in ds["time"].values]
+    if "band" in ds.coords:
+        grid["band"] = [str(v) for v in ds["band"].values]
+    variables = {
+        name: {"dims": list(ds[name].dims), "dtype": str(ds[name].dtype), "shape": [int(s) for s in ds[name].shape],
+               "attrs": {k: v for k, v in ds[name].attrs.items() if k != "_CRS"}}
+        for name in sorted(ds.data_vars)
+    }
+    inputs = {"attrs": {k: v for k, v in sorted(ds.attrs.items()) if k not in VOLATILE_ATTRS}, "variables": variables}
+    return grid, inputs
+
+
+def _layout(ds: xr.Dataset, region_size: int | None) -> tuple[int, int]:
+    """(region side, chunk side) in pixels; regions are multiples of the Dataset's regular spatial chunks."""
+    if region_size is not None and (not isinstance(region_size, (int, np.integer)) or region_size <= 0):
+        raise InputError(f"region_size={region_size!r} must be a positive number of pixels (argument: region_size)")
+    region = int(region_size or DEFAULT_REGION_SIZE)
+    upstream = 1
+    for name in ds.data_vars:
+        chunks = ds[name].chunksizes
+        for dim in ("y", "x"):
+            c = chunks.get(dim)
+            if c and len(c) > 1 and len(set(c[:-1])) == 1 and c[-1] <= c[0]:  # regular chunks from index 0
+                upstream = max(upstream, c[0])
+    if upstream > 1 and region % upstream:
+        region = math.ceil(region / upstream) * upstream
+    region = min(region, max(ds.sizes["y"], ds.sizes["x"])) if region > max(ds.sizes["y"], ds.sizes["x"]) else region
+    return region, chunk_for(region)
+
+
+def _dates_per_task(data: xr.Dataset, chunk: int) -> int:
+    """Dates per Dask write task: Zarr chunks of all variables for one date add up to ~WRITE_TASK_BYTES per task."""
+    per_date = sum(
+        int(np.prod([chunk if d in ("y", "x") else 1 if d == "time" else v.sizes[d] for d in v.dims])) * v.dtype.itemsize
+        for v in data.data_vars.values()
+    )
+    return max(1, min(data.sizes.get("time", 1), WRITE_TASK_BYTES // max(per_date, 1)))
+
+
+def _spatial_data(ds: xr.Dataset) -> xr.Dataset:
+    """The variables written region by region, without coordinates (the template holds those)."""
+    spatial = [v for v in ds.data_vars if {"y", "x"} <= set(ds[v].dims)]
+    out = ds[spatial]
+    return out.drop_vars(list(out.coords))
+
+
+def _write_template(ds: xr.Dataset, path: Path, *, signature: str, chunk: int) -> None:
+    """Metadata, coordinates, attributes and non-spatial variables; spatial variables stay unwritten."""
+    tmpl = ds.copy()
+    tmpl.attrs["s2pipe_signature"] = signature
+    encoding: dict[str, dict] = {}
+    for name in ds.data_vars:
+        var = ds[name]
+        if {"y", "x"} <= set(var.dims):
+            chunks = tuple(
+                min(chunk, var.sizes[d]) if d in ("y", "x") else 1 if d == "time" else var.sizes[d] for d in var.dims
+            )
+            tmpl[name] = xr.Variable(var.dims, da.zeros(var.shape, dtype=var.dtype, chunks=chunks), var.attrs, var.encoding)
+            encoding[name] = {"chunks": chunks}
+            if var.dtype.kind == "f":
+                encoding[name]["_FillValue"] = np.nan
+        else:
+            tmpl[name] = var.compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, message=".*(Consolidated metadata|vlen-utf8).*")
+        tmpl.to_zarr(path, mode="w", zarr_format=2, consolidated=False, compute=False, encoding=encoding)
+    (path / STATE_DIR).mkdir(exist_ok=True)
+
+
+def _existing_state(path: Path, signature: str, grid: dict, inputs: dict, *, overwrite: bool) -> dict | None:
+    """The stored state to resume from, or None to (re)create the store; OutputConflictError otherwise."""
+    fix = "pass overwrite=True (CLI: --overwrite) to replace it, or write to a new path"
+    if not path.exists() and not path.is_symlink():
+        return None
+    if overwrite:
+        if path.resolve() in (Path("/").resolve(), Path.home().resolve(), Path.cwd().resolve()):
+            raise InputError(f"refusing to overwrite {path}: it is the root, home or current folder; choose a store path")
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        return None
+    if not path.is_dir():
+        raise OutputConflictError(f"the output path {path} exists and is not a folder (not a Zarr store); {fix}")
+    if not any(path.iterdir()):
+        return None
+    state_file = path / STATE_DIR / "state.json"
+    if state_file.exists():
+        state = json.loads(state_file.read_text())
+        if state.get("signature") == signature:
+            return state
+        raise OutputConflictError(
+            f"the output store {path} holds a cube with a different {_diff(state, grid, inputs)}; {fix}"
+        )
+    root_attrs = path / ".zattrs"
+    stored = json.loads(root_attrs.read_text()).get("s2pipe_signature") if root_attrs.exists() else None
+    if stored == signature:
+        return None  # our own template, interrupted before any region: write it again
+    if stored is not None:
+        raise OutputConflictError(f"the output store {path} holds a different, unfinished s2pipe cube; {fix}")
+    raise OutputConflictError(f"the output path {path} exists and is not an s2pipe cube store; {fix}")
+
+
+def _diff(state: dict, grid: dict, inputs: dict) -> str:
+    """Readable summary of what differs between a stored state and the new grid/inputs."""
+    parts = []
+    old_grid, old_inputs = state.get("grid", {}), state.get("inputs", {})
+    for key in sorted(set(old_grid) | set(grid)):
+        a, b = old_grid.get(key), grid.get(key)
+        if a != b:
+            parts.append(f"{key} {_short(a)} (store) vs {_short(b)} (new)")
+    if parts:
+        return "grid: " + "; ".join(parts)
+    oa, na = old_inputs.get("attrs", {}), inputs.get("attrs", {})
+    for key in sorted(set(oa) | set(na)):
+        if oa.get(key) != na.get(key):
+            parts.append(f"attribute {key!r} {_short(oa.get(key))} (store) vs {_short(na.get(key))} (new)")
+    ov, nv = old_inputs.get("variables", {}), inputs.get("variables", {})
+    for key in sorted(set(ov) | set(nv)):
+        if ov.get(key) != nv.get(key):
+            parts.append(f"variable {key!r} {_short(ov.get(key))} (store) vs {_short(nv.get(key))} (new)")
+    return "inputs: " + ("; ".join(parts) if parts else "signature")
+
+
+def _short(value: Any, n: int = 120) -> str:
+    s = json.dumps(value, default=str)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def _consolidate(path: Path) -> None:
+    import zarr
+
+    zarr.consolidate_metadata(str(path), zarr_format=2)
+
+
+def _distributed_client():
+    """The ``distributed.Client`` Dask would use now, or None for the local schedulers."""
+    try:
+        from distributed import Client, default_client
+    except ImportError:
+        return None
+    try:
+        client = default_client()
+    except ValueError:
+        return None
+    scheduler = dask.base.get_scheduler()
+    return client if getattr(scheduler, "__self__", None) is client else None
+
+
+def _n_threads(client) -> int:
+    if client is not None:
+        try:
+            return max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
+        except Exception:
+            return 2
+    n = dask.config.get("num_workers", None)
+    return int(n) if n else (os.cpu_count() or 2)
+
+
+def _run_distributed(client, todo, delayed_region, finished, *, window: int) -> None:
+    """Keep ``window`` regions in flight on the cluster; record each as soon as it is written."""
+    from distributed import as_completed
+
+    pending = iter(todo)
+    futures: dict = {}
+    ac = as_completed()
+
+    def submit() -> None:
+        r = next(pending, None)
+        if r is not None:
+            f = client.compute(delayed_region(r))
+            futures[f] = r
+            ac.add(f)
+
+    for _ in range(window):
+        submit()
+    try:
+        for f in ac:
+            f.result()  # raises the region's error
+            finished(futures.pop(f))
+            submit()
+    finally:
+        for f in futures:
+            f.cancel()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _jsonable(v: Any) -> Any:
+    """Attribute value -> JSON-serialisable (numpy -> lists/scalars, Affine -> 6 floats, dates -> ISO text)."""
+    if isinstance(v, Affine):
+        return [float(x) for x in list(v)[:6]]
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, set, frozenset)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _jsonable(v.tolist())
+    if isinstance(v, np.generic):
+        return _jsonable(v.item())
+    if isinstance(v, (dt.datetime, dt.date, pd.Timestamp)):
+        return v.isoformat()
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if v is None or isinstance(v, (str, bool, int, float)):
+        return v
+    return str(v)

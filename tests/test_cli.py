@@ -1,0 +1,87 @@
+"""The command line: help texts, and bad input -> a clear message, a non-zero exit, nothing written."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from s2pipe.cli import EXIT_INPUT, EXIT_TRANSIENT, app
+from s2pipe.stac_server import free_port
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_every_subcommand():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for cmd in ("run", "demo", "search", "catalogs", "demo-data", "serve-demo", "info"):
+        assert cmd in result.output
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).with_name("s2pipe")
+    out = subprocess.run([str(exe), "run", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--dask-address" in out.stdout
+
+
+def test_catalogs_lists_profiles():
+    result = runner.invoke(app, ["catalogs"])
+    assert result.exit_code == 0
+    for name in ("earth-search-v1-l2a", "earth-search-v1-c1-l2a", "planetary-computer-l2a", "local-demo"):
+        assert name in result.output
+
+
+GOOD = {"catalog": "local-demo", "bbox": [-80.96, 25.29, -80.94, 25.31], "start": "2021-01-01", "end": "2021-03-01"}
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"bbox": [-80.94, 25.29, -80.96, 25.31]}, ["bbox", "west"]),
+        ({"bbox": [-80.96, 25.29, -80.96, 25.31]}, ["bbox"]),
+        ({"start": "2021-03-01", "end": "2021-01-01"}, ["end", "before start"]),
+        ({"bands": ["B04", "B99"]}, ["B99", "bands"]),
+        ({"catalog": "no-such-catalog"}, ["no-such-catalog", "earth-search-v1-l2a"]),
+        ({"gapfill": {"radius": "ten days"}}, ["radius"]),
+        ({"clear_classes": [4, 42]}, ["clear_classes"]),
+        ({"max_cloud": 140}, ["max_cloud"]),
+    ],
+)
+def test_bad_config_exits_2_and_writes_nothing(tmp_path, change, words):
+    out = tmp_path / "cube.zarr"
+    cfg = {**GOOD, **change, "output": str(out)}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == EXIT_INPUT, result.output
+    for w in words:
+        assert w in result.output
+    assert not out.exists()
+
+
+def test_missing_config_file(tmp_path):
+    result = runner.invoke(app, ["run", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == EXIT_INPUT and "does not exist" in result.output
+
+
+@pytest.fixture
+def dead_catalog(tmp_path):
+    """A profile whose STAC API URL has nothing listening."""
+    data = yaml.safe_load((REPO / "catalogs" / "earth-search-v1-l2a.yaml").read_text())
+    data.update(name="dead", url=f"http://127.0.0.1:{free_port()}")
+    path = tmp_path / "dead.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_unreachable_catalog_exits_3(dead_catalog):
+    result = runner.invoke(
+        app, ["search", "--catalog", str(dead_catalog), "--bbox", "22.1,45.2,22.2,45.3", "--start", "2020-01-01", "--end", "2020-02-01"]
+    )
+    assert result.exit_code == EXIT_TRANSIENT, result.output
+    assert "127.0.0.1" in result.output

@@ -1,0 +1,135 @@
+"""End to end: demo catalog -> local STAC API (rustac) -> Prefect flow on Dask -> Zarr -> GDAL."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+
+from s2pipe.config import load_config
+from s2pipe.demo import DemoConfig, generate_demo
+
+pytestmark = pytest.mark.slow
+
+TINY = DemoConfig(start="2021-12-01", end="2022-03-01", tile_size=64, overlap=16, block_size=32, seed=3)
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo") / "region"
+    region = generate_demo(root, TINY)
+    profile = root.parent / "tiny-demo.yaml"
+    base = (Path(__file__).resolve().parents[1] / "catalogs" / "local-demo.yaml").read_text()
+    profile.write_text(base.replace("demo_root: out/demo", f"demo_root: {root}").replace("block_size: 128", "block_size: 32"))
+    return region, profile
+
+
+def _config(region, profile, output, **kw):
+    data = {
+        "catalog": str(profile), "bbox": list(region.default_bbox), "start": region.start, "end": region.end,
+        "output": str(output), "gapfill": {"radius": "10D", "times": "5D"}, "chunk_size": 32,
+        "dask": {"n_workers": 1, "threads_per_worker": 2, "processes": False},
+    }
+    data.update(kw)
+    return load_config(data)
+
+
+@pytest.fixture(scope="module")
+def flow_run(prefect_harness, tiny_demo, tmp_path_factory):
+    from flows.regional_cube import regional_cube
+
+    region, profile = tiny_demo
+    out = tmp_path_factory.mktemp("flow") / "cube.zarr"
+    summary = regional_cube(_config(region, profile, out))
+    return region, profile, out, summary
+
+
+def test_flow_writes_a_complete_cube(flow_run):
+    region, _, out, summary = flow_run
+    assert Path(summary["output"]) == out and out.is_dir()
+    assert Path(summary["quicklook"]).is_file()
+    ds = xr.open_zarr(out, consolidated=True, decode_coords="all")
+    assert set(ds.data_vars) >= {"reflectance", "weight", "observed"}
+    assert ds.reflectance.dims == ("time", "band", "y", "x")
+    assert list(ds.band.values) == ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+    t = ds.time.values
+    assert np.all(np.diff(t) == np.timedelta64(5, "D")), "output is on the regular 5-day grid"
+    r = ds.reflectance.values
+    assert np.nanmax(r) <= 1.0 + 1e-6 and np.nanmin(r) >= -0.2
+    assert np.isfinite(r).mean() > 0.9
+    attrs = ds.attrs
+    assert attrs["stac_items"] and attrs["catalog_url"] == "local-demo" and "s2pipe" in attrs["software"]
+    assert attrs["parameters"]["gapfill"]["radius"] == "10D"
+    assert summary["scenes"] >= 2 * summary["dates_in"] - 2, "two tiles per date were merged into solar days"
+
+
+def test_gdal_reads_the_flow_output_georeferenced_and_equal_to_source_cogs(flow_run):
+    region, _, out, _ = flow_run
+    ds = xr.open_zarr(out, consolidated=True, decode_coords="all")
+    epsg = int(ds.attrs["crs"].split(":")[1])
+    with rasterio.open(f'ZARR:"{out}":/reflectance') as src:
+        assert src.crs.to_epsg() == epsg
+        a, b, c, d, e, f = ds.attrs["transform"][:6]
+        assert np.allclose(tuple(src.transform)[:6], (a, b, c, d, e, f))
+        assert (src.width, src.height) == (ds.sizes["x"], ds.sizes["y"])
+    # a clear 10 m observation equals the source COG's DN * scale + offset, divided by the stored factor
+    obs = ds.observed.values.astype(bool)
+    ti, yi, xi = (int(v[len(v) // 2]) for v in np.nonzero(obs))
+    when = str(np.datetime_as_string(ds.time.values[ti], unit="D"))
+    items = json.loads(Path(region.items_path).read_text())["features"]
+    band = "B04"
+    scale = dict(zip(ds.reflectance.attrs["normalize_bands"], ds.reflectance.attrs["normalize_scale"]))[band]
+    x, y = float(ds.x[xi]), float(ds.y[yi])
+    expected = []
+    for it in items:
+        if it["properties"]["datetime"][:10] != when:
+            continue
+        asset = it["assets"]["red"]
+        with rasterio.open(asset["href"]) as src:
+            row, col = src.index(x, y)
+            if 0 <= row < src.height and 0 <= col < src.width:
+                dn = int(src.read(1, window=((row, row + 1), (col, col + 1)))[0, 0])
+                rb = asset["raster:bands"][0]
+                expected.append(dn * rb["scale"] + rb["offset"])
+    assert expected, "the pixel lies in at least one source tile"
+    with rasterio.open(f'ZARR:"{out}":/reflectance') as src:
+        assert src.count == ds.sizes["time"] * ds.sizes["band"] or src.count >= 1
+    got = float(ds.reflectance.sel(band=band).values[ti, yi, xi]) * scale
+    assert got == pytest.approx(expected[0], abs=1e-4)
+
+
+def test_rerun_resumes_and_changes_nothing(flow_run):
+    from flows.regional_cube import regional_cube
+
+    region, profile, out, _ = flow_run
+    before = xr.open_zarr(out, consolidated=True).load()
+    regional_cube(_config(region, profile, out))
+    after = xr.open_zarr(out, consolidated=True).load()
+    xr.testing.assert_identical(before, after)
+
+
+def test_flow_on_an_existing_dask_scheduler(flow_run, tmp_path):
+    """`--dask-address`: the array work runs on a separately started cluster of worker processes."""
+    from distributed import LocalCluster
+
+    from flows.regional_cube import regional_cube
+
+    region, profile, out, _ = flow_run
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        cfg = _config(region, profile, tmp_path / "remote.zarr", quicklook=False, dask={"address": cluster.scheduler_address})
+        regional_cube(cfg)
+    a = xr.open_zarr(out, consolidated=True).load()
+    b = xr.open_zarr(tmp_path / "remote.zarr", consolidated=True).load()
+    xr.testing.assert_allclose(a.reflectance, b.reflectance)
+    xr.testing.assert_equal(a.observed, b.observed)
