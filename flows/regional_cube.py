@@ -80,9 +80,11 @@ def dask_client(settings: DaskConfig) -> Iterator[Any]:
 
 @task(name="demo-data", cache_policy=NO_CACHE)
 def demo_data_task(root: str):
-    """Generate the local demo region if it is not there yet (idempotent)."""
-    from s2pipe.demo import generate_demo
+    """The local demo region at ``root``: reuse the one there (whatever its configuration), else generate the default."""
+    from s2pipe.demo import generate_demo, load_demo
 
+    if (Path(root) / "manifest.json").is_file():
+        return load_demo(Path(root))
     return generate_demo(Path(root), progress=ProgressLine("generating demo scenes", unit="scenes", logger=_logger()))
 
 
@@ -211,7 +213,12 @@ def assemble_output(normalized: xr.DataArray, weight: xr.DataArray, clear: xr.Da
     w = w.astype("float32")
     w.attrs = {"long_name": "summed Cressman weight of the clear observations", "units": "1"}
     normalized = normalized.astype("float32")
-    normalized.attrs.update(long_name="normalized surface reflectance (invert with s2pipe.normalize.invert)")
+    # only the variable's own attributes: dataset-level provenance lives on the Dataset
+    normalized.attrs = {
+        "long_name": "normalized surface reflectance (invert with s2pipe.normalize.invert)",
+        "units": "1",
+        **{k: v for k, v in normalized.attrs.items() if k.startswith("normalize_")},
+    }
     ds = xr.Dataset({"reflectance": normalized, "weight": w, "observed": observed})
     for coord in ("scale", "offset"):
         if coord in ds.coords:
@@ -257,7 +264,10 @@ def _stored_scale(path: Path, like: xr.DataArray) -> xr.DataArray | None:
             bands = list(attrs.get("normalize_bands", []))
             if bands != [str(b) for b in like.band.values] or "normalize_scale" not in attrs:
                 return None
-            return xr.DataArray([float(s) for s in attrs["normalize_scale"]], dims=("band",), coords={"band": bands})
+            return xr.DataArray(
+                [float(s) for s in attrs["normalize_scale"]], dims=("band",), coords={"band": bands},
+                attrs={"normalize_method": attrs.get("normalize_method", "given")},
+            )
     except Exception:
         return None
 

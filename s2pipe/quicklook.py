@@ -48,10 +48,11 @@ def quicklook(
     t = raw.time.values[ti]
 
     def to_reflectance(da: xr.DataArray) -> np.ndarray:
-        vals = da.values.astype("float32")
+        da = da.compute()
+        refl = da.astype("float32")
         if "scale" in da.coords:
-            vals = vals * da["scale"].values[..., None, None] + da["offset"].values[..., None, None]
-        return np.where(da.values == 0, np.nan, vals)
+            refl = refl * da["scale"] + da["offset"]
+        return refl.where(da != 0).values
 
     raw_rgb = to_reflectance(raw.sel(time=t, band=list(rgb)))
     refl = invert(cube["reflectance"])

@@ -111,8 +111,7 @@ def write_cube(
     data = _spatial_data(ds)
     target = {dim: (chunk if dim in ("y", "x") else _dates_per_task(data, chunk) if dim == "time" else -1)
               for dim in data.dims}
-    # token: do not hash in-memory arrays (dask would checksum every byte)
-    data = data.chunk(target, token=f"s2pipe-{uuid.uuid4().hex}")
+    data = _chunked(data, target)
 
     def delayed_region(r: tuple[int, int]):
         iy, ix = r
@@ -190,6 +189,12 @@ def _prepare(ds: xr.Dataset | xr.DataArray) -> xr.Dataset:
     spatial = [v for v in ds.data_vars if {"y", "x"} <= set(ds[v].dims)]
     if not spatial:
         raise InputError(f"write_cube: no data variable has (y, x) dims; variables: {list(ds.data_vars)}")
+    for name in spatial:
+        if ds[name].dtype.kind not in "biuf":
+            raise InputError(
+                f"write_cube: variable {name!r} has dtype {ds[name].dtype}; GIS stores hold numbers: "
+                "convert it (e.g. .astype('float32')) or drop it"
+            )
     grid = grid_of(ds)
     transform = grid.transform
     xs, ys = ds["x"].values, ds["y"].values
@@ -200,6 +205,9 @@ def _prepare(ds: xr.Dataset | xr.DataArray) -> xr.Dataset:
             "set attrs['transform'] to the grid's top-left affine (or drop it to derive it from x/y)"
         )
     ds = ds.copy()
+    for name in spatial:
+        if ds[name].dtype.kind == "b":  # GDAL has no boolean type: store 0/1 bytes
+            ds[name] = ds[name].astype("uint8")
     non_index = [c for c in ds.coords if c not in ds.dims and c != "spatial_ref"]
     ds = ds.assign_coords({c: ds[c].compute() for c in non_index})
     if "spatial_ref" in ds.coords:
@@ -263,7 +271,7 @@ def _layout(ds: xr.Dataset, region_size: int | None) -> tuple[int, int]:
                 upstream = max(upstream, c[0])
     if upstream > 1 and region % upstream:
         region = math.ceil(region / upstream) * upstream
-    region = min(region, max(ds.sizes["y"], ds.sizes["x"])) if region > max(ds.sizes["y"], ds.sizes["x"]) else region
+    region = min(region, max(ds.sizes["y"], ds.sizes["x"]))  # one region covers a small cube
     return region, chunk_for(region)
 
 
@@ -274,6 +282,35 @@ def _dates_per_task(data: xr.Dataset, chunk: int) -> int:
         for v in data.data_vars.values()
     )
     return max(1, min(data.sizes.get("time", 1), WRITE_TASK_BYTES // max(per_date, 1)))
+
+
+def _chunked(data: xr.Dataset, target: dict[str, int]) -> xr.Dataset:
+    """Dask-backed copy of ``data`` with the write chunks; in-memory arrays are wrapped without a copy
+    (``dask.array.from_array`` would copy and hash them: ~20 % of a write of an in-memory cube)."""
+    out = {}
+    for name, var in data.data_vars.items():
+        chunks = tuple(var.sizes[d] if target[d] == -1 else target[d] for d in var.dims)
+        if isinstance(var.data, da.Array):
+            arr = var.data.rechunk(chunks)
+        else:
+            arr = _wrap_numpy(np.asarray(var.data), chunks, f"s2pipe-{name}-{uuid.uuid4().hex}")
+        out[name] = xr.Variable(var.dims, arr)
+    return xr.Dataset(out)
+
+
+def _wrap_numpy(x: np.ndarray, chunks: tuple[int, ...], name: str) -> da.Array:
+    """A Dask array whose blocks are views of ``x`` (no copy, no hashing)."""
+    import itertools
+    import operator
+
+    from dask.array.core import normalize_chunks, slices_from_chunks
+
+    nchunks = normalize_chunks(chunks, x.shape, dtype=x.dtype)
+    src = name + "-source"
+    dsk: dict[Any, Any] = {src: x}
+    for idx, slc in zip(itertools.product(*(range(len(c)) for c in nchunks)), slices_from_chunks(nchunks)):
+        dsk[(name,) + idx] = (operator.getitem, src, slc)
+    return da.Array(dsk, name, nchunks, dtype=x.dtype)
 
 
 def _spatial_data(ds: xr.Dataset) -> xr.Dataset:
@@ -357,8 +394,20 @@ def _diff(state: dict, grid: dict, inputs: dict) -> str:
             parts.append(f"attribute {key!r} {_short(oa.get(key))} (store) vs {_short(na.get(key))} (new)")
     ov, nv = old_inputs.get("variables", {}), inputs.get("variables", {})
     for key in sorted(set(ov) | set(nv)):
-        if ov.get(key) != nv.get(key):
-            parts.append(f"variable {key!r} {_short(ov.get(key))} (store) vs {_short(nv.get(key))} (new)")
+        a, b = ov.get(key), nv.get(key)
+        if a == b:
+            continue
+        if a is None or b is None:
+            parts.append(f"variable {key!r} {'missing' if a is None else 'present'} (store) vs {'missing' if b is None else 'present'} (new)")
+            continue
+        for field in sorted(set(a) | set(b)):
+            fa, fb = a.get(field), b.get(field)
+            if field == "attrs" and isinstance(fa, dict) and isinstance(fb, dict):
+                for k in sorted(set(fa) | set(fb)):
+                    if fa.get(k) != fb.get(k):
+                        parts.append(f"variable {key!r} attribute {k!r} {_short(fa.get(k))} (store) vs {_short(fb.get(k))} (new)")
+            elif fa != fb:
+                parts.append(f"variable {key!r} {field} {_short(fa)} (store) vs {_short(fb)} (new)")
     return "inputs: " + ("; ".join(parts) if parts else "signature")
 
 
@@ -376,7 +425,7 @@ def _consolidate(path: Path) -> None:
 def _distributed_client():
     """The ``distributed.Client`` Dask would use now, or None for the local schedulers."""
     try:
-        from distributed import Client, default_client
+        from distributed import default_client
     except ImportError:
         return None
     try:

@@ -36,14 +36,14 @@ def test_catalogs_lists_profiles():
         assert name in result.output
 
 
-GOOD = {"catalog": "local-demo", "bbox": [-80.96, 25.29, -80.94, 25.31], "start": "2021-01-01", "end": "2021-03-01"}
+GOOD = {"catalog": "local-demo", "bbox": [-80.911, 25.292, -80.889, 25.309], "start": "2021-01-01", "end": "2021-03-01"}
 
 
 @pytest.mark.parametrize(
     "change, words",
     [
-        ({"bbox": [-80.94, 25.29, -80.96, 25.31]}, ["bbox", "west"]),
-        ({"bbox": [-80.96, 25.29, -80.96, 25.31]}, ["bbox"]),
+        ({"bbox": [-80.889, 25.292, -80.911, 25.309]}, ["bbox", "west"]),
+        ({"bbox": [-80.911, 25.292, -80.911, 25.309]}, ["bbox"]),
         ({"start": "2021-03-01", "end": "2021-01-01"}, ["end", "before start"]),
         ({"bands": ["B04", "B99"]}, ["B99", "bands"]),
         ({"catalog": "no-such-catalog"}, ["no-such-catalog", "earth-search-v1-l2a"]),

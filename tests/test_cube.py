@@ -7,7 +7,6 @@ import dask
 import numpy as np
 import pandas as pd
 import pytest
-import rasterio
 from pyproj import Transformer
 
 from s2pipe.bands import SPECTRAL_10
@@ -18,6 +17,7 @@ from s2pipe.testing import BASELINE_OFFSET_DN, TILE_BIAS_DN, make_scenes, read_c
 SIZE = 64  # 10 m pixels per tile side
 ORIGIN = (399960.0, 5000040.0)
 EPSG = 32633
+pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")  # rioxarray + affine
 
 
 @pytest.fixture(scope="module")

@@ -325,6 +325,11 @@ def test_refuses_to_replace_a_folder_that_is_not_a_demo(tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     with pytest.raises(InputError, match="no demo region"):
         load_demo(tmp_path / "nothing")
+    with pytest.raises(InputError, match="workers=-1"):
+        generate_demo(tmp_path / "other", TINY, workers=-1)
+    with pytest.raises(InputError, match="config"):
+        generate_demo(tmp_path / "other", {"tile_size": 16})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 
 @pytest.mark.parametrize(

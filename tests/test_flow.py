@@ -14,7 +14,7 @@ from s2pipe.demo import DemoConfig, generate_demo
 
 pytestmark = pytest.mark.slow
 
-TINY = DemoConfig(start="2021-12-01", end="2022-03-01", tile_size=64, overlap=16, block_size=32, seed=3)
+TINY = DemoConfig(start="2021-12-01", end="2022-03-01", tile_size=64, overlap=16, block_size=128, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def tiny_demo(tmp_path_factory):
     region = generate_demo(root, TINY)
     profile = root.parent / "tiny-demo.yaml"
     base = (Path(__file__).resolve().parents[1] / "catalogs" / "local-demo.yaml").read_text()
-    profile.write_text(base.replace("demo_root: out/demo", f"demo_root: {root}").replace("block_size: 128", "block_size: 32"))
+    profile.write_text(base.replace("demo_root: out/demo", f"demo_root: {root}"))
     return region, profile
 
 

@@ -70,6 +70,7 @@ def test_gdal_values_equal_the_source_cogs(written):
     assert offsets == [0.0, -0.1, -0.1]  # both processing baselines went through
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # the store root is not a raster
 def test_gdal_lists_the_variables_and_reads_crs_from_the__CRS_attribute(written, tmp_path):
     _, cube, _, path = written
     with rasterio.open(str(path)) as src:

@@ -16,6 +16,7 @@ import zarr
 from s2pipe.errors import InputError, OutputConflictError
 from s2pipe.store import STATE_DIR, open_cube, write_cube
 
+pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")  # rioxarray + affine
 NT, NB, NY, NX = 4, 3, 40, 56
 TRANSFORM = [10.0, 0.0, 399960.0, 0.0, -10.0, 5000040.0]
 
@@ -318,3 +319,16 @@ class _scheduler:
         self._cm.__exit__(*exc)
         if self.kind != "threads":
             self._cluster.close()
+
+
+def test_bool_variable_is_stored_as_bytes_and_text_is_refused(tmp_path):
+    ds = make_dataset(backing="numpy")
+    ds["clear"] = ds["observed"] > 0
+    write_cube(ds, tmp_path / "a.zarr", region_size=32)
+    got = open_cube(tmp_path / "a.zarr")
+    assert got["clear"].dtype == np.uint8
+    np.testing.assert_array_equal(got["clear"].values, ds["observed"].values > 0)
+    ds["label"] = ds["observed"].astype(str)
+    with pytest.raises(InputError, match="variable 'label' has dtype"):
+        write_cube(ds, tmp_path / "b.zarr")
+    assert not (tmp_path / "b.zarr").exists()
