@@ -106,8 +106,21 @@ def cube_task(items: list, cfg: RunConfig, profile: CatalogProfile) -> xr.DataAr
         chunk_size=cfg.chunk_size or _aligned_chunk(profile),
     )
     cube.attrs.update(catalog=profile.name, catalog_url=profile.url)
-    _logger().info(f"cube: {dict(cube.sizes)} uint16, {cube.nbytes / 2**30:.2f} GiB, chunks {cube.data.chunksize}")
-    return cube
+    log = _logger()
+    log.info(f"cube: {dict(cube.sizes)} uint16, {cube.nbytes / 2**30:.2f} GiB, chunks {cube.data.chunksize}")
+    budget = PERSIST_FRACTION * _cluster_memory()
+    if cube.nbytes <= budget:
+        # Small enough to hold: read every scene once, then the statistics pass and the region writes run
+        # from memory. Larger cubes stream region by region and are read twice (bounded memory).
+        t0 = time.monotonic()
+        cube = cube.persist()
+        from distributed import wait
+
+        wait(cube.data)
+        log.info(f"cube read into cluster memory in {time.monotonic() - t0:.1f} s (fits in {PERSIST_FRACTION:.0%} of it)")
+    # Analysis blocks: whole time series (what Cressman needs), one band, the read chunks' spatial extent.
+    # Few large blocks instead of one task per (date, band, tile) keep the scheduler out of the way.
+    return cube.chunk({"time": -1, "band": 1})
 
 
 @task(name="cloud-mask", cache_policy=NO_CACHE)
@@ -237,6 +250,21 @@ def assemble_output(normalized: xr.DataArray, weight: xr.DataArray, clear: xr.Da
         "source": "contains modified Copernicus Sentinel data",
     }
     return ds
+
+
+PERSIST_FRACTION = 0.25
+"""A raw cube up to this fraction of the cluster's worker memory is persisted instead of read twice."""
+
+
+def _cluster_memory() -> float:
+    """Summed memory limit of the current Dask client's workers in bytes (0 without a client)."""
+    try:
+        from distributed import get_client
+
+        workers = get_client().scheduler_info().get("workers", {})
+    except ValueError:
+        return 0.0
+    return float(sum(w.get("memory_limit") or 0 for w in workers.values()))
 
 
 def _bbox(cfg: RunConfig) -> tuple[float, float, float, float]:

@@ -12,6 +12,7 @@ import typer
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # cluster start/stop chatter
 
 from s2pipe.errors import InputError, S2PipeError, TransientError  # noqa: E402
 
