@@ -8,7 +8,6 @@ written; catalog hiccups (``TransientError``) are retried with backoff.
 Run it from the CLI (``s2pipe run CONFIG.yaml``), from Python (``regional_cube(load_config(...))``), or as a
 deployment (``deploy/prefect.yaml``, ``python -m flows.serve``).
 """
-from __future__ import annotations
 
 import contextlib
 import logging

@@ -133,3 +133,57 @@ def test_flow_on_an_existing_dask_scheduler(flow_run, tmp_path):
     b = xr.open_zarr(tmp_path / "remote.zarr", consolidated=True).load()
     xr.testing.assert_allclose(a.reflectance, b.reflectance)
     xr.testing.assert_equal(a.observed, b.observed)
+
+
+def test_output_built_from_another_grid_is_refused_and_left_untouched(flow_run):
+    from flows.regional_cube import regional_cube
+    from s2pipe.errors import OutputConflictError
+
+    region, profile, out, _ = flow_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    w, s, e, n = region.default_bbox
+    smaller = [w, s, (w + e) / 2, n]
+    with pytest.raises(OutputConflictError, match="overwrite"):
+        regional_cube(_config(region, profile, out, bbox=smaller))
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_flow_runs_as_a_prefect_deployment(flow_run, tmp_path):
+    """`python -m flows.serve` registers a deployment on a Prefect server; a triggered run builds the cube."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    region, profile, _, _ = flow_run
+    out = tmp_path / "deployed.zarr"
+    cfg = _config(region, profile, out, quicklook=False)
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flows.serve", "--config", str(cfg_path), "--name", "pytest"],
+        cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        run = None
+        while time.monotonic() < deadline and run is None:
+            try:
+                run = run_deployment("regional-cube/pytest", timeout=240)
+            except Exception:  # not registered yet
+                if server.poll() is not None:
+                    pytest.fail(f"flows.serve exited: {server.stderr.read().decode()[-2000:]}")
+                time.sleep(1)
+        assert run is not None, "the deployment was never registered"
+        assert run.state.is_completed(), run.state
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    ds = xr.open_zarr(out, consolidated=True)
+    assert ds.reflectance.sizes["time"] > 0 and int(ds.observed.sum()) > 0
