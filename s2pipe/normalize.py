@@ -210,9 +210,14 @@ def band_percentile(da: xr.DataArray, percentile: float) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ public API
 def _band_max(da: xr.DataArray) -> np.ndarray:
     other = [d for d in da.dims if d != "band"]
+    if not other:
+        return np.asarray(da.transpose("band").values, dtype=np.float64)
     with _quiet():
-        m = da.where(np.isfinite(da)).max(dim=other, skipna=True) if other else da
-        return np.asarray(m.transpose("band").values, dtype=np.float64)
+        # fast path: one NaN-skipping reduction; ±inf (rare) then needs the masked pass
+        m = np.asarray(da.max(dim=other, skipna=True).transpose("band").values, dtype=np.float64)
+        if np.isinf(m).any():
+            m = np.asarray(da.where(np.isfinite(da)).max(dim=other, skipna=True).transpose("band").values, dtype=np.float64)
+        return m
 
 
 def compute_scale(
