@@ -34,13 +34,15 @@ from s2pipe.stac_server import LocalStacServer
 SHARED = Path(os.environ.get("S2PIPE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
-def best(fn, repeats: int) -> float:
-    times = []
+def interleaved(plain, ours, repeats: int) -> tuple[float, float]:
+    """Best-of-``repeats`` seconds of ``plain`` and ``ours``, alternating so both see the same machine load."""
+    t_plain, t_ours = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for fn, times in ((plain, t_plain), (ours, t_ours)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return min(t_plain), min(t_ours)
 
 
 def bench_search(repeats: int) -> float:
@@ -58,11 +60,7 @@ def bench_search(repeats: int) -> float:
 
         n_plain, n_ours = len(plain()), len(ours())
         assert n_plain == n_ours, (n_plain, n_ours)
-        t_plain, t_ours = [], []
-        for _ in range(repeats):
-            t_plain.append(best(plain, 1))
-            t_ours.append(best(ours, 1))
-    tp, to = min(t_plain), min(t_ours)
+        tp, to = interleaved(plain, ours, repeats)
     print(f"search ({n_ours} items): pystac-client {tp * 1e3:.0f} ms, search_items {to * 1e3:.0f} ms")
     return tp / to
 
@@ -101,11 +99,7 @@ def bench_mask(cube: xr.DataArray, repeats: int) -> tuple[float, np.ndarray]:
 
     ref = plain()
     np.testing.assert_allclose(ours(), ref, rtol=1e-6, equal_nan=True)
-    t_plain, t_ours = [], []
-    for _ in range(repeats):
-        t_plain.append(best(plain, 1))
-        t_ours.append(best(ours, 1))
-    tp, to = min(t_plain), min(t_ours)
+    tp, to = interleaved(plain, ours, repeats)
     mpix = dn[:, :-1].size / 1e6
     print(f"cloud mask ({mpix:.0f} Mvalues): numpy {tp:.2f} s, mask_clouds {to:.2f} s ({mpix / to:.0f} Mvalues/s)")
     return tp / to, ref
@@ -126,11 +120,7 @@ def bench_scale(refl: np.ndarray, bands: list[str], repeats: int) -> float:
     m10, m20 = plain()
     got = ours()
     assert np.isclose(got[i10[0]], m10) and np.isclose(got[i20[0]], m20)
-    t_plain, t_ours = [], []
-    for _ in range(repeats):
-        t_plain.append(best(plain, 1))
-        t_ours.append(best(ours, 1))
-    tp, to = min(t_plain), min(t_ours)
+    tp, to = interleaved(plain, ours, repeats)
     print(f"normalisation statistics: np.nanmax {tp:.2f} s, compute_scale {to:.2f} s")
     return tp / to
 
