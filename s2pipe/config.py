@@ -119,7 +119,10 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _region_and_dates(self) -> "RunConfig":
+        from s2pipe.catalog import load_profile
         from s2pipe.search import parse_region  # one place validates regions
+
+        load_profile(self.catalog)  # an unknown catalog fails here, before Prefect or Dask start
 
         if (self.bbox is None) == (self.geometry is None):
             raise ValueError("give exactly one of bbox (west, south, east, north) or geometry (GeoJSON)")
