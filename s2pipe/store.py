@@ -215,6 +215,12 @@ def _prepare(ds: xr.Dataset | xr.DataArray) -> xr.Dataset:
     crs = grid.crs
     ds.rio.write_crs(crs, inplace=True)  # inplace on the shallow copy: rioxarray would deep-copy the arrays
     ds.rio.write_transform(transform, inplace=True)
+    # CF axis attributes: without them GDAL 3.6's Zarr driver cannot tell the x from the y dimension
+    # (axis mapping "0,0": right origin, wrong geographic corners).
+    ds.rio.write_coordinate_system(inplace=True)
+    for dim, axis in (("x", "X"), ("y", "Y")):
+        ds[dim].attrs.setdefault("axis", axis)
+        ds[dim].attrs.setdefault("units", "metre")
     wkt = ds.rio.crs.to_wkt()
     attrs = {k: _jsonable(v) for k, v in ds.attrs.items()}
     attrs["crs"] = crs

@@ -187,3 +187,14 @@ def test_flow_runs_as_a_prefect_deployment(flow_run, tmp_path):
         server.wait(timeout=30)
     ds = xr.open_zarr(out, consolidated=True)
     assert ds.reflectance.sizes["time"] > 0 and int(ds.observed.sum()) > 0
+
+
+def test_gdal_warps_the_output_to_the_requested_lonlat_region(flow_run):
+    """GDAL reprojects the store to EPSG:4326 onto the bbox the run asked for (to within a pixel)."""
+    from rasterio.vrt import WarpedVRT
+
+    region, _, out, _ = flow_run
+    with rasterio.open(f'ZARR:"{out}":/weight') as src, WarpedVRT(src, crs="EPSG:4326") as vrt:
+        got = vrt.bounds
+    pixel_deg = 10 / 111_000 * 1.5
+    assert np.allclose(got, region.default_bbox, atol=pixel_deg), (got, region.default_bbox)
