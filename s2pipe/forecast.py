@@ -1,0 +1,566 @@
+"""Per-pixel spectral forecasting with residual networks (Estopinan, Tochon & Drumetz): fit, forecast, save.
+
+```python
+model = fit_dynamics(series, scheme="rk4")          # series: (time, band) or (time, band, y, x)
+future = model.forecast(history, steps=120)         # (time=120, band[, y, x]), same units as history
+model.save("m.pt"); model = load_dynamics("m.pt")   # tensors + JSON config, loaded with weights_only=True
+```
+
+**State.** ``X_t = [s_t, s'_t, s''_t, …]`` with ``s'_t = s_t − s_{t−1}`` (left difference, per sampling
+interval) and ``order`` differences in all (the paper: ``order=1``). Optionally (``reduce``) the spectra are
+first projected on their leading principal components (fitted on the training series): spectra of a scene
+move together, so the dynamics live in far fewer dimensions than L, the network is smaller and its
+forecasts drift less. Each block of the state (values, first differences, …) is then centred (values only)
+and divided by one scalar, its RMS over the training series (``normalize="block"``), which keeps spectral
+shapes and gives the small differences the same weight as the values.
+
+**Integration.** ``rk4`` / ``euler``: one step of a ResNet whose δ is two fully connected layers (``hidden``
+units, tanh) shared across steps (``s2pipe.models.dynamics``). ``lstm``: an LSTM of about the same number
+of parameters. Forecasts feed the **whole predicted state** back (the predicted ``s'`` too, as in the
+paper's Fig. 2 b), the consistent choice for a model trained to map states to states.
+
+**Training.** ``training="one_step"`` is the paper's: predict ``X_{t+1}`` from the true ``X_t``, Adam, MSE,
+constant learning rate, full state (``reduce="none"``), no internal scaling (``normalize="none"``).
+``training="rollout"`` (the default) adds what makes long runs better: the loss is the MSE of a
+``rollout``-step free run from every true starting state (horizon ramped up from 1 over the first 30 % of
+the epochs), a cosine learning-rate decay, block normalisation and the reduced state.
+
+In reduced mode the part of each spectrum outside the retained components (tiny by construction) is
+held at its value at the last history date.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time as _time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from s2pipe.errors import InputError
+from s2pipe.models.dynamics import SCHEMES, Scheme, build_dynamics
+
+__all__ = ["DynamicsConfig", "DynamicsModel", "fit_dynamics", "load_dynamics", "rmse_by_lead",
+           "spectral_angle_by_lead", "resolve_device", "TRAINING_MODES"]
+
+Training = Literal["rollout", "one_step"]
+TRAINING_MODES: tuple[str, ...] = ("rollout", "one_step")
+Normalize = Literal["block", "none"]
+_FORMAT = "s2pipe.dynamics/1"
+
+
+# ------------------------------------------------------------------------------------------ config
+@dataclass(frozen=True)
+class DynamicsConfig:
+    """Everything needed to rebuild a fitted model (stored as JSON beside the tensors).
+
+    Fields:
+        scheme: "rk4", "euler" or "lstm".
+        hidden: δ width (units) for the ResNets; the ResNet width the LSTM matches in parameter count.
+        order: number of left differences in the state (1: ``[s, s']``).
+        n_bands: L, spectral bands of the series.
+        components: k, dimensions per state block (k = L: full state, no projection).
+        reduced: whether spectra are projected on k principal components.
+        normalize: "block" (per-block centring/scaling) or "none".
+        training: "rollout" or "one_step".
+        rollout: training horizon (steps) of the rollout loss (1 for one_step).
+        epochs: passes over the training samples.
+        lr: initial Adam learning rate.
+        batch_size: training samples per optimizer step.
+        seed: torch seed of initialisation and batch order.
+        activation: nonlinearity of δ.
+        step_ns: sampling interval of the training series (ns); histories must share it.
+        bands: band coordinate of the training series (JSON-able values).
+        warmup: history steps the LSTM reads before forecasting (0 for ResNets).
+    """
+
+    scheme: str
+    hidden: int
+    order: int
+    n_bands: int
+    components: int
+    reduced: bool
+    normalize: str
+    training: str
+    rollout: int
+    epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+    activation: str
+    step_ns: int
+    bands: list
+    warmup: int
+
+    @property
+    def dim(self) -> int:
+        """State size D = (order + 1) · components."""
+        return (self.order + 1) * self.components
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def resolve_device(device=None) -> torch.device:
+    """``None`` → CUDA when available, else CPU; otherwise ``torch.device(device)``."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"device={device!r} is not a torch device ({e}); pass device='cpu', 'cuda' or None") from None
+
+
+def _check_series(da, *, argument: str, min_steps: int, last: int | None = None):
+    """Validate; return (values float64 (T, P, L), times datetime64[ns] (T,), spatial dims tuple, da).
+
+    ``last``: only the last ``last`` dates are loaded and checked for NaN (the whole time axis is checked
+    for regular spacing).
+    """
+    if not isinstance(da, xr.DataArray):
+        raise InputError(f"{argument} must be an xarray.DataArray with dims ('time', 'band'[, 'y', 'x']), "
+                         f"got {type(da).__name__}")
+    dims = set(da.dims)
+    if dims == {"time", "band"}:
+        spatial: tuple[str, ...] = ()
+    elif dims == {"time", "band", "y", "x"}:
+        spatial = ("y", "x")
+    else:
+        raise InputError(f"{argument} has dims {da.dims}; it needs ('time', 'band') or ('time', 'band', 'y', 'x') "
+                         "(transpose/rename, or stack other dims into y/x)")
+    da = da.transpose("time", "band", *spatial)
+    T = da.sizes["time"]
+    if T < min_steps:
+        raise InputError(f"{argument} has {T} dates but at least {min_steps} are needed "
+                         f"(state with differences + one step); pass a longer {argument}")
+    try:
+        times = pd.DatetimeIndex(da["time"].values).values.astype("datetime64[ns]")
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{argument}'s time coordinate is not dates ({e}); give it datetime64 values") from None
+    steps = np.diff(times.astype(np.int64))
+    if np.any(steps <= 0):
+        raise InputError(f"{argument}'s time coordinate is not strictly increasing; sortby('time') first")
+    if np.any(steps != steps[0]):
+        k = int(np.argmax(steps != steps[0]))
+        raise InputError(
+            f"{argument} is not regularly spaced in time: step {pd.Timedelta(int(steps[0]))} but "
+            f"{pd.Timedelta(int(steps[k]))} between {times[k]} and {times[k + 1]}; resample it to a regular grid "
+            "first (e.g. s2pipe.gapfill.cressman(..., times='5D'))")
+    v = np.asarray((da if last is None else da.isel(time=slice(-last, None))).values, dtype=np.float64)
+    n_nan = int(np.count_nonzero(~np.isfinite(v)))
+    if n_nan:
+        raise InputError(
+            f"{argument} holds {n_nan} NaN/inf values of {v.size}; gap-fill it first "
+            "(s2pipe.gapfill.cressman) or select only fully valid pixels (e.g. .dropna / a pixel mask)")
+    T, L = v.shape[:2]
+    v = v.reshape(T, L, -1).transpose(0, 2, 1)  # (T, P, L)
+    return v, times, spatial, da
+
+
+def _differences(z: np.ndarray, order: int) -> np.ndarray:
+    """(T, P, k) → (T - order, P, (order+1)·k): [z_t, Δz_t, Δ²z_t, …] with left differences."""
+    blocks = [z]
+    d = z
+    for _ in range(order):
+        d = d[1:] - d[:-1]
+        blocks.append(d)
+    n = z.shape[0] - order
+    return np.concatenate([b[b.shape[0] - n:] for b in blocks], axis=-1)
+
+
+def rmse_by_lead(pred, truth) -> np.ndarray:
+    """RMSE (data units) per forecast step over bands and pixels: (time, band, …) arrays → (time,)."""
+    p, t = np.asarray(pred, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    return np.sqrt(np.mean((p - t).reshape(p.shape[0], -1) ** 2, axis=1))
+
+
+def spectral_angle_by_lead(pred, truth) -> np.ndarray:
+    """Spectral angle error in **radians** per forecast step, averaged over pixels: (time, band, …) → (time,)."""
+    p, t = np.asarray(pred, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    p = p.reshape(p.shape[0], p.shape[1], -1)
+    t = t.reshape(t.shape[0], t.shape[1], -1)
+    cos = (p * t).sum(1) / np.maximum(np.linalg.norm(p, axis=1) * np.linalg.norm(t, axis=1), 1e-300)
+    return np.arccos(np.clip(cos, -1.0, 1.0)).mean(axis=1)
+
+
+# ------------------------------------------------------------------------------------------ model
+class DynamicsModel:
+    """A fitted spectral-dynamics model: the torch module plus the state encoding (projection, scaling).
+
+    Attributes:
+        config: the ``DynamicsConfig``.
+        module: the torch module (``ResNetDynamics`` or ``LSTMDynamics``) on ``device``.
+        device: torch device it runs on.
+        losses: training loss per epoch (scaled-state MSE), empty after ``load_dynamics``.
+        train_seconds: wall time of training (s), 0 after loading.
+    """
+
+    def __init__(self, config: DynamicsConfig, module: torch.nn.Module, *, mean: np.ndarray, basis: np.ndarray,
+                 offset: np.ndarray, scale: np.ndarray, device: torch.device, losses=(), train_seconds=0.0):
+        self.config = config
+        self.module = module.to(device).eval()
+        self.device = device
+        self.mean = np.asarray(mean, dtype=np.float64)  # (L,) reflectance mean removed before projection
+        self.basis = np.asarray(basis, dtype=np.float64)  # (L, k) orthonormal columns
+        self.offset = np.asarray(offset, dtype=np.float64)  # (D,) subtracted from the state
+        self.scale = np.asarray(scale, dtype=np.float64)  # (D,) state divided by it
+        self.losses = list(losses)
+        self.train_seconds = float(train_seconds)
+
+    # -------------------------------------------------------------- encoding
+    def _project(self, s: np.ndarray) -> np.ndarray:
+        return (s - self.mean) @ self.basis if self.config.reduced else s - self.mean
+
+    def _unproject(self, z: np.ndarray) -> np.ndarray:
+        return z @ self.basis.T + self.mean if self.config.reduced else z + self.mean
+
+    def encode(self, s: np.ndarray) -> np.ndarray:
+        """Spectra (T, P, L) in data units → scaled states (T - order, P, D)."""
+        return (_differences(self._project(s), self.config.order) - self.offset) / self.scale
+
+    def decode(self, x: np.ndarray) -> np.ndarray:
+        """Scaled states (..., D) → spectra (..., L) in the reduced space's reconstruction."""
+        k = self.config.components
+        z = x[..., :k] * self.scale[:k] + self.offset[:k]
+        return self._unproject(z)
+
+    # -------------------------------------------------------------- forecast
+    def forecast(self, history: xr.DataArray, *, steps: int = 120, batch_size: int = 65536,
+                 device=None) -> xr.DataArray:
+        """Forecast ``steps`` dates after the last date of ``history``.
+
+        Args:
+            history: (time, band) or (time, band, y, x), same bands and time step as the training series,
+                at least ``order + 1`` dates (the LSTM reads up to ``warmup`` of them); only those last dates
+                are loaded and they must hold no NaN.
+            steps: number of future dates (each one sampling interval after the previous).
+            batch_size: pixels per batch on the device.
+            device: torch device; None keeps the model's.
+        Returns:
+            (time=steps, band[, y, x]) in the units of ``history``, band/y/x coords kept, the time coordinate
+            continuing with the series' spacing; float32 unless ``history`` is float64.
+        """
+        cfg = self.config
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise InputError(f"steps={steps!r} must be a positive integer; pass e.g. steps=120")
+        need = cfg.order + (cfg.warmup if cfg.scheme == "lstm" else 1)
+        v, times, spatial, da = _check_series(history, argument="history", min_steps=cfg.order + 1, last=need)
+        if v.shape[2] != cfg.n_bands:
+            raise InputError(f"history has {v.shape[2]} bands but the model was trained on {cfg.n_bands}; "
+                             "select the training bands in history")
+        if len(times) > 1:
+            dt = int(times[1].astype(np.int64) - times[0].astype(np.int64))
+            if dt != cfg.step_ns:
+                raise InputError(f"history is spaced {pd.Timedelta(dt)} but the model was trained at "
+                                 f"{pd.Timedelta(cfg.step_ns)}; resample history to that step")
+        dev = self.device if device is None else resolve_device(device)
+        if dev != self.device:
+            self.module.to(dev)
+            self.device = dev
+        T, P, L = v.shape
+        dtype = np.float64 if history.dtype == np.float64 else np.float32
+        tdtype = torch.float64 if dtype == np.float64 else torch.float32
+        out = np.empty((steps, L, P), dtype=dtype)
+        k = cfg.components
+        # decoding on the device: s = mean + (x[:k]·scale + offset) @ basisᵀ (+ held residual)
+        lin = torch.as_tensor(self.basis.T * self.scale[:k, None], dtype=tdtype, device=dev)  # (k, L)
+        const = torch.as_tensor(self.offset[:k] @ self.basis.T + self.mean, dtype=tdtype, device=dev)  # (L,)
+        for p0 in range(0, P, batch_size):
+            vb = v[:, p0:p0 + batch_size]
+            x = torch.as_tensor(self.encode(vb), dtype=torch.float32, device=dev)
+            with torch.no_grad():
+                y = self.module.rollout(x, steps) if cfg.scheme == "lstm" else self.module.rollout(x[-1], steps)
+                shift = const
+                if cfg.reduced:  # hold the part outside the retained components at its last value
+                    last = vb[-1]
+                    shift = const + torch.as_tensor(last - self._unproject(self._project(last)), dtype=tdtype,
+                                                    device=dev)
+                s = torch.matmul(y[..., :k].to(tdtype), lin) + shift  # (steps, Pb, L)
+                out[:, :, p0:p0 + batch_size] = s.transpose(1, 2).cpu().numpy()
+        new_t = times[-1] + np.arange(1, steps + 1, dtype=np.int64) * np.timedelta64(cfg.step_ns, "ns")
+        coords = {"time": new_t, "band": da["band"].values}
+        shape = (steps, L)
+        if spatial:
+            ny, nx = da.sizes["y"], da.sizes["x"]
+            out = out.reshape(steps, L, ny, nx)
+            shape = out.shape
+            for name, c in da.coords.items():
+                if name not in ("time", "band") and "time" not in c.dims:
+                    coords[name] = c
+        else:
+            for name, c in da.coords.items():
+                if name not in ("time", "band") and "time" not in c.dims and set(c.dims) <= {"band"}:
+                    coords[name] = c
+        res = xr.DataArray(out.reshape(shape), dims=("time", "band", *spatial), coords=coords,
+                           name=history.name, attrs=dict(history.attrs))
+        res.attrs.update({"forecast_scheme": cfg.scheme, "forecast_from": str(pd.Timestamp(times[-1]))})
+        return res
+
+    # -------------------------------------------------------------- persistence
+    def save(self, path) -> Path:
+        """Write one ``.pt`` file: a dict of tensors and the JSON config (no pickled code)."""
+        path = Path(path)
+        payload = {
+            "format": _FORMAT,
+            "config": json.dumps(dataclasses.asdict(self.config)),
+            "state_dict": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
+            "mean": torch.from_numpy(self.mean),
+            "basis": torch.from_numpy(self.basis),
+            "offset": torch.from_numpy(self.offset),
+            "scale": torch.from_numpy(self.scale),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, path)
+        return path
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"DynamicsModel(scheme={c.scheme!r}, hidden={c.hidden}, order={c.order}, bands={c.n_bands}, "
+                f"components={c.components}, training={c.training!r}, epochs={c.epochs})")
+
+
+def load_dynamics(path, *, device=None) -> DynamicsModel:
+    """Load a model written by ``DynamicsModel.save`` (``torch.load(weights_only=True)``: no code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"model file {str(path)!r} does not exist; pass the path given to model.save")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not our file"
+        raise InputError(f"{str(path)!r} is not a saved s2pipe dynamics model ({e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise InputError(f"{str(path)!r} is not a saved s2pipe dynamics model (format {_FORMAT!r})")
+    cfg = DynamicsConfig(**json.loads(payload["config"]))
+    module = build_dynamics(scheme=cfg.scheme, dim=cfg.dim, hidden=cfg.hidden, activation=cfg.activation)
+    module.load_state_dict(payload["state_dict"])
+    return DynamicsModel(cfg, module, mean=payload["mean"].numpy(), basis=payload["basis"].numpy(),
+                         offset=payload["offset"].numpy(), scale=payload["scale"].numpy(),
+                         device=resolve_device(device))
+
+
+# ------------------------------------------------------------------------------------------ fit
+_DEFAULTS = {
+    # training: (epochs budget in optimizer steps, lr, rollout horizon)
+    "one_step": {"steps": 2500, "lr": 1e-3, "rollout": 1},
+    "rollout": {"steps": 800, "lr": 3e-3, "rollout": 16},
+}
+_LSTM_WINDOW = 48
+_SMALL_MACS = 64_000_000
+"""Below this many multiply-adds per δ layer and batch (batch × D × hidden), CPU training uses one thread."""
+
+
+def _pca(s: np.ndarray, reduce, *, tol: float = 1e-6):
+    """Mean (L,), basis (L, k) from spectra (T, P, L)."""
+    L = s.shape[-1]
+    flat = s.reshape(-1, L)
+    mean = flat.mean(0)
+    c = flat - mean
+    _, sv, vt = np.linalg.svd(c, full_matrices=False)
+    var = sv ** 2
+    if reduce == "auto":
+        tot = var.sum()
+        if tot <= 0:
+            k = 1
+        else:
+            resid = 1.0 - np.cumsum(var) / tot
+            k = int(np.argmax(resid <= tol)) + 1 if np.any(resid <= tol) else L
+        k = min(max(k, 1), L)
+    else:
+        k = int(reduce)
+    basis = vt[:k].T.copy()
+    basis *= np.sign(basis[np.argmax(np.abs(basis), axis=0), np.arange(k)])  # deterministic signs
+    return mean, basis
+
+
+def fit_dynamics(
+    series: xr.DataArray,
+    *,
+    scheme: Scheme = "rk4",
+    hidden: int = 150,
+    epochs: int | None = None,
+    lr: float | None = None,
+    seed: int = 0,
+    device=None,
+    training: Training = "rollout",
+    rollout: int | None = None,
+    order: int = 1,
+    reduce: int | Literal["auto", "none"] | None = None,
+    normalize: Normalize | None = None,
+    batch_size: int | None = None,
+    activation: Literal["tanh", "gelu", "silu"] = "tanh",
+    verbose: bool = False,
+) -> DynamicsModel:
+    """Fit one dynamics model shared by all pixels of ``series``.
+
+    Args:
+        series: (time, band) or (time, band, y, x) reflectance, regularly spaced, no NaN; every pixel is an
+            independent training trajectory.
+        scheme: "rk4" (default, the paper's best), "euler" or "lstm".
+        hidden: δ width (units); 150 is the paper's best on real data.
+        epochs: passes over the training samples; None: about 2500 (one_step) or 800 (rollout) optimizer steps
+            (the paper used 2500 full-batch
+            epochs on the synthetic series), at least 1 and at most 20000 epochs.
+        lr: Adam learning rate; None: 1e-3 (one_step, constant, as the paper) or 3e-3 with cosine decay
+            to 1 % (rollout).
+        seed: torch seed (weights and batch order): same seed, same model on the same device.
+        device: None → "cuda" when available, else "cpu".
+        training: "rollout" (default: multi-step free-run loss) or "one_step" (the paper's).
+        rollout: horizon (steps) of the rollout loss; None: 16, capped to half the series.
+        order: differences in the state (1: ``[s, s']``).
+        reduce: "auto" (principal components keeping all but 1e-6 of the variance), an int k,
+            or "none" (full state); None: "auto" for rollout, "none" for one_step.
+        normalize: "block" or "none"; None: "block" for rollout, "none" for one_step.
+        batch_size: samples per step; None: all of them up to 1024.
+        activation: δ nonlinearity ("tanh" as the paper).
+        verbose: print the loss every 10 % of the epochs.
+    Returns:
+        The fitted ``DynamicsModel`` (``losses`` per epoch, ``train_seconds``).
+    """
+    if scheme not in SCHEMES:
+        raise InputError(f"unknown scheme {scheme!r}; pass scheme= one of {', '.join(map(repr, SCHEMES))}")
+    if training not in TRAINING_MODES:
+        raise InputError(f"unknown training {training!r}; pass training= one of {', '.join(map(repr, TRAINING_MODES))}")
+    for name, val, lo in (("hidden", hidden, 1), ("order", order, 1)):
+        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < lo:
+            raise InputError(f"{name}={val!r} must be an integer >= {lo}")
+    if activation not in ("tanh", "gelu", "silu"):
+        raise InputError(f"activation={activation!r}; pass 'tanh', 'gelu' or 'silu'")
+    v, times, _, _ = _check_series(series, argument="series", min_steps=order + 2)
+    T, P, L = v.shape
+    d = _DEFAULTS[training]
+    reduce = ("auto" if training == "rollout" else "none") if reduce is None else reduce
+    normalize = ("block" if training == "rollout" else "none") if normalize is None else normalize
+    if normalize not in ("block", "none"):
+        raise InputError(f"normalize={normalize!r}; pass 'block' or 'none'")
+    if reduce == "none":
+        mean, basis, reduced = v.reshape(-1, L).mean(0), np.eye(L), False
+        if normalize == "none":
+            mean = np.zeros(L)
+    elif reduce == "auto" or (isinstance(reduce, (int, np.integer)) and not isinstance(reduce, bool) and 1 <= reduce <= L):
+        mean, basis = _pca(v, reduce)
+        reduced = True
+    else:
+        raise InputError(f"reduce={reduce!r}; pass 'auto', 'none' or an integer in [1, {L}] (components)")
+    k = basis.shape[1]
+    n_states = T - order
+    if training == "rollout":
+        horizon = d["rollout"] if rollout is None else rollout
+        if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
+            raise InputError(f"rollout={rollout!r} must be a positive integer (training steps)")
+        horizon = int(min(horizon, max(1, (n_states - 1) // 2)))
+    else:
+        horizon = 1
+    lr = d["lr"] if lr is None else float(lr)
+    if not lr > 0:
+        raise InputError(f"lr={lr!r} must be positive; pass e.g. lr=1e-3")
+    dev = resolve_device(device)
+
+    # encoding (offset/scale fitted on the training states)
+    tmp = DynamicsModel(
+        DynamicsConfig(scheme=scheme, hidden=int(hidden), order=int(order), n_bands=L, components=k, reduced=reduced,
+                       normalize=normalize, training=training, rollout=horizon, epochs=0, lr=lr, batch_size=0,
+                       seed=int(seed), activation=activation, step_ns=int(np.diff(times.astype(np.int64))[0]),
+                       bands=np.asarray(series["band"].values).tolist(), warmup=0),
+        torch.nn.Identity(), mean=mean, basis=basis, offset=np.zeros((order + 1) * k), scale=np.ones((order + 1) * k),
+        device=torch.device("cpu"))
+    raw = _differences(tmp._project(v), order)  # (n_states, P, D)
+    offset = np.zeros(raw.shape[-1])
+    scale = np.ones(raw.shape[-1])
+    if normalize == "block":
+        offset[:k] = raw[..., :k].reshape(-1, k).mean(0)
+        for j in range(order + 1):
+            blk = raw[..., j * k:(j + 1) * k].reshape(-1, k) - offset[j * k:(j + 1) * k]
+            rms = float(np.sqrt(np.mean(blk ** 2)))
+            scale[j * k:(j + 1) * k] = rms if rms > 0 else 1.0
+    X = torch.as_tensor((raw - offset) / scale, dtype=torch.float32, device=dev)  # (n, P, D)
+
+    torch.manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    module = build_dynamics(scheme=scheme, dim=X.shape[-1], hidden=int(hidden), activation=activation).to(dev)
+
+    # samples: start indices (t, p) of windows
+    if scheme == "lstm":
+        win = int(min(_LSTM_WINDOW, n_states - 1))
+        length = win + (horizon - 1 if training == "rollout" else 0)
+        length = min(length, n_states - 1)
+        warm = length - (horizon - 1) if training == "rollout" else length
+        warm = max(1, warm)
+    else:
+        length = horizon
+    stride = max(1, _LSTM_WINDOW // 2) if scheme == "lstm" else 1  # LSTM windows overlap by half
+    starts_t = np.arange(0, n_states - length, stride)
+    n_samples = len(starts_t) * P
+    bs = int(min(n_samples, 1024) if batch_size is None else batch_size)
+    if bs < 1:
+        raise InputError(f"batch_size={batch_size!r} must be a positive integer")
+    steps_per_epoch = math.ceil(n_samples / bs)
+    if epochs is None:
+        epochs = int(min(20000, max(1, round(d["steps"] / steps_per_epoch))))
+    elif isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise InputError(f"epochs={epochs!r} must be a positive integer (or None for the default)")
+    total_steps = epochs * steps_per_epoch
+    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=lr * 0.01)
+             if training == "rollout" else None)
+    ramp = max(1, int(0.3 * epochs))
+    idx_t = torch.arange(length + 1, device=dev)
+    losses = []
+    threads = torch.get_num_threads()
+    if dev.type == "cpu" and bs * X.shape[-1] * int(hidden) < _SMALL_MACS:
+        torch.set_num_threads(1)  # small matmuls: on the shared 2-core machine a second thread was 4-6x slower
+    try:
+        module.train()
+        t0 = _time.perf_counter()
+        for ep in range(epochs):
+            h_ep = horizon if training == "one_step" else min(horizon, 1 + (horizon * ep) // ramp)
+            perm = torch.randperm(n_samples, generator=gen).to(dev)
+            tot = 0.0
+            for b0 in range(0, n_samples, bs):
+                sel = perm[b0:b0 + bs]
+                tt = torch.as_tensor(starts_t, device=dev)[sel // P]
+                pp = sel % P
+                win_x = X[tt[:, None] + idx_t[None, :], pp[:, None]]  # (B, length+1, D)
+                if scheme == "lstm":
+                    seq = win_x.transpose(0, 1)  # (length+1, B, D)
+                    if training == "one_step" or h_ep <= 1:
+                        pred = module(seq[:-1])
+                        loss = torch.mean((pred - seq[1:]) ** 2)
+                    else:
+                        w = max(1, length - (h_ep - 1))
+                        y, hc = module(seq[:w], return_state=True)
+                        preds = [y]
+                        x = y[-1:]
+                        for _ in range(h_ep - 1):
+                            x, hc = module(x, hc, return_state=True)
+                            preds.append(x)
+                        pred = torch.cat(preds)
+                        loss = torch.mean((pred - seq[1:w + h_ep]) ** 2)
+                else:
+                    x = win_x[:, 0]
+                    acc = 0.0
+                    for j in range(h_ep):
+                        x = module(x)
+                        acc = acc + torch.mean((x - win_x[:, j + 1]) ** 2)
+                    loss = acc / h_ep
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                tot += float(loss.detach()) * len(sel)
+            losses.append(tot / n_samples)
+            if verbose and (ep % max(1, epochs // 10) == 0 or ep == epochs - 1):
+                print(f"epoch {ep + 1}/{epochs} horizon {h_ep} loss {losses[-1]:.3e}", flush=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = _time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+    cfg = dataclasses.replace(tmp.config, epochs=int(epochs), batch_size=bs,
+                              warmup=int(length if scheme == "lstm" else 0))
+    return DynamicsModel(cfg, module, mean=mean, basis=basis, offset=offset, scale=scale, device=dev,
+                         losses=losses, train_seconds=seconds)

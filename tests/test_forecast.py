@@ -1,0 +1,226 @@
+"""Spectral-dynamics forecasting (s2pipe.forecast, s2pipe.models.dynamics, s2pipe.synthetic)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+from s2pipe.errors import InputError
+from s2pipe.forecast import (DynamicsModel, fit_dynamics, load_dynamics, rmse_by_lead, spectral_angle_by_lead,
+                             _differences)
+from s2pipe.models.dynamics import Delta, LSTMDynamics, ResNetDynamics, lstm_hidden_for
+from s2pipe.synthetic import TRAIN_STEPS, albedo_spectra, hapke_reflectance, hapke_series
+
+torch.set_num_threads(1)
+
+
+def _series(T=40, L=3, ny=None, nx=None, step="5D", seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(T)
+    base = (0.2 + 0.1 * np.sin(2 * np.pi * t / 12.0)[:, None] * np.linspace(0.5, 1.5, L)[None, :]
+            + 0.03 * np.cos(2 * np.pi * t / 12.0)[:, None] * np.linspace(1.0, -1.0, L)[None, :])
+    times = pd.date_range("2019-01-01", periods=T, freq=step)
+    bands = [f"B{i:02d}" for i in range(1, L + 1)]
+    if ny is None:
+        return xr.DataArray(base.astype(np.float32), dims=("time", "band"), coords={"time": times, "band": bands})
+    v = base[:, :, None, None] * (1 + 0.1 * rng.standard_normal((1, 1, ny, nx)))
+    return xr.DataArray(v.astype(np.float32), dims=("time", "band", "y", "x"),
+                        coords={"time": times, "band": bands, "y": np.arange(ny) * -10.0, "x": np.arange(nx) * 10.0})
+
+
+# ------------------------------------------------------------------------------------------ modules
+def _known_delta(dim=2, hidden=3):
+    d = Delta(dim, hidden)
+    with torch.no_grad():
+        d.fc1.weight.copy_(torch.tensor([[0.5, -0.2], [0.1, 0.3], [-0.4, 0.2]]))
+        d.fc1.bias.copy_(torch.tensor([0.1, 0.0, -0.1]))
+        d.fc2.weight.copy_(torch.tensor([[0.3, -0.1, 0.2], [0.05, 0.4, -0.3]]))
+        d.fc2.bias.copy_(torch.tensor([0.01, -0.02]))
+    return d
+
+
+def _delta_np(x):
+    w1 = np.array([[0.5, -0.2], [0.1, 0.3], [-0.4, 0.2]]); b1 = np.array([0.1, 0.0, -0.1])
+    w2 = np.array([[0.3, -0.1, 0.2], [0.05, 0.4, -0.3]]); b2 = np.array([0.01, -0.02])
+    return w2 @ np.tanh(w1 @ x + b1) + b2
+
+
+def test_rk4_step_matches_hand_computed():
+    m = ResNetDynamics(2, 3, scheme="rk4")
+    m.delta = _known_delta()
+    x = np.array([0.7, -0.4])
+    k1 = _delta_np(x)
+    k2 = _delta_np(x + k1 / 2)
+    k3 = _delta_np(x + k2 / 2)
+    k4 = _delta_np(x + k3)
+    want = x + (k1 + 2 * k2 + 2 * k3 + k4) / 6
+    got = m(torch.tensor(x[None], dtype=torch.float32)).detach().numpy()[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # and it differs from a single Euler step (the test would catch a scheme swap)
+    assert np.abs(want - (x + k1)).max() > 1e-4
+
+
+def test_euler_step_and_rollout():
+    m = ResNetDynamics(2, 3, scheme="euler")
+    m.delta = _known_delta()
+    x = np.array([0.7, -0.4])
+    got = m.rollout(torch.tensor(x[None], dtype=torch.float32), 2).detach().numpy()[:, 0]
+    x1 = x + _delta_np(x)
+    x2 = x1 + _delta_np(x1)
+    np.testing.assert_allclose(got, np.stack([x1, x2]), rtol=1e-5, atol=1e-6)
+
+
+def test_lstm_size_matches_resnet_and_rollout_shape():
+    h = lstm_hidden_for(20, 150)
+    lstm = LSTMDynamics(20, h)
+    n_lstm = sum(p.numel() for p in lstm.parameters())
+    n_res = sum(p.numel() for p in ResNetDynamics(20, 150).parameters())
+    assert abs(n_lstm - n_res) / n_res < 0.1
+    out = lstm.rollout(torch.zeros(5, 7, 20), 9)
+    assert out.shape == (9, 7, 20)
+
+
+def test_derivative_state():
+    z = np.arange(12, dtype=float).reshape(6, 1, 2) ** 2  # (T, P, k)
+    x = _differences(z, 1)
+    assert x.shape == (5, 1, 4)
+    np.testing.assert_array_equal(x[:, 0, :2], z[1:, 0])
+    np.testing.assert_array_equal(x[:, 0, 2:], z[1:, 0] - z[:-1, 0])
+    x2 = _differences(z, 2)
+    assert x2.shape == (4, 1, 6)
+    d1 = z[1:] - z[:-1]
+    np.testing.assert_array_equal(x2[:, 0, 4:], (d1[1:] - d1[:-1])[:, 0])
+
+
+# ------------------------------------------------------------------------------------------ API
+@pytest.fixture(scope="module")
+def cube_model():
+    s = _series(T=30, L=3, ny=2, nx=3)
+    return s, fit_dynamics(s, scheme="rk4", hidden=8, epochs=3)
+
+
+def test_shapes_both_layouts_and_time_coordinate(cube_model):
+    s, m = cube_model
+    f = m.forecast(s, steps=7)
+    assert f.dims == ("time", "band", "y", "x") and f.shape == (7, 3, 2, 3)
+    assert list(f["band"].values) == list(s["band"].values)
+    np.testing.assert_array_equal(f["y"].values, s["y"].values)
+    expected = pd.date_range(s["time"].values[-1], periods=8, freq="5D")[1:]
+    np.testing.assert_array_equal(f["time"].values, expected.values)
+    s1 = _series(T=30, L=3)
+    m1 = fit_dynamics(s1, scheme="euler", hidden=8, epochs=2)
+    f1 = m1.forecast(s1.isel(time=slice(0, 20)), steps=4)
+    assert f1.dims == ("time", "band") and f1.shape == (4, 3)
+    assert f1["time"].values[0] == s1["time"].values[20]
+    ml = fit_dynamics(s, scheme="lstm", hidden=8, epochs=2)
+    assert ml.forecast(s, steps=5).shape == (5, 3, 2, 3)
+
+
+def test_save_load_round_trip(tmp_path, cube_model, monkeypatch):
+    s, m = cube_model
+    path = m.save(tmp_path / "m.pt")
+    calls = []
+    orig = torch.load
+
+    def spy(*a, **k):
+        calls.append(k.get("weights_only"))
+        return orig(*a, **k)
+
+    monkeypatch.setattr(torch, "load", spy)
+    m2 = load_dynamics(path)
+    assert calls == [True]
+    assert m2.config == m.config
+    xr.testing.assert_identical(m.forecast(s, steps=6), m2.forecast(s, steps=6))
+
+
+def test_units_restored():
+    """Scaling the input by 1000 scales the forecast by 1000 (internal scaling is undone)."""
+    s = _series(T=40, L=3)
+    m1 = fit_dynamics(s, hidden=8, epochs=5, seed=1)
+    m2 = fit_dynamics(s * 1000.0, hidden=8, epochs=5, seed=1)
+    f1, f2 = m1.forecast(s, steps=5), m2.forecast(s * 1000.0, steps=5)
+    np.testing.assert_allclose(f2.values, 1000.0 * f1.values, rtol=2e-3)
+    assert 0.05 < float(f1.mean()) < 0.5  # same order as the input reflectance
+
+
+def test_nan_input_is_rejected():
+    s = _series(T=30, L=3, ny=2, nx=2)
+    s[3, 1, 0, 0] = np.nan
+    s[5, 0, 1, 1] = np.nan
+    with pytest.raises(InputError, match=r"2 NaN.*gap-fill"):
+        fit_dynamics(s, epochs=1)
+    m = fit_dynamics(s.fillna(0.2), hidden=4, epochs=1)
+    s[-1, 2, 0, 1] = np.nan
+    with pytest.raises(InputError, match=r"history holds 1 NaN"):
+        m.forecast(s, steps=2)
+
+
+def test_irregular_time_is_rejected(cube_model):
+    s, m = cube_model
+    t = s["time"].values.copy()
+    t[10:] += np.timedelta64(1, "D")
+    with pytest.raises(InputError, match="not regularly spaced"):
+        fit_dynamics(s.assign_coords(time=t), epochs=1)
+    with pytest.raises(InputError, match="not regularly spaced"):
+        m.forecast(s.assign_coords(time=t), steps=2)
+    with pytest.raises(InputError, match="trained at"):
+        m.forecast(s.isel(time=slice(None, None, 2)), steps=2)
+
+
+def test_bad_arguments():
+    s = _series(T=30, L=3)
+    with pytest.raises(InputError, match="scheme"):
+        fit_dynamics(s, scheme="rk5")
+    with pytest.raises(InputError, match="dims"):
+        fit_dynamics(s.rename(band="wl"))
+    with pytest.raises(InputError, match="training"):
+        fit_dynamics(s, training="teacher")
+
+
+def test_metrics():
+    a = np.ones((2, 3, 4))
+    b = a.copy(); b[1] *= 2.0  # same direction: zero angle, RMSE 1
+    np.testing.assert_allclose(rmse_by_lead(b, a), [0.0, 1.0])
+    np.testing.assert_allclose(spectral_angle_by_lead(b, a), [0.0, 0.0], atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------------ synthetic
+def test_hapke_series():
+    da = hapke_series(materials=("vegetation", "water"), n_bands=16, steps=100)
+    assert da.dims == ("time", "band", "y", "x") and da.shape == (100, 16, 1, 2)
+    assert float(da.min()) > 0 and float(da.max()) < 1
+    v = da.values[:, :, 0, 0]
+    np.testing.assert_allclose(v[:52], v[48:100], rtol=1e-5)  # daily period = 48 steps of 30 min
+    w = albedo_spectra(("vegetation",), n_bands=144)
+    assert w.shape == (1, 144) and w[0, -20:].mean() > 3 * w[0, :40].mean()  # red edge
+    r = hapke_reflectance(0.5, np.array([0.5, 1.0]))
+    assert r[0] > r[1]  # lower sun (smaller mu0), brighter isotropic reflectance per this model
+
+
+def test_synthetic_accuracy_rk4_beats_persistence():
+    """Small Table 1: RK4 with the default rollout training forecasts well below persistence at t+24/36."""
+    da = hapke_series(materials=("vegetation",), n_bands=24, steps=TRAIN_STEPS // 2 + 48).isel(y=0, x=0)
+    n = TRAIN_STEPS // 2
+    train, truth = da.isel(time=slice(0, n)), da.isel(time=slice(n, n + 48)).values
+    m = fit_dynamics(train, scheme="rk4", hidden=32, epochs=300)
+    f = m.forecast(train, steps=48).values
+    rmse = rmse_by_lead(f, truth)
+    pers = rmse_by_lead(np.repeat(train.values[-1:], 48, 0), truth)
+    assert rmse[23] < 0.2 * pers[23], (rmse[23], pers[23])
+    assert rmse[35] < 0.2 * pers[35], (rmse[35], pers[35])
+    assert rmse.max() < 3e-3
+
+
+def test_higher_order_state_and_lstm_round_trip(tmp_path):
+    s = _series(T=40, L=3, ny=1, nx=2)
+    m2 = fit_dynamics(s, scheme="rk4", hidden=8, epochs=2, order=2, training="one_step")
+    assert m2.config.dim == 9 and not m2.config.reduced
+    assert m2.forecast(s, steps=3).shape == (3, 3, 1, 2)
+    ml = fit_dynamics(s, scheme="lstm", hidden=8, epochs=2)
+    ml2 = load_dynamics(ml.save(tmp_path / "lstm.pt"))
+    np.testing.assert_array_equal(ml.forecast(s, steps=4).values, ml2.forecast(s, steps=4).values)
+    with pytest.raises(InputError, match="not a saved"):
+        (tmp_path / "junk.pt").write_bytes(b"not a model")
+        load_dynamics(tmp_path / "junk.pt")
