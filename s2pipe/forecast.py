@@ -564,3 +564,55 @@ def fit_dynamics(
                               warmup=int(length if scheme == "lstm" else 0))
     return DynamicsModel(cfg, module, mean=mean, basis=basis, offset=offset, scale=scale, device=dev,
                          losses=losses, train_seconds=seconds)
+
+
+# ------------------------------------------------------------------------------------------ whole cubes
+def forecast_cube(model: DynamicsModel, history: xr.DataArray, *, steps: int = 120,
+                  batch_size: int = 65536) -> xr.DataArray:
+    """Forecast every pixel of a ``(time, band, y, x)`` cube, chunk by chunk when it is Dask-backed.
+
+    Pixels are independent, so each spatial block is forecast on its own (``xr.map_blocks``; time and band
+    are made whole, y/x keep their chunks). Only the last dates the model needs are read. A pixel with a
+    NaN in those dates (a gap left after interpolation) gets NaN in the forecast instead of failing the
+    whole cube. Returns ``(time=steps, band, y, x)``, lazy for Dask input, equal to ``model.forecast`` on
+    the pixels without gaps.
+    """
+    if set(history.dims) != {"time", "band", "y", "x"}:
+        raise InputError(f"forecast_cube needs dims (time, band, y, x), got {history.dims}; "
+                         "use model.forecast for (time, band) series")
+    cfg = model.config
+    need = cfg.order + (cfg.warmup if cfg.scheme == "lstm" else 1)
+    recent = history.transpose("time", "band", "y", "x").isel(time=slice(-max(need, 2), None))
+    times = recent["time"].values
+    new_t = times[-1] + np.arange(1, steps + 1, dtype=np.int64) * np.timedelta64(cfg.step_ns, "ns")
+    dtype = np.float64 if history.dtype == np.float64 else np.float32
+
+    def block(b: xr.DataArray) -> xr.DataArray:
+        v = np.asarray(b.values)
+        n_t, n_b, ny, nx = v.shape
+        out = np.full((steps, n_b, ny * nx), np.nan, dtype=dtype)
+        ok = np.isfinite(v[-need:]).all(axis=(0, 1)).ravel()
+        if ok.any():
+            flat = v.reshape(n_t, n_b, ny * nx)[:, :, ok][:, :, None, :]  # (time, band, y=1, x=valid pixels)
+            sub = xr.DataArray(flat, dims=("time", "band", "y", "x"), coords={"time": b["time"].values, "band": b["band"].values})
+            out[:, :, ok] = model.forecast(sub, steps=steps, batch_size=batch_size).values[:, :, 0, :]
+        return xr.DataArray(out.reshape(steps, n_b, ny, nx), dims=("time", "band", "y", "x"),
+                            coords={"time": new_t, "band": b["band"].values, "y": b["y"].values, "x": b["x"].values})
+
+    if recent.chunks is None:
+        result = block(recent)
+    else:
+        import dask.array as dsa
+
+        recent = recent.chunk({"time": -1, "band": -1})
+        _, _, ychunks, xchunks = recent.chunks
+        template = xr.DataArray(
+            dsa.empty((steps, recent.sizes["band"], recent.sizes["y"], recent.sizes["x"]), dtype=dtype,
+                      chunks=((steps,), (recent.sizes["band"],), ychunks, xchunks)),
+            dims=("time", "band", "y", "x"),
+            coords={"time": new_t, "band": recent["band"].values, "y": recent["y"].values, "x": recent["x"].values},
+        )
+        result = xr.map_blocks(block, recent.drop_vars([c for c in recent.coords if c not in recent.dims]), template=template)
+    result.name = history.name
+    result.attrs = {**history.attrs, "forecast_scheme": cfg.scheme, "forecast_from": str(pd.Timestamp(times[-1]))}
+    return result

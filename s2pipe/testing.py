@@ -171,3 +171,26 @@ def read_cog(href: str | os.PathLike) -> tuple[np.ndarray, Affine]:
 
     with rasterio.open(href) as src:
         return src.read(1), src.transform
+
+
+def romania_raw_cube(npz_path) -> "xr.DataArray":
+    """The real Romania L2A cube (../shared/data/nrt-romania-s2l2a/*.npz) in the raw-cube layout of
+    docs/architecture.md: "dn" uint16 (time, band, y, x) with SCL last, scale 1e-4 / offset 0 coords."""
+    import pandas as pd
+    import xarray as xr
+
+    with np.load(npz_path, allow_pickle=False) as z:
+        z = {k: z[k] for k in z.files}
+    dn = np.concatenate([z["reflectance_dn"], z["scl"][:, None].astype(np.uint16)], axis=1)
+    bands = [str(b) for b in z["band_names"]] + ["SCL"]
+    nt = dn.shape[0]
+    scale = np.full((nt, len(bands)), 1e-4)
+    scale[:, -1] = 1.0
+    return xr.DataArray(
+        dn, dims=("time", "band", "y", "x"),
+        coords={"time": pd.to_datetime(z["dates"]), "band": bands, "y": z["y"], "x": z["x"],
+                "scale": (("time", "band"), scale), "offset": (("time", "band"), np.zeros((nt, len(bands))))},
+        name="dn",
+        attrs={"crs": str(z["crs"]), "transform": [float(v) for v in z["transform"]],
+               "resolution": float(abs(z["transform"][0]))},
+    )

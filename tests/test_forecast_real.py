@@ -28,14 +28,9 @@ FIT = dict(scheme="rk4", seed=0, batch_size=256, rollout=8, epochs=20)  # ~10 s 
 def data(romania_10m, shared_data):
     import rasterio
 
-    z = romania_10m
-    dn = np.concatenate([z["reflectance_dn"], z["scl"][:, None].astype(np.uint16)], axis=1)
-    raw = xr.DataArray(
-        dn, dims=("time", "band", "y", "x"),
-        coords={"time": pd.to_datetime(z["dates"]), "band": [str(b) for b in z["band_names"]] + ["SCL"],
-                "y": z["y"], "x": z["x"]},
-        name="dn", attrs={"crs": str(z["crs"])},
-    )
+    from s2pipe.testing import romania_raw_cube
+
+    raw = romania_raw_cube(shared_data / "nrt-romania-s2l2a" / "romania_10m.npz")
     refl = mask_clouds(raw, clear_classes=(4, 5, 6, 7))
     t = refl.indexes["time"]
     grid = pd.date_range(t[0], t[-1], freq="5D")

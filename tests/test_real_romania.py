@@ -22,28 +22,11 @@ R_DAYS = 10
 
 
 @pytest.fixture(scope="module")
-def raw(romania_10m):
+def raw(shared_data):
     """The real cube in the raw layout of docs/architecture.md: "dn" uint16 (time, band, y, x), SCL last."""
-    z = romania_10m
-    dn = np.concatenate([z["reflectance_dn"], z["scl"][:, None].astype(np.uint16)], axis=1)
-    bands = [str(b) for b in z["band_names"]] + ["SCL"]
-    nt = dn.shape[0]
-    scale = np.full((nt, len(bands)), 1e-4)
-    scale[:, -1] = 1.0
-    return xr.DataArray(
-        dn,
-        dims=("time", "band", "y", "x"),
-        coords={
-            "time": pd.to_datetime(z["dates"]),
-            "band": bands,
-            "y": z["y"],
-            "x": z["x"],
-            "scale": (("time", "band"), scale),
-            "offset": (("time", "band"), np.zeros((nt, len(bands)))),
-        },
-        name="dn",
-        attrs={"crs": str(z["crs"]), "transform": [float(v) for v in z["transform"]], "resolution": 10.0},
-    )
+    from s2pipe.testing import romania_raw_cube
+
+    return romania_raw_cube(shared_data / "nrt-romania-s2l2a" / "romania_10m.npz")
 
 
 @pytest.fixture(scope="module")
