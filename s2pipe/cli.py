@@ -210,6 +210,73 @@ def info(path: Annotated[Path, typer.Argument(help="A Zarr store written by s2pi
         typer.echo("parameters: " + json.dumps(params))
 
 
+forecast_app = typer.Typer(
+    help="Spectral forecasting with RK4 residual networks on a cube written by `s2pipe run`/`demo`.",
+    no_args_is_help=True,
+)
+app.add_typer(forecast_app, name="forecast")
+
+
+@forecast_app.command("train")
+def forecast_train_cmd(
+    cube: Annotated[Path, typer.Argument(help="Zarr cube written by s2pipe (gap-filled, regular time).")],
+    model_out: Annotated[Path, typer.Option("--model", "-m", help="Where to save the model (.pt).")] = Path("out/rk4.pt"),
+    start: Annotated[Optional[str], typer.Option(help="First training date (YYYY-MM-DD).")] = None,
+    end: Annotated[Optional[str], typer.Option(help="Last training date.")] = None,
+    mask: Annotated[Optional[Path], typer.Option(help="Class raster (GeoTIFF) choosing training pixels, e.g. out/demo/landcover.tif.")] = None,
+    classes: Annotated[Optional[str], typer.Option(help="Class ids of --mask to train on, comma-separated (e.g. 3 for forest).")] = None,
+    bbox: Annotated[Optional[str], typer.Option(help="xmin,ymin,xmax,ymax in the cube's CRS.")] = None,
+    neighbours: Annotated[bool, typer.Option(help="Add each pixel's 4 neighbours (the paper's option).")] = True,
+    max_pixels: Annotated[int, typer.Option(help="Random subset of at most this many pixels.")] = 20000,
+    scheme: Annotated[str, typer.Option(help="rk4, euler or lstm.")] = "rk4",
+    hidden: Annotated[int, typer.Option(help="Hidden units of the operator network.")] = 150,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: the library's choice).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 (default: CUDA when available).")] = None,
+) -> None:
+    """Train a spectral-dynamics model on chosen pixels of a cube."""
+    _setup_logging(False)
+    try:
+        cls = [int(c) for c in classes.split(",")] if classes else None
+        box = [float(v) for v in bbox.split(",")] if bbox else None
+        if box is not None and len(box) != 4:
+            raise InputError(f"--bbox {bbox!r} must have 4 numbers: xmin,ymin,xmax,ymax")
+        from flows.forecast import forecast_train
+
+        summary = forecast_train(str(cube), str(model_out), start=start, end=end, mask=str(mask) if mask else None,
+                                 classes=cls, bbox=box, neighbours=neighbours, max_pixels=max_pixels, scheme=scheme,
+                                 hidden=hidden, epochs=epochs, seed=seed, device=device)
+    except ValueError as exc:
+        raise _fail(exc if isinstance(exc, S2PipeError) else InputError(str(exc))) from None
+    except S2PipeError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"model saved to {summary['model']} ({summary['pixels']} pixels, {summary['dates']} dates)")
+
+
+@forecast_app.command("predict")
+def forecast_predict_cmd(
+    cube: Annotated[Path, typer.Argument(help="Zarr cube written by s2pipe.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model saved by `s2pipe forecast train`.")] = Path("out/rk4.pt"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Forecast Zarr store to write.")] = Path("out/forecast.zarr"),
+    steps: Annotated[int, typer.Option(help="Dates to forecast (73 = one year on a 5-day grid).")] = 73,
+    history_end: Annotated[Optional[str], typer.Option(help="Forecast from this date (default: the cube's last).")] = None,
+    dask_address: Annotated[Optional[str], typer.Option("--dask-address", help="Existing Dask scheduler.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Forecast every pixel of a cube, chunk by chunk, into a GIS-readable Zarr store."""
+    _setup_logging(False)
+    from s2pipe.config import DaskConfig
+
+    try:
+        from flows.forecast import forecast_predict
+
+        summary = forecast_predict(str(cube), str(model), str(output), steps=steps, history_end=history_end,
+                                   overwrite=overwrite, dask=DaskConfig(address=dask_address))
+    except S2PipeError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"forecast written to {summary['output']} ({steps} steps)")
+
+
 def _print_summary(summary: dict) -> None:
     typer.echo(f"cube written to {summary['output']}")
     typer.echo(f"  {summary['scenes']} scenes -> {summary['dates_in']} solar days -> {summary['dates_out']} dates, shape {summary['shape']}, {summary['seconds']} s")

@@ -198,3 +198,22 @@ def test_gdal_warps_the_output_to_the_requested_lonlat_region(flow_run):
         got = vrt.bounds
     pixel_deg = 10 / 111_000 * 1.5
     assert np.allclose(got, region.default_bbox, atol=pixel_deg), (got, region.default_bbox)
+
+
+def test_forecast_flows_train_and_predict_on_the_cube(flow_run, tmp_path):
+    """forecast-train on class pixels of the cube, forecast-predict over the whole cube -> GIS-ready Zarr."""
+    from flows.forecast import forecast_predict, forecast_train
+
+    region, _, out, _ = flow_run
+    trained = forecast_train(str(out), str(tmp_path / "m.pt"), mask=str(region.landcover_path), classes=[1, 2, 3, 4],
+                             max_pixels=300, epochs=2, hidden=16)
+    assert Path(trained["model"]).is_file() and trained["pixels"] > 0
+    done = forecast_predict(str(out), trained["model"], str(tmp_path / "fc.zarr"), steps=4,
+                            dask={"n_workers": 1, "threads_per_worker": 2, "processes": False})
+    fc = xr.open_zarr(done["output"], consolidated=True, decode_coords="all")
+    cube = xr.open_zarr(out, consolidated=True)
+    assert fc.forecast.dims == ("time", "band", "y", "x") and fc.sizes["time"] == 4
+    assert (fc.time.values[0] - cube.time.values[-1]) == np.timedelta64(5, "D")
+    assert np.isfinite(fc.forecast.values).mean() > 0.9
+    with rasterio.open(f'ZARR:"{done["output"]}":/forecast') as src:
+        assert src.crs.to_epsg() == int(cube.attrs["crs"].split(":")[1])
