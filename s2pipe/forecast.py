@@ -616,3 +616,56 @@ def forecast_cube(model: DynamicsModel, history: xr.DataArray, *, steps: int = 1
     result.name = history.name
     result.attrs = {**history.attrs, "forecast_scheme": cfg.scheme, "forecast_from": str(pd.Timestamp(times[-1]))}
     return result
+
+
+# ------------------------------------------------------------------------------------------ ensembles
+class DynamicsEnsemble:
+    """``n`` independently seeded models of one configuration: a forecast mean and its spread.
+
+    The spread reflects how much the fitted dynamics depend on the initialisation (model variance), not
+    the observation noise; check its calibration with ``coverage`` on held-out data before trusting it.
+    """
+
+    def __init__(self, members: list[DynamicsModel]):
+        if not members:
+            raise InputError("an ensemble needs at least one model (argument: members)")
+        self.members = list(members)
+
+    def forecast(self, history: xr.DataArray, *, steps: int = 120, batch_size: int = 65536) -> xr.Dataset:
+        """Dataset with ``mean`` and ``std`` (time=steps, band[, y, x]) over the members' forecasts."""
+        runs = [m.forecast(history, steps=steps, batch_size=batch_size) for m in self.members]
+        stack = xr.concat(runs, dim="member")
+        return xr.Dataset({"mean": stack.mean("member"), "std": stack.std("member", ddof=1 if len(runs) > 1 else 0)},
+                          attrs={"members": len(runs), **runs[0].attrs})
+
+    def save(self, path) -> Path:
+        """One ``member_<i>.pt`` per model in the folder ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        for i, m in enumerate(self.members):
+            m.save(path / f"member_{i}.pt")
+        return path
+
+
+def fit_ensemble(series: xr.DataArray, *, n: int = 5, seed: int = 0, **kwargs) -> DynamicsEnsemble:
+    """``n`` models fitted by ``fit_dynamics(series, seed=seed + i, **kwargs)``."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise InputError(f"n={n!r} must be a positive number of ensemble members")
+    return DynamicsEnsemble([fit_dynamics(series, seed=seed + i, **kwargs) for i in range(n)])
+
+
+def load_ensemble(path, *, device=None) -> DynamicsEnsemble:
+    """Read an ensemble folder written by ``DynamicsEnsemble.save`` (weights only, no code executed)."""
+    files = sorted(Path(path).glob("member_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    if not files:
+        raise InputError(f"{path} holds no member_<i>.pt files; pass a folder written by DynamicsEnsemble.save")
+    return DynamicsEnsemble([load_dynamics(f, device=device) for f in files])
+
+
+def coverage(forecast: xr.Dataset, truth: xr.DataArray, *, k: float = 2.0) -> float:
+    """Fraction of finite ``truth`` values within ``mean ± k·std`` of an ensemble forecast."""
+    mean, std = forecast["mean"], forecast["std"]
+    truth = truth.sel(time=mean["time"])
+    inside = (abs(truth - mean) <= k * std) & np.isfinite(truth)
+    n = int(np.isfinite(truth).sum())
+    return float(inside.sum()) / n if n else float("nan")

@@ -51,3 +51,22 @@ def test_pixels_with_gaps_get_nan(model):
 def test_wrong_dims(model):
     with pytest.raises(InputError, match="time, band, y, x"):
         forecast_cube(model, _cube().isel(y=0), steps=3)
+
+
+def test_ensemble_mean_spread_save_load_and_coverage(tmp_path):
+    from s2pipe.forecast import coverage, fit_ensemble, load_ensemble
+
+    cube = _cube(ny=2, nx=3)
+    train, truth = cube.isel(time=slice(0, 30)), cube.isel(time=slice(30, 40))
+    ens = fit_ensemble(train, n=3, scheme="rk4", hidden=8, epochs=2, seed=5)
+    fc = ens.forecast(train, steps=10)
+    runs = np.stack([m.forecast(train, steps=10).values for m in ens.members])
+    np.testing.assert_allclose(fc["mean"].values, runs.mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(fc["std"].values, runs.std(0, ddof=1), rtol=1e-4, atol=1e-7)
+    assert float(fc["std"].mean()) > 0, "differently seeded members differ"
+    again = load_ensemble(ens.save(tmp_path / "ens")).forecast(train, steps=10)
+    np.testing.assert_allclose(again["mean"].values, fc["mean"].values, rtol=1e-6)
+    c = coverage(fc, truth)
+    wide = coverage(fc.assign(std=fc["std"] * 0 + 10.0), truth)
+    assert 0.0 <= c <= 1.0 and wide == 1.0
+    assert coverage(fc.assign(std=fc["std"] * 0), truth) < 0.01
