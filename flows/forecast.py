@@ -13,7 +13,7 @@ import xarray as xr
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.regional_cube import _logger, dask_client
+from flows.regional_cube import dask_client, run_logger
 from s2pipe.config import DaskConfig
 from s2pipe.errors import InputError
 from s2pipe.forecast import fit_dynamics, forecast_cube, load_dynamics
@@ -51,7 +51,7 @@ def pixels_task(cube_path: str, variable: str, start: str | None, end: str | Non
     m = align_mask(_class_mask(mask), da) if mask else None
     px = training_pixels(da, mask=m, classes=classes, bbox=tuple(bbox) if bbox else None, neighbours=neighbours,
                          max_pixels=max_pixels, seed=seed).load()
-    _logger().info(f"training pixels: {px.sizes['pixel']} x {px.sizes['time']} dates x {px.sizes['band']} bands")
+    run_logger().info(f"training pixels: {px.sizes['pixel']} x {px.sizes['time']} dates x {px.sizes['band']} bands")
     return px
 
 
@@ -61,7 +61,7 @@ def fit_task(pixels: xr.DataArray, scheme: str, hidden: int, epochs: int | None,
     t0 = time.monotonic()
     model = fit_dynamics(as_yx(pixels), scheme=scheme, hidden=hidden, epochs=epochs, seed=seed, device=device)
     path = model.save(model_out)
-    _logger().info(f"trained {scheme} ({model.config.epochs} epochs) in {time.monotonic() - t0:.1f} s -> {path}")
+    run_logger().info(f"trained {scheme} ({model.config.epochs} epochs) in {time.monotonic() - t0:.1f} s -> {path}")
     return path
 
 
@@ -103,7 +103,7 @@ def predict_task(cube_path: str, model_path: str, output: str, steps: int, histo
         "source_cube": str(Path(cube_path).resolve()), "model": str(Path(model_path).resolve()),
         "forecast_from": str(history["time"].values[-1])[:10], "steps": int(steps),
     }
-    log = _logger()
+    log = run_logger()
     log.info(f"forecasting {steps} steps after {out.attrs['forecast_from']} for {history.sizes['y']} x {history.sizes['x']} px")
     return write_cube(out, output, overwrite=overwrite, progress=ProgressLine("writing forecast", unit="regions", logger=log))
 

@@ -44,7 +44,7 @@ def _is_transient(task, task_run, state) -> bool:
     return False
 
 
-def _logger() -> logging.Logger | logging.LoggerAdapter:
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
     try:
         return get_run_logger()
     except Exception:  # called outside a run (tests of the library path)
@@ -84,12 +84,12 @@ def demo_data_task(root: str):
 
     if (Path(root) / "manifest.json").is_file():
         return load_demo(Path(root))
-    return generate_demo(Path(root), progress=ProgressLine("generating demo scenes", unit="scenes", logger=_logger()))
+    return generate_demo(Path(root), progress=ProgressLine("generating demo scenes", unit="scenes", logger=run_logger()))
 
 
 @task(name="search", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_is_transient)
 def search_task(cfg: RunConfig, profile: CatalogProfile, url: str | None) -> list:
-    log = _logger()
+    log = run_logger()
     log.info(f"searching {url or profile.url} collection {profile.collection!r} {cfg.start}..{cfg.end}, cloud <= {cfg.max_cloud}%")
     items = search_items(
         profile, bbox=cfg.bbox, geometry=cfg.geometry, start=cfg.start, end=cfg.end, max_cloud=cfg.max_cloud, url=url
@@ -105,7 +105,7 @@ def cube_task(items: list, cfg: RunConfig, profile: CatalogProfile) -> xr.DataAr
         chunk_size=cfg.chunk_size or _aligned_chunk(profile),
     )
     cube.attrs.update(catalog=profile.name, catalog_url=profile.url)
-    log = _logger()
+    log = run_logger()
     log.info(f"cube: {dict(cube.sizes)} uint16, {cube.nbytes / 2**30:.2f} GiB, chunks {cube.data.chunksize}")
     budget = PERSIST_FRACTION * _cluster_memory()
     if cube.nbytes <= budget:
@@ -133,7 +133,7 @@ def mask_task(cube: xr.DataArray, cfg: RunConfig) -> tuple[xr.DataArray, xr.Data
 def gapfill_task(reflectance: xr.DataArray, cfg: RunConfig) -> tuple[xr.DataArray, xr.DataArray]:
     g = cfg.gapfill
     filled, weight = cressman(reflectance, radius=g.radius, kernel=g.kernel, times=g.times, return_weight=True)
-    _logger().info(f"gap fill: {reflectance.sizes['time']} dates -> {filled.sizes['time']} dates (radius {g.radius}, {g.kernel})")
+    run_logger().info(f"gap fill: {reflectance.sizes['time']} dates -> {filled.sizes['time']} dates (radius {g.radius}, {g.kernel})")
     return filled, weight
 
 
@@ -145,7 +145,7 @@ def normalize_task(reflectance: xr.DataArray, filled: xr.DataArray, cfg: RunConf
     the maximum of the gap-filled cube whenever the output keeps the acquisition dates, and an upper bound
     otherwise. A resumed run reuses the factors stored in the existing output.
     """
-    log = _logger()
+    log = run_logger()
     n = cfg.normalize
     scale = _stored_scale(cfg.output, filled)
     if scale is None:
@@ -161,7 +161,7 @@ def normalize_task(reflectance: xr.DataArray, filled: xr.DataArray, cfg: RunConf
 
 @task(name="write-zarr", cache_policy=NO_CACHE)
 def write_task(ds: xr.Dataset, cfg: RunConfig) -> Path:
-    log = _logger()
+    log = run_logger()
     log.info(f"writing {cfg.output} ({dict(ds.sizes)}) region by region")
     return write_cube(
         ds, cfg.output, overwrite=cfg.overwrite, region_size=cfg.chunk_size,
@@ -175,7 +175,7 @@ def quicklook_task(cube: xr.DataArray, path: Path) -> Path:
     from s2pipe.store import open_cube
 
     png = quicklook(cube, open_cube(path), path.with_suffix(".png"))
-    _logger().info(f"quick-look saved to {png}")
+    run_logger().info(f"quick-look saved to {png}")
     return png
 
 
@@ -184,7 +184,7 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
     """Build the gap-filled, normalized Zarr datacube of one region and time window."""
     cfg = load_config(config)
     profile = load_profile(cfg.catalog)
-    log = _logger()
+    log = run_logger()
     t0 = time.monotonic()
     with contextlib.ExitStack() as stack:
         url = None
@@ -282,11 +282,13 @@ def _aligned_chunk(profile: CatalogProfile) -> int:
 
 def _stored_scale(path: Path, like: xr.DataArray) -> xr.DataArray | None:
     """Normalisation factors of an existing, compatible output store (resume), else None."""
+    from s2pipe.store import open_cube
+
     path = Path(path)
     if not (path / ".zmetadata").exists() and not (path / ".zattrs").exists():
         return None
     try:
-        with xr.open_zarr(path, consolidated=None) as old:
+        with open_cube(path, allow_incomplete=True) as old:
             attrs = old["reflectance"].attrs
             bands = list(attrs.get("normalize_bands", []))
             if bands != [str(b) for b in like.band.values] or "normalize_scale" not in attrs:
