@@ -37,15 +37,15 @@ Evaluation pixels: forest pixels (TCD >= threshold, complete history) that are N
 Baselines: persistence (the last history date repeated) and climatology (the 2018 value at the same
 5-day index, i.e. 365 days earlier, per pixel).
 
-Models (``s2pipe.forecast.fit_dynamics``): RK4 with the library's default (improved) training, RK4 with
-the paper's plain one-step full-state training, Euler, LSTM; and an ensemble of ``--ensemble`` seeded
-RK4 models (mean and spread; coverage = fraction of scored values with |truth - mean| <= 2 sigma).
+Models (``s2pipe.forecast.fit_dynamics``): RK4 with the library's defaults (rollout training and, since the
+training year spans a whole cycle, the annual clock ``season="annual"``), the same without the clock
+(``season="none"``, the paper's autonomous dynamics), RK4 with the paper's plain one-step full-state
+training, Euler, LSTM; and an ensemble of ``--ensemble`` seeded default RK4 models (seeds 0..n-1, as ``fit_ensemble``:
+mean and spread; coverage = fraction of scored values with |truth - mean| <= 2 sigma).
 
-Budget (default run ~3 min on 2 shared CPU cores): 200 training pixels; RK4 / Euler / LSTM with the
-library's rollout training at 40 epochs, batch 256, rollout horizon 8; the paper's plain one-step training
-(``training="one_step"``) at 400 epochs, batch 256. ``--epochs 0 --batch-size 0 --rollout 0`` uses
-``fit_dynamics``' own defaults (~2500 optimizer steps of 1024 samples x 16-step rollouts: ~20 min per model on
-2 cores, meant for a GPU).
+Budget (default run ~8 min on 2 CPU cores): 200 training pixels; RK4 / Euler / LSTM with ``fit_dynamics``'
+own defaults (``--epochs/--batch-size/--rollout 0``: 800 optimizer steps of 1024 samples, 16-step rollouts,
+~1 min per model); the paper's plain one-step training (``training="one_step"``) at 400 epochs, batch 256.
 
 Run: ``.venv/bin/python benchmarks/bench_forecast_real.py`` (``--figures`` writes out/figures/*.png;
 ``--quick`` for a smoke run). Results are also saved to ``out/forecast_real/results.npz`` and
@@ -195,7 +195,9 @@ def run_models(tr, hist_yx, steps, *, fit_opts, plain_opts, ensemble, seed=0, lo
     from s2pipe.forecast import fit_dynamics
 
     series = as_yx(tr)
-    variants = [("RK4", dict(scheme="rk4", **fit_opts)), ("RK4 plain (paper)", dict(scheme="rk4", **plain_opts)),
+    variants = [("RK4", dict(scheme="rk4", **fit_opts)),
+                ("RK4 no clock", dict(scheme="rk4", **fit_kwargs(fit_dynamics, season="none"), **fit_opts)),
+                ("RK4 plain (paper)", dict(scheme="rk4", **plain_opts)),
                 ("Euler", dict(scheme="euler", **fit_opts)), ("LSTM", dict(scheme="lstm", **fit_opts))]
     preds, times = {}, {}
     for name, kw in variants:
@@ -221,9 +223,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tcd", type=float, default=70, help="forest = tree cover density >= this (%%)")
     ap.add_argument("--train-pixels", type=int, default=200)
     ap.add_argument("--eval-pixels", type=int, default=2000)
-    ap.add_argument("--epochs", type=int, default=40, help="RK4/Euler/LSTM epochs (0: fit_dynamics' default, slow)")
-    ap.add_argument("--batch-size", type=int, default=256, help="0: fit_dynamics' default")
-    ap.add_argument("--rollout", type=int, default=8, help="rollout-loss horizon (steps); 0: fit_dynamics' default")
+    ap.add_argument("--epochs", type=int, default=0, help="RK4/Euler/LSTM epochs (0: fit_dynamics' default)")
+    ap.add_argument("--batch-size", type=int, default=0, help="0: fit_dynamics' default")
+    ap.add_argument("--rollout", type=int, default=0, help="rollout-loss horizon (steps); 0: fit_dynamics' default")
     ap.add_argument("--plain-epochs", type=int, default=400, help="epochs of the paper's one-step training")
     ap.add_argument("--ensemble", type=int, default=5)
     ap.add_argument("--wide-radius", type=float, default=30)
@@ -264,7 +266,7 @@ def main(argv=None) -> int:
         fit_opts = fit_kwargs(fc.fit_dynamics, epochs=a.epochs or None, batch_size=a.batch_size or None,
                               rollout=a.rollout or None)
         plain_opts = fit_kwargs(fc.fit_dynamics, training="one_step", epochs=a.plain_epochs or None,
-                                batch_size=a.batch_size or None)
+                                batch_size=a.batch_size or 256)
         print(f"fitting: default training {fit_opts}; paper's plain training {plain_opts}; "
               f"ensemble of {a.ensemble} RK4")
         hist_yx = as_yx(ev)

@@ -41,17 +41,17 @@ def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 10) -> flo
     return 2 * n**3 / best / 1e9
 
 
-def forecast_rate(model, history, *, pixels: int, steps: int, device) -> tuple[float, float]:
-    """(pixel-steps/s, GFLOP/s) of ``model.forecast`` on ``pixels`` copies of ``history``, best of 3."""
+def forecast_rate(model, history, *, pixels: int, steps: int, device, precision: str = "float32"):
+    """(pixel-steps/s, GFLOP/s, forecast) of ``model.forecast`` on ``pixels`` copies of ``history``, best of 3."""
     h = history.expand_dims(x=np.arange(pixels, dtype=float), y=[0.0]).transpose("time", "band", "y", "x")
     h = h.isel(time=slice(-max(model.config.warmup, 1) - model.config.order, None)).copy()
     best = float("inf")
     for _ in range(3):
         t = time.perf_counter()
-        model.forecast(h, steps=steps, device=device, batch_size=pixels)
+        f = model.forecast(h, steps=steps, device=device, batch_size=pixels, precision=precision)
         best = min(best, time.perf_counter() - t)
     rate = pixels * steps / best
-    return rate, rate * model.module.flops_per_step() / 1e9
+    return rate, rate * model.module.flops_per_step() / 1e9, f
 
 
 def main() -> None:
@@ -108,7 +108,7 @@ def main() -> None:
         for key in (("rk4", "paper"), ("rk4", "default"), ("euler", "paper"), ("lstm", "paper")):
             m = models[key]
             px = 4096 if dev.type == "cpu" else 65536
-            rate, gf = forecast_rate(m, train, pixels=px, steps=120, device=dev)
+            rate, gf, _ = forecast_rate(m, train, pixels=px, steps=120, device=dev)
             flop_train = 3 * m.module.flops_per_step() * m.config.rollout  # fwd + bwd per sample and horizon
             n_samples = (TRAIN_STEPS - m.config.order - m.config.rollout)
             train_gf = flop_train * n_samples / (m.train_seconds / m.config.epochs) / 1e9 if dev.type == "cpu" else float("nan")
@@ -116,6 +116,16 @@ def main() -> None:
                   f"{gf:.1f} GFLOP/s = {gf / mm:.2f} of matmul"
                   + (f"; training ~{train_gf:.1f} GFLOP/s = {train_gf / mm:.2f} of matmul (approx.)"
                      if dev.type == "cpu" and key[0] != "lstm" else ""))
+        m = models[("rk4", "default")]
+        px = 4096 if dev.type == "cpu" else 65536
+        _, _, ref = forecast_rate(m, train, pixels=px, steps=120, device=dev)
+        for prec in ("bfloat16",) + (("tf32",) if dev.type == "cuda" else ()):
+            rate, gf, f = forecast_rate(m, train, pixels=px, steps=120, device=dev, precision=prec)
+            dev_rmse = rmse_by_lead(f.values[:, :, 0, :1], truth[:, :, None])[idx]
+            print(f"  rk4   default {prec:8s}: forecast {rate:.3e} pixel-steps/s = {gf / mm:.2f} of fp32 matmul; "
+                  "RMSE x1e-3 vs truth at t+" + "/".join(map(str, HORIZONS)) + ": "
+                  + " ".join(f"{1e3 * v:.3f}" for v in dev_rmse) + f"; max |diff| vs float32 "
+                  f"{float(np.abs(f.values - ref.values).max()):.1e}")
         for key in list(models):
             models[key].module.to("cpu")
             models[key].device = torch.device("cpu")

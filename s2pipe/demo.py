@@ -13,7 +13,8 @@ Layout under ``root``::
     collection.json         STAC Collection ``sentinel-2-l2a`` (with extent)
     items.json              STAC FeatureCollection of Earth Search v1 style items (absolute local hrefs)
     landcover.tif           uint8 COG of true class ids (``DemoRegion.classes``) on the 10 m grid of the union
-    vectors/roads.geojson   road centre lines (LineString, EPSG:4326, RFC 7946)
+    vectors/roads.geojson   road centre lines (LineString, EPSG:4326, RFC 7946); property ``built``: the date a
+                            new road was built during the period (null for roads there from the start)
     vectors/mangroves.geojson  mangrove polygons (Polygon, EPSG:4326, RFC 7946)
     scenes/<item id>/<band>.tif  single-band tiled COGs: B02 B03 B04 B08 (10 m), B05 B06 B07 B8A B11 B12, SCL (20 m)
 
@@ -45,7 +46,7 @@ from s2pipe.stac_server import LocalStacServer
 
 __all__ = ["DemoConfig", "DemoRegion", "generate_demo", "load_demo", "demo_server", "CLASSES", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bumped whenever the generator's output changes; a region of another version is regenerated."""
 
 WATER, MANGROVE, FOREST, GRASSLAND, BARE, URBAN, ROAD = 1, 2, 3, 4, 5, 6, 7
@@ -535,9 +536,12 @@ def _world_vectors(grid: _Grid, rng: np.random.Generator) -> dict[str, Any]:
     for y in np.arange(tb[1], tb[3], max(0.03 * hm, 60.0)):
         streets.append(LineString([(tb[0], y), (tb[2], y)]))
     street_geom = unary_union([affinity.rotate(s, 8, origin=town.centroid) for s in streets]).intersection(town)
+    # A road built during the period (see _build): from the highway south into the mangrove belt.
+    vn = np.linspace(0.38, 0.67, 40)
+    new_road = LineString(xy(0.29 + 0.015 * np.sin(2 * np.pi * (1.3 * vn + ph[10])), vn))
     roads: list[tuple[Any, str]] = []
     for geom, kind in [(highway, "primary"), (north, "secondary"), (south, "secondary"),
-                       (street_geom, "residential")]:
+                       (street_geom, "residential"), (new_road, "new")]:
         g = geom.intersection(land).simplify(0.5)
         parts = g.geoms if hasattr(g, "geoms") else [g]
         roads += [(p, kind) for p in parts if isinstance(p, LineString) and p.length > 20.0]
@@ -546,20 +550,22 @@ def _world_vectors(grid: _Grid, rng: np.random.Generator) -> dict[str, Any]:
     return dict(water=water, mangrove=mangrove_polys, forest=forest, fields=fields, town=town, roads=roads)
 
 
-_ROAD_HALF_WIDTH = {"primary": 7.5, "secondary": 0.0, "residential": 0.0}
+_ROAD_HALF_WIDTH = {"primary": 7.5, "secondary": 0.0, "residential": 0.0, "new": 6.0}
 """Metres each side of the centre line burned into the land cover (0: the line itself, 1 px)."""
 
 
-def _landcover(grid: _Grid, vec: dict[str, Any]) -> np.ndarray:
-    """Rasterize the vectors to class ids on the 10 m union grid; later shapes win."""
+def _landcover(grid: _Grid, vec: dict[str, Any], *, new_roads: bool = True) -> np.ndarray:
+    """Rasterize the vectors to class ids on the 10 m union grid; later shapes win. ``new_roads=False``:
+    the land cover before the road built during the period."""
     from rasterio.features import rasterize
 
     shapes: list[tuple[Any, int]] = [(vec["forest"], FOREST)]
     shapes += [(f, BARE) for f in vec["fields"]] + [(vec["town"], URBAN), (vec["water"], WATER)]
     shapes += [(p, MANGROVE) for p in vec["mangrove"]]
-    shapes += [(line.buffer(_ROAD_HALF_WIDTH[k], cap_style="flat"), ROAD) for line, k in vec["roads"]
+    roads = [(line, k) for line, k in vec["roads"] if new_roads or k != "new"]
+    shapes += [(line.buffer(_ROAD_HALF_WIDTH[k], cap_style="flat"), ROAD) for line, k in roads
                if _ROAD_HALF_WIDTH[k] > 0]
-    shapes += [(line, ROAD) for line, _ in vec["roads"]]  # every centre line burns its pixels
+    shapes += [(line, ROAD) for line, _ in roads]  # every centre line burns its pixels
     shapes = [(g, v) for g, v in shapes if not g.is_empty]
     return rasterize(shapes, out_shape=(grid.height, grid.width), transform=grid.transform,
                      fill=GRASSLAND, dtype="uint8")
@@ -608,9 +614,16 @@ class _World:
     """(H/2, W/2) bool: water majority at 20 m (SCL class 6 when clear)."""
     year_amp: dict[int, float]
     """Inter-annual scaling of the seasonal amplitude."""
+    built: dt.datetime | None = None
+    """When the new road was built: before it, the ``changed`` pixels show their earlier land cover."""
+    changed: tuple[np.ndarray, np.ndarray] | None = None
+    """(rows, cols) of the pixels whose class changed at ``built``."""
+    before: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    """(low (10, n), delta (10, n), peak (n,)) of the changed pixels before ``built``."""
 
 
-def _world(grid: _Grid, classes: np.ndarray, rng: np.random.Generator, years: range) -> _World:
+def _world(grid: _Grid, classes: np.ndarray, rng: np.random.Generator, years: range, *,
+           classes_before: np.ndarray | None = None, built: dt.datetime | None = None) -> _World:
     shape = classes.shape
     s = max(min(shape) / 16.0, 2.0)
     tex = 1.0 + _TEXTURE[classes] * (_smooth_field(rng, shape, s) + 0.4 * _smooth_field(rng, shape, s / 4))
@@ -620,7 +633,16 @@ def _world(grid: _Grid, classes: np.ndarray, rng: np.random.Generator, years: ra
     peak = (_PEAK_DOY[classes] + 8.0 * _smooth_field(rng, shape, s)).astype(np.float32)
     water20 = _block_mean((classes == WATER).astype(np.float32)) >= 0.5
     year_amp = {y: float(1.0 + 0.08 * np.random.default_rng([rng.integers(2**31), y]).standard_normal()) for y in years}
-    return _World(classes, low.astype(np.float32), delta.astype(np.float32), vigor, peak, water20, year_amp)
+    changed = before = None
+    if classes_before is not None and built is not None:
+        changed = np.nonzero(classes_before != classes)
+        cb = classes_before[changed]
+        t = tex[changed]
+        jitter = peak[changed] - _PEAK_DOY[classes[changed]]  # keep each pixel's own phase offset
+        before = ((_LOW[cb].T * t).astype(np.float32), ((_HIGH - _LOW)[cb].T * t).astype(np.float32),
+                  (_PEAK_DOY[cb] + jitter).astype(np.float32))
+    return _World(classes, low.astype(np.float32), delta.astype(np.float32), vigor, peak, water20, year_amp,
+                  built=built if changed is not None else None, changed=changed, before=before)
 
 
 def _render(world: _World, when: dt.datetime, rng: np.random.Generator):
@@ -633,6 +655,11 @@ def _render(world: _World, when: dt.datetime, rng: np.random.Generator):
     doy = when.timetuple().tm_yday + when.hour / 24.0
     season = 0.5 * (1.0 + np.cos(2 * np.pi * (doy - world.peak) / 365.25))  # (H, W) 0..1, 1 at the peak
     s = world.low + world.delta * (world.vigor * season * world.year_amp.get(when.year, 1.0))[None]
+    if world.built is not None and when < world.built:  # the new road is not there yet
+        rows, cols = world.changed
+        low_b, delta_b, peak_b = world.before
+        season_b = 0.5 * (1.0 + np.cos(2 * np.pi * (doy - peak_b) / 365.25))
+        s[:, rows, cols] = low_b + delta_b * (world.vigor[rows, cols] * season_b * world.year_amp.get(when.year, 1.0))
     atmos = (1.0 + 0.015 * rng.standard_normal(10)).astype(np.float32)  # per-date calibration/atmosphere
     s *= atmos[:, None, None]
     s += (0.012 * s + 0.0015) * rng.standard_normal(s.shape, dtype=np.float32)  # sensor + residual noise
@@ -781,14 +808,18 @@ def _build(tmp: Path, root: Path, config: DemoConfig, progress: Callable[[int, i
     vec = _world_vectors(grid, rng)
     classes = _landcover(grid, vec)
     first, last = _parse_date(config.start, "start"), _parse_date(config.end, "end")
-    world = _world(grid, classes, rng, range(first.year, last.year + 1))
+    built = _new_road_date(first, last)
+    world = _world(grid, classes, rng, range(first.year, last.year + 1),
+                   classes_before=_landcover(grid, vec, new_roads=False), built=built)
 
     (tmp / "vectors").mkdir()
     (tmp / "scenes").mkdir()
     write_cog(tmp / "landcover.tif", classes, transform=grid.transform, epsg=grid.epsg, nodata=0,
               blocksize=config.block_size)
     _write_geojson(tmp / "vectors" / "roads.geojson",
-                   [(g, {"id": i, "highway": k, "width_m": 15.0 if k == "primary" else 8.0})
+                   [(g, {"id": i, "highway": "tertiary" if k == "new" else k,
+                         "width_m": {"primary": 15.0, "new": 12.0}.get(k, 8.0),
+                         "built": built.date().isoformat() if k == "new" else None})
                     for i, (g, k) in enumerate(vec["roads"])], grid.epsg)
     _write_geojson(tmp / "vectors" / "mangroves.geojson",
                    [(p, {"id": i, "class": "mangrove", "area_m2": round(p.area, 1)})
@@ -884,11 +915,18 @@ def _build(tmp: Path, root: Path, config: DemoConfig, progress: Callable[[int, i
         "classes": {str(k): v for k, v in CLASSES.items()},
         "tiles": {t: list(grid.tile_bounds(i)) for i, t in enumerate(tiles)},
         "dates": [d.isoformat() for d in dates],
+        "new_road_built": built.date().isoformat(),
         "n_items": len(items),
         "files": {"items": "items.json", "collection": "collection.json", "landcover": "landcover.tif",
                   "roads": "vectors/roads.geojson", "mangroves": "vectors/mangroves.geojson", "scenes": "scenes"},
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def _new_road_date(first: dt.date, last: dt.date) -> dt.datetime:
+    """The new road appears 58 % of the way through the period (2022-02-28 for the default 2021-2022)."""
+    day = first + dt.timedelta(days=round(0.58 * (last - first).days))
+    return dt.datetime.combine(day, dt.time(0), tzinfo=dt.timezone.utc)
 
 
 def _default_bbox(grid: _Grid, config: DemoConfig) -> tuple[float, float, float, float]:

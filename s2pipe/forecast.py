@@ -46,13 +46,24 @@ import xarray as xr
 from s2pipe.errors import InputError
 from s2pipe.models.dynamics import SCHEMES, Scheme, build_dynamics
 
-__all__ = ["DynamicsConfig", "DynamicsModel", "fit_dynamics", "load_dynamics", "rmse_by_lead",
+__all__ = ["DynamicsConfig", "DynamicsModel", "fit_dynamics", "load_dynamics", "annual_phase", "rmse_by_lead",
            "spectral_angle_by_lead", "resolve_device", "TRAINING_MODES"]
 
 Training = Literal["rollout", "one_step"]
 TRAINING_MODES: tuple[str, ...] = ("rollout", "one_step")
 Normalize = Literal["block", "none"]
+Season = Literal["auto", "annual", "none"]
+Precision = Literal["float32", "tf32", "bfloat16"]
 _FORMAT = "s2pipe.dynamics/1"
+_YEAR_NS = 365.2425 * 86400e9
+_SEASON_MIN_SPAN_DAYS = 350
+"""``season="auto"`` turns the annual clock on when the training series spans at least this many days."""
+
+
+def annual_phase(times) -> np.ndarray:
+    """Phase of the annual cycle (radians in [0, 2π)) of datetime64 ``times``: 2π · (t mod year) / year."""
+    t = np.asarray(times, dtype="datetime64[ns]").astype(np.int64).astype(np.float64)
+    return 2 * np.pi * np.mod(t, _YEAR_NS) / _YEAR_NS
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -78,6 +89,7 @@ class DynamicsConfig:
         step_ns: sampling interval of the training series (ns); histories must share it.
         bands: band coordinate of the training series (JSON-able values).
         warmup: history steps the LSTM reads before forecasting (0 for ResNets).
+        season: harmonics of the annual clock (day of year) fed to δ; 0: autonomous dynamics (the paper).
     """
 
     scheme: str
@@ -97,6 +109,7 @@ class DynamicsConfig:
     step_ns: int
     bands: list
     warmup: int
+    season: int = 0
 
     @property
     def dim(self) -> int:
@@ -230,7 +243,7 @@ class DynamicsModel:
 
     # -------------------------------------------------------------- forecast
     def forecast(self, history: xr.DataArray, *, steps: int = 120, batch_size: int = 65536,
-                 device=None) -> xr.DataArray:
+                 device=None, precision: Precision = "float32") -> xr.DataArray:
         """Forecast ``steps`` dates after the last date of ``history``.
 
         Args:
@@ -240,6 +253,9 @@ class DynamicsModel:
             steps: number of future dates (each one sampling interval after the previous).
             batch_size: pixels per batch on the device.
             device: torch device; None keeps the model's.
+            precision: arithmetic of the network: "float32" (default), "tf32" (CUDA TensorFloat-32 matmuls;
+                float32 elsewhere) or "bfloat16" (autocast on CPU or CUDA). The state is carried in float32
+                between steps either way; benchmarks/bench_forecast_synthetic.py measures speed and error.
         Returns:
             (time=steps, band[, y, x]) in the units of ``history``, band/y/x coords kept, the time coordinate
             continuing with the series' spacing; float32 unless ``history`` is float64.
@@ -257,6 +273,8 @@ class DynamicsModel:
             if dt != cfg.step_ns:
                 raise InputError(f"history is spaced {pd.Timedelta(dt)} but the model was trained at "
                                  f"{pd.Timedelta(cfg.step_ns)}; resample history to that step")
+        if precision not in ("float32", "tf32", "bfloat16"):
+            raise InputError(f"precision={precision!r}; pass 'float32', 'tf32' or 'bfloat16'")
         dev = self.device if device is None else resolve_device(device)
         if dev != self.device:
             self.module.to(dev)
@@ -269,11 +287,13 @@ class DynamicsModel:
         # decoding on the device: s = mean + (x[:k]·scale + offset) @ basisᵀ (+ held residual)
         lin = torch.as_tensor(self.basis.T * self.scale[:k, None], dtype=tdtype, device=dev)  # (k, L)
         const = torch.as_tensor(self.offset[:k] @ self.basis.T + self.mean, dtype=tdtype, device=dev)  # (L,)
+        phase = torch.tensor(annual_phase(times[-1:])[0]) if cfg.season else None
         for p0 in range(0, P, batch_size):
             vb = v[:, p0:p0 + batch_size]
             x = torch.as_tensor(self.encode(vb), dtype=torch.float32, device=dev)
-            with torch.no_grad():
-                y = self.module.rollout(x, steps) if cfg.scheme == "lstm" else self.module.rollout(x[-1], steps)
+            with torch.no_grad(), _precision(dev, precision):
+                y = (self.module.rollout(x, steps) if cfg.scheme == "lstm"
+                     else self.module.rollout(x[-1], steps, phase=phase)).float()
                 shift = const
                 if cfg.reduced:  # hold the part outside the retained components at its last value
                     last = vb[-1]
@@ -335,11 +355,42 @@ def load_dynamics(path, *, device=None) -> DynamicsModel:
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise InputError(f"{str(path)!r} is not a saved s2pipe dynamics model (format {_FORMAT!r})")
     cfg = DynamicsConfig(**json.loads(payload["config"]))
-    module = build_dynamics(scheme=cfg.scheme, dim=cfg.dim, hidden=cfg.hidden, activation=cfg.activation)
+    module = build_dynamics(scheme=cfg.scheme, dim=cfg.dim, hidden=cfg.hidden, activation=cfg.activation,
+                            forcing=cfg.season, step_phase=_step_phase(cfg.step_ns))
     module.load_state_dict(payload["state_dict"])
     return DynamicsModel(cfg, module, mean=payload["mean"].numpy(), basis=payload["basis"].numpy(),
                          offset=payload["offset"].numpy(), scale=payload["scale"].numpy(),
                          device=resolve_device(device))
+
+
+class _precision:
+    """Context for the forecast arithmetic: TF32 matmuls on CUDA, or bfloat16 autocast (CPU or CUDA)."""
+
+    def __init__(self, device: torch.device, precision: str):
+        self.device, self.precision = device, precision
+        self._autocast = None
+        self._tf32 = None
+
+    def __enter__(self):
+        if self.precision == "tf32" and self.device.type == "cuda":
+            self._tf32 = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+        elif self.precision == "bfloat16":
+            self._autocast = torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+            self._autocast.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._autocast is not None:
+            self._autocast.__exit__(*exc)
+        if self._tf32 is not None:
+            torch.backends.cuda.matmul.allow_tf32 = self._tf32
+        return False
+
+
+def _step_phase(step_ns: int) -> float:
+    """Advance of the annual phase per sampling step (radians)."""
+    return 2 * np.pi * float(step_ns) / _YEAR_NS
 
 
 # ------------------------------------------------------------------------------------------ fit
@@ -392,6 +443,7 @@ def fit_dynamics(
     normalize: Normalize | None = None,
     batch_size: int | None = None,
     activation: Literal["tanh", "gelu", "silu"] = "tanh",
+    season: Season | None = None,
     verbose: bool = False,
 ) -> DynamicsModel:
     """Fit one dynamics model shared by all pixels of ``series``.
@@ -416,6 +468,10 @@ def fit_dynamics(
         normalize: "block" or "none"; None: "block" for rollout, "none" for one_step.
         batch_size: samples per step; None: all of them up to 1024.
         activation: δ nonlinearity ("tanh" as the paper).
+        season: "annual" feeds δ the phase of the year (sin/cos of the day of year, advanced step by step):
+            the dynamics become non-autonomous, so a winter state is not mistaken for an autumn one; "none" is
+            the paper's autonomous model; None ("auto"): "annual" for ResNets with rollout training when the
+            series spans at least 350 days (it needs a whole cycle to learn from), else "none".
         verbose: print the loss every 10 % of the epochs.
     Returns:
         The fitted ``DynamicsModel`` (``losses`` per epoch, ``train_seconds``).
@@ -431,6 +487,16 @@ def fit_dynamics(
         raise InputError(f"activation={activation!r}; pass 'tanh', 'gelu' or 'silu'")
     v, times, _, _ = _check_series(series, argument="series", min_steps=order + 2)
     T, P, L = v.shape
+    season = "auto" if season is None else season
+    if season not in ("auto", "annual", "none"):
+        raise InputError(f"season={season!r}; pass 'annual', 'none' or 'auto' (None)")
+    span_days = (times[-1] - times[0]).astype("timedelta64[s]").astype(np.int64) / 86400
+    if season == "auto":
+        season = ("annual" if scheme != "lstm" and training == "rollout" and span_days >= _SEASON_MIN_SPAN_DAYS
+                  else "none")
+    if season == "annual" and scheme == "lstm":
+        raise InputError("season='annual' is implemented for scheme='rk4' or 'euler'; pass season='none' for the LSTM")
+    harmonics = 1 if season == "annual" else 0
     d = _DEFAULTS[training]
     reduce = ("auto" if training == "rollout" else "none") if reduce is None else reduce
     normalize = ("block" if training == "rollout" else "none") if normalize is None else normalize
@@ -464,7 +530,7 @@ def fit_dynamics(
         DynamicsConfig(scheme=scheme, hidden=int(hidden), order=int(order), n_bands=L, components=k, reduced=reduced,
                        normalize=normalize, training=training, rollout=horizon, epochs=0, lr=lr, batch_size=0,
                        seed=int(seed), activation=activation, step_ns=int(np.diff(times.astype(np.int64))[0]),
-                       bands=np.asarray(series["band"].values).tolist(), warmup=0),
+                       bands=np.asarray(series["band"].values).tolist(), warmup=0, season=harmonics),
         torch.nn.Identity(), mean=mean, basis=basis, offset=np.zeros((order + 1) * k), scale=np.ones((order + 1) * k),
         device=torch.device("cpu"))
     raw = _differences(tmp._project(v), order)  # (n_states, P, D)
@@ -480,7 +546,10 @@ def fit_dynamics(
 
     torch.manual_seed(seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    module = build_dynamics(scheme=scheme, dim=X.shape[-1], hidden=int(hidden), activation=activation).to(dev)
+    step_ns = int(np.diff(times.astype(np.int64))[0])
+    module = build_dynamics(scheme=scheme, dim=X.shape[-1], hidden=int(hidden), activation=activation,
+                            forcing=harmonics, step_phase=_step_phase(step_ns)).to(dev)
+    phases = torch.as_tensor(annual_phase(times[order:]), dtype=torch.float32, device=dev)  # (n_states,)
 
     # samples: start indices (t, p) of windows
     if scheme == "lstm":
@@ -541,9 +610,12 @@ def fit_dynamics(
                         loss = torch.mean((pred - seq[1:w + h_ep]) ** 2)
                 else:
                     x = win_x[:, 0]
+                    ph = phases[tt] if harmonics else None
                     acc = 0.0
                     for j in range(h_ep):
-                        x = module(x)
+                        x = module(x, ph)
+                        if ph is not None:
+                            ph = ph + module.step_phase
                         acc = acc + torch.mean((x - win_x[:, j + 1]) ** 2)
                     loss = acc / h_ep
                 opt.zero_grad(set_to_none=True)

@@ -224,3 +224,76 @@ def test_higher_order_state_and_lstm_round_trip(tmp_path):
     with pytest.raises(InputError, match="not a saved"):
         (tmp_path / "junk.pt").write_bytes(b"not a model")
         load_dynamics(tmp_path / "junk.pt")
+
+
+# ------------------------------------------------------------------------------------------ seasonal clock
+def test_forced_rk4_step_matches_hand_computed():
+    """δ(x, φ) reads [x, sin φ, cos φ]; RK4's midpoint evaluations see φ + h/2, the last one φ + h."""
+    w1 = np.array([[0.5, -0.2, 0.3, -0.1], [0.1, 0.3, -0.2, 0.2], [-0.4, 0.2, 0.1, 0.05]])
+    b1 = np.array([0.1, 0.0, -0.1])
+    w2 = np.array([[0.3, -0.1, 0.2], [0.05, 0.4, -0.3]])
+    b2 = np.array([0.01, -0.02])
+    dphi = 2 * np.pi * 5 / 365.2425
+    m = ResNetDynamics(2, 3, scheme="rk4", forcing=1, step_phase=dphi)
+    with torch.no_grad():
+        m.delta.fc1.weight.copy_(torch.tensor(w1)); m.delta.fc1.bias.copy_(torch.tensor(b1))
+        m.delta.fc2.weight.copy_(torch.tensor(w2)); m.delta.fc2.bias.copy_(torch.tensor(b2))
+
+    def f(x, p):
+        return w2 @ np.tanh(w1 @ np.r_[x, np.sin(p), np.cos(p)] + b1) + b2
+
+    x, p = np.array([0.7, -0.4]), 1.3
+    k1 = f(x, p); k2 = f(x + k1 / 2, p + dphi / 2); k3 = f(x + k2 / 2, p + dphi / 2); k4 = f(x + k3, p + dphi)
+    want = x + (k1 + 2 * k2 + 2 * k3 + k4) / 6
+    got = m(torch.tensor(x[None], dtype=torch.float32), torch.tensor([p])).detach().numpy()[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # a rollout advances the phase: its second state is one step from the first at φ + h
+    r = m.rollout(torch.tensor(x[None], dtype=torch.float32), 2, phase=torch.tensor(p)).detach().numpy()
+    np.testing.assert_allclose(r[1, 0], m(torch.tensor(r[0]), torch.tensor([p + dphi])).detach().numpy()[0],
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="phase"):
+        m(torch.zeros(1, 2))
+
+
+def test_annual_phase():
+    from s2pipe.forecast import annual_phase
+
+    t = pd.to_datetime(["2019-01-01T00:00", "2019-07-02T12:00", "2020-01-01T06:00"], format="ISO8601").values
+    ph = annual_phase(t)
+    assert np.all((ph >= 0) & (ph < 2 * np.pi))
+    assert abs(((ph[1] - ph[0]) % (2 * np.pi)) - np.pi) < 0.02  # half a year apart
+    assert min(abs(ph[2] - ph[0]), 2 * np.pi - abs(ph[2] - ph[0])) < 0.01  # one year apart
+
+
+def test_season_auto_and_round_trip(tmp_path):
+    year = _series(T=73, ny=2, nx=2)  # 73 x 5 days = 360 days: a whole cycle
+    short = _series(T=30, ny=2, nx=2)
+    m = fit_dynamics(year, epochs=2, hidden=8, seed=0)
+    assert m.config.season == 1
+    assert fit_dynamics(short, epochs=2, hidden=8).config.season == 0
+    assert fit_dynamics(year, epochs=2, hidden=8, season="none").config.season == 0
+    assert fit_dynamics(year, epochs=2, hidden=8, training="one_step").config.season == 0  # the paper's model
+    with pytest.raises(InputError, match="season"):
+        fit_dynamics(year, epochs=1, hidden=8, season="daily")
+    with pytest.raises(InputError, match="lstm|LSTM"):
+        fit_dynamics(year, epochs=1, hidden=8, scheme="lstm", season="annual")
+    f = m.forecast(year, steps=10)
+    m2 = load_dynamics(m.save(tmp_path / "m.pt"))
+    assert m2.config.season == 1
+    np.testing.assert_array_equal(m2.forecast(year, steps=10).values, f.values)
+    # the clock matters: the same states one season later give another forecast
+    later = year.assign_coords(time=year["time"].values + np.timedelta64(180, "D"))
+    assert not np.allclose(m.forecast(later, steps=10).values, f.values)
+
+
+def test_bfloat16_and_tf32_precision(cube_model):
+    cube, model = cube_model
+    ref = model.forecast(cube, steps=6)
+    bf = model.forecast(cube, steps=6, precision="bfloat16")
+    tf = model.forecast(cube, steps=6, precision="tf32")  # float32 off CUDA
+    np.testing.assert_array_equal(tf.values, ref.values)
+    assert bf.dtype == ref.dtype
+    err = float(np.abs(bf.values - ref.values).max())
+    assert 0 < err < 0.02 * float(np.abs(ref.values).max())
+    with pytest.raises(InputError, match="precision"):
+        model.forecast(cube, steps=2, precision="float16")

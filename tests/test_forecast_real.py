@@ -21,7 +21,7 @@ from s2pipe.normalize import compute_scale, normalize
 from s2pipe.pixels import align_mask, as_yx, training_pixels
 
 TRAIN_PIXELS, EVAL_PIXELS = 150, 400
-FIT = dict(scheme="rk4", seed=0, batch_size=256, rollout=8, epochs=20)  # ~10 s on 2 cores
+FIT = dict(scheme="rk4", seed=0, batch_size=256, rollout=8, epochs=20)  # ~10 s on 2 cores; annual clock (auto)
 
 
 @pytest.fixture(scope="module")
@@ -101,21 +101,24 @@ def windowed(model, ev):
 def test_rk4_learns_the_seasonal_dynamics(data, model):
     """Held-out pixels, 40-day forecasts from 6 start dates through 2018 (green-up, summer, senescence).
 
-    Measured (seeds 0-2, 150 training px, 20 epochs, rollout 8): RK4 0.0355-0.0364 vs persistence 0.0419
-    (~15 % better at every seed); an untrained model (epochs=1) does not beat persistence.
+    Measured (seeds 0-2, 150 training px, 20 epochs, rollout 8, annual clock): RK4 0.0298-0.0306 vs
+    persistence 0.0419 (~28 % better at every seed; 0.0355-0.0364 without the clock); an untrained model
+    (epochs=1) does not beat persistence.
     """
+    assert model.config.season == 1  # a whole year of training data: the clock is on by default
     e_model, e_pers = windowed(model, data["ev"])
     print(f"\n40-day windows in 2018, held-out pixels: RK4 {e_model:.4f}, persistence {e_pers:.4f}")
-    assert e_model < 0.92 * e_pers
+    assert e_model < 0.85 * e_pers
 
 
 def test_rk4_year_ahead_2019_bounded(data, model):
     """2019 forecast from the full 2018 history, held-out pixels, scored where the R = 10 d truth exists.
 
-    Measured (seeds 0-3): +100 d 0.033-0.046 (persistence 0.039, climatology 0.025), mean over scored steps
-    0.056-0.063 (persistence 0.058, climatology 0.047), max 0.11-0.13. At this CPU budget the year-ahead
-    forecast is not reliably better than persistence (see the benchmark for the full comparison), so this
-    test bounds it rather than ranking it: it catches diverging or mis-integrated models.
+    Measured (seeds 0-2, annual clock): +100 d 0.017-0.023 (persistence 0.039, climatology 0.025), mean
+    over scored steps 0.045-0.047 (persistence 0.058, climatology 0.047), max 0.108. Without the clock
+    (the paper's autonomous model) the mean was 0.056-0.063, no better than persistence. The test ranks
+    the model against persistence and holds it within 3 % of climatology (the mean difference at this
+    small budget is within seed noise; see the benchmark for the full comparison).
     """
     ev, truth = data["ev"], data["truth"]
     fc = model.forecast(as_yx(ev), steps=73)
@@ -129,6 +132,7 @@ def test_rk4_year_ahead_2019_bounded(data, model):
     print(f"\nRMSE +100 d (step 20): RK4 {r_model[19]:.4f}, persistence {r_pers[19]:.4f}, climatology "
           f"{r_clim[19]:.4f}; mean over scored steps: RK4 {np.nanmean(r_model):.4f}, persistence "
           f"{np.nanmean(r_pers):.4f}, climatology {np.nanmean(r_clim):.4f}; max RK4 {np.nanmax(r_model):.4f}")
-    assert r_model[19] < 0.055
-    assert np.nanmean(r_model) < 0.07
+    assert r_model[19] < r_pers[19]
+    assert np.nanmean(r_model) < 0.9 * np.nanmean(r_pers)
+    assert np.nanmean(r_model) < 1.03 * np.nanmean(r_clim)
     assert np.nanmax(r_model) < 0.16  # no divergence within the year

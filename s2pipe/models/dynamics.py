@@ -4,6 +4,10 @@ hard-wired integration scheme (Euler, RK4) and an LSTM baseline.
 Torch only: no file I/O, no xarray, no Dask. The state is a (N, D) float tensor of N independent samples
 (pixels) with D features; for the paper's state ``X_t = [s_t, s'_t]`` D = 2L (or 2k in a reduced basis).
 One step has integration step h = 1 (one sampling interval of the series).
+
+Optional **seasonal forcing** makes the dynamics non-autonomous, ``dX/dt = δ(X, φ(t))``: δ also reads
+``[sin φ, cos φ]`` of a clock phase φ (radians, e.g. the day of the year) that advances by ``step_phase``
+per step; RK4's midpoint evaluations see the phase at half a step. The phase is an input, not a state.
 """
 from __future__ import annotations
 
@@ -26,13 +30,18 @@ class Delta(nn.Module):
     ``forward(x)``: (N, D) → (N, D), the increment per unit step (state units per step).
     """
 
-    def __init__(self, dim: int, hidden: int, *, activation: Activation = "tanh"):
+    def __init__(self, dim: int, hidden: int, *, activation: Activation = "tanh", forcing: int = 0):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.forcing = int(forcing)
+        self.fc1 = nn.Linear(dim + 2 * self.forcing, hidden)
         self.act = _ACT[activation]()
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, phase: torch.Tensor | None = None) -> torch.Tensor:
+        if self.forcing:
+            h = torch.arange(1, self.forcing + 1, device=x.device, dtype=x.dtype)
+            ang = phase.to(x.dtype)[:, None] * h  # (N, harmonics)
+            x = torch.cat([x, torch.sin(ang), torch.cos(ang)], dim=-1)
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -43,33 +52,49 @@ class ResNetDynamics(nn.Module):
     * ``scheme="rk4"``: ``k1 = δ(X)``, ``k2 = δ(X + k1/2)``, ``k3 = δ(X + k2/2)``, ``k4 = δ(X + k3)``,
       ``X + (k1 + 2 k2 + 2 k3 + k4) / 6`` — the four δ blocks in series share their weights.
 
-    ``forward(x)``: (N, D) → (N, D), the state one step later. ``rollout(x, steps)``: (N, D) → (steps, N, D),
-    feeding every predicted state (all of it, derivatives included) back as the next input.
+    ``forward(x, phase=None)``: (N, D) → (N, D), the state one step later (``phase`` (N,) radians at the
+    start of the step when the model has seasonal ``forcing`` harmonics). ``rollout(x, steps, phase=None)``:
+    (N, D) → (steps, N, D), feeding every predicted state (all of it, derivatives included) back as the next
+    input while the phase advances by ``step_phase`` per step.
     """
 
     def __init__(self, dim: int, hidden: int, *, scheme: Literal["rk4", "euler"] = "rk4",
-                 activation: Activation = "tanh"):
+                 activation: Activation = "tanh", forcing: int = 0, step_phase: float = 0.0):
         super().__init__()
         if scheme not in ("rk4", "euler"):
             raise ValueError(f"ResNetDynamics scheme must be 'rk4' or 'euler', got {scheme!r}")
         self.scheme = scheme
-        self.delta = Delta(dim, hidden, activation=activation)
+        self.step_phase = float(step_phase)
+        self.delta = Delta(dim, hidden, activation=activation, forcing=forcing)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _phase(self, x: torch.Tensor, phase) -> torch.Tensor | None:
+        if not self.delta.forcing:
+            return None
+        if phase is None:
+            raise ValueError("this model has seasonal forcing: pass phase= (radians, shape (N,))")
+        return torch.as_tensor(phase, dtype=x.dtype, device=x.device).expand(x.shape[0])
+
+    def forward(self, x: torch.Tensor, phase: torch.Tensor | None = None) -> torch.Tensor:
         d = self.delta
+        p = self._phase(x, phase)
         if self.scheme == "euler":
-            return x + d(x)
-        k1 = d(x)
-        k2 = d(x + 0.5 * k1)
-        k3 = d(x + 0.5 * k2)
-        k4 = d(x + k3)
+            return x + d(x, p)
+        mid = None if p is None else p + 0.5 * self.step_phase
+        end = None if p is None else p + self.step_phase
+        k1 = d(x, p)
+        k2 = d(x + 0.5 * k1, mid)
+        k3 = d(x + 0.5 * k2, mid)
+        k4 = d(x + k3, end)
         return x + (k1 + 2.0 * k2 + 2.0 * k3 + k4) / 6.0
 
-    def rollout(self, x: torch.Tensor, steps: int) -> torch.Tensor:
+    def rollout(self, x: torch.Tensor, steps: int, phase: torch.Tensor | None = None) -> torch.Tensor:
         out = []
+        p = self._phase(x, phase)
         for _ in range(steps):
-            x = self(x)
+            x = self(x, p)
             out.append(x)
+            if p is not None:
+                p = p + self.step_phase
         return torch.stack(out) if out else x.new_zeros((0,) + tuple(x.shape))
 
     def flops_per_step(self) -> int:
@@ -126,8 +151,14 @@ def lstm_hidden_for(dim: int, hidden: int) -> int:
     return best
 
 
-def build_dynamics(*, scheme: Scheme, dim: int, hidden: int, activation: Activation = "tanh") -> nn.Module:
-    """The module for ``scheme``; for ``"lstm"`` ``hidden`` is the ResNet width to match in size."""
+def build_dynamics(*, scheme: Scheme, dim: int, hidden: int, activation: Activation = "tanh", forcing: int = 0,
+                   step_phase: float = 0.0) -> nn.Module:
+    """The module for ``scheme``; for ``"lstm"`` ``hidden`` is the ResNet width to match in size.
+
+    ``forcing``: harmonics of the seasonal clock fed to δ (ResNets only), ``step_phase`` its advance per step
+    (radians)."""
     if scheme == "lstm":
+        if forcing:
+            raise ValueError("seasonal forcing is implemented for the ResNets (rk4, euler), not the LSTM")
         return LSTMDynamics(dim, lstm_hidden_for(dim, hidden))
-    return ResNetDynamics(dim, hidden, scheme=scheme, activation=activation)
+    return ResNetDynamics(dim, hidden, scheme=scheme, activation=activation, forcing=forcing, step_phase=step_phase)

@@ -1,0 +1,444 @@
+"""Map products for GIS analysts: class maps, probability stores, change maps (raster and polygons).
+
+* ``class_map``: class probabilities (class, y, x) -> uint8 class ids (y, x), ``nodata`` where unknown;
+* ``write_class_map``: a Cloud-Optimized GeoTIFF with an embedded colour table, class names in the metadata
+  (``CLASS_<id>`` band tags and a JSON ``CLASSES`` dataset tag) and internal overviews;
+* ``write_probabilities``: the probabilities as a GIS-readable Zarr store (``s2pipe.store.write_cube``;
+  GDAL: ``ZARR:"path":/probability``, one band per class);
+* ``detect_change``: pixels where a target class appeared (1) or disappeared (2) between two class maps,
+  small groups removed;
+* ``write_change``: the change map as a COG and its regions as polygons in a GeoPackage.
+
+Every file is written under a temporary name in the destination folder and renamed when complete.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import xarray as xr
+from affine import Affine
+from scipy import ndimage
+
+from s2pipe.cube import Grid, grid_of
+from s2pipe.errors import InputError
+
+__all__ = [
+    "class_map", "write_class_map", "write_probabilities", "detect_change", "write_change", "change_polygons",
+    "ChangeFiles",
+    "NODATA", "NO_CHANGE", "APPEARED", "DISAPPEARED", "CLASS_COLORS",
+]
+
+NODATA = 255
+"""Default nodata value of uint8 class and change maps."""
+NO_CHANGE, APPEARED, DISAPPEARED = 0, 1, 2
+CHANGE_NAMES = {NO_CHANGE: "no change", APPEARED: "appeared", DISAPPEARED: "disappeared"}
+CHANGE_COLORS = {NO_CHANGE: (0, 0, 0, 0), APPEARED: (228, 26, 28, 255), DISAPPEARED: (55, 126, 184, 255)}
+
+CLASS_COLORS: dict[str, tuple[int, int, int]] = {
+    "background": (200, 200, 200), "other": (200, 200, 200), "water": (31, 120, 180), "mangrove": (27, 120, 55),
+    "mangroves": (27, 120, 55), "forest": (77, 175, 74), "grassland": (184, 225, 134), "bare soil": (191, 129, 45),
+    "bare": (191, 129, 45), "urban": (227, 26, 28), "road": (60, 60, 60), "roads": (60, 60, 60),
+    "cropland": (255, 237, 111), "cloud": (255, 255, 255),
+}
+"""Default colours (RGB) of common class names; other classes take colours of a qualitative palette."""
+_PALETTE = [(166, 206, 227), (31, 120, 180), (178, 223, 138), (51, 160, 44), (251, 154, 153), (227, 26, 28),
+            (253, 191, 111), (255, 127, 0), (202, 178, 214), (106, 61, 154), (255, 255, 153), (177, 89, 40)]
+
+ChangeKind = Literal["appeared", "disappeared", "both"]
+Resampling = Literal["nearest", "mode"]
+
+
+class ChangeFiles(NamedTuple):
+    """What ``write_change`` wrote."""
+
+    raster: Path
+    """The change COG (0 no change, 1 appeared, 2 disappeared, nodata)."""
+    vectors: Path | None
+    """The GeoPackage of change polygons (None when not asked for)."""
+    n_polygons: int
+    """Polygons in the GeoPackage layer (0 when no GeoPackage was written)."""
+
+
+# ---------------------------------------------------------------------------------------------- class maps
+
+
+def class_map(proba: xr.DataArray, *, nodata: int = NODATA) -> xr.DataArray:
+    """Most probable class ``"class_map"`` (y, x) uint8 from probabilities (class, y, x).
+
+    The argmax over ``class`` is mapped to the ids of the ``class`` coordinate (0..K-1 without one); pixels with
+    a NaN probability get ``nodata``. Lazy (Dask) input stays lazy. Keeps x/y/spatial_ref coordinates and the
+    ``crs``/``transform``/``classes`` attributes.
+    """
+    if not isinstance(proba, xr.DataArray) or "class" not in proba.dims or not {"y", "x"} <= set(proba.dims):
+        raise InputError(f"proba must be an xarray.DataArray with dims (class, y, x), got {type(proba).__name__} "
+                         f"{getattr(proba, 'dims', '')}")
+    if set(proba.dims) != {"class", "y", "x"}:
+        raise InputError(f"proba has dims {proba.dims}; select one time/member first so dims are (class, y, x)")
+    _check_nodata(nodata)
+    ids = np.asarray(proba["class"].values) if "class" in proba.coords else np.arange(proba.sizes["class"])
+    if ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() > 254:
+        raise InputError(f"the class coordinate holds {ids.tolist()[:10]}; class_map needs integer class ids in "
+                         "0..254 (uint8 with a nodata value): assign them with proba.assign_coords({'class': [...]})")
+    if nodata in ids.tolist():
+        raise InputError(f"nodata={nodata} is also a class id {ids.tolist()}; pass another nodata value")
+    lookup = ids.astype(np.uint8)
+    proba = proba.transpose("class", "y", "x")
+    out = xr.apply_ufunc(
+        _argmax_ids, proba, input_core_dims=[["class"]], dask="parallelized", output_dtypes=[np.uint8],
+        kwargs={"lookup": lookup, "nodata": np.uint8(nodata)},
+    )
+    out = out.drop_vars([c for c in out.coords if c not in ("y", "x", "spatial_ref")])
+    attrs = {k: v for k, v in proba.attrs.items() if k in ("crs", "transform", "classes", "resolution")}
+    try:
+        grid = grid_of(proba)
+        attrs.update(crs=grid.crs, transform=[float(v) for v in list(grid.transform)[:6]])
+    except InputError:
+        pass  # no CRS: a plain array; write_class_map will say what is missing
+    attrs.update(nodata=int(nodata), long_name="most probable class")
+    out.attrs = attrs
+    out.name = "class_map"
+    return out
+
+
+def write_class_map(
+    class_map: xr.DataArray,
+    path: str | os.PathLike,
+    *,
+    names: Mapping[int, str] | None = None,
+    colors: Mapping[int, Any] | None = None,
+    overviews: bool = True,
+    nodata: int | None = None,
+    blocksize: int = 512,
+    resampling: Resampling = "nearest",
+) -> Path:
+    """Write a (y, x) class map as a Cloud-Optimized GeoTIFF; return the path.
+
+    Tiled (``blocksize`` px), DEFLATE, internal overviews (``resampling``: ``"nearest"`` or ``"mode"``), the
+    ``nodata`` value (default: the map's ``nodata`` attribute, else 255), an embedded colour table and the class
+    names. ``names``: {id: name} (default: the ``classes`` attribute). ``colors``: {id: (r, g, b[, a]) or
+    "#rrggbb"} (default: ``CLASS_COLORS`` by name, else a qualitative palette; nodata is transparent).
+    """
+    values, grid = _raster_of(class_map, "class_map")
+    nodata = _nodata_of(class_map, nodata)
+    names = _class_names(class_map, names)
+    present = {int(v) for v in np.unique(values) if int(v) != nodata}
+    cmap = _colormap(sorted(set(names) | present), names, colors, nodata)
+    tags = {"CLASSES": json.dumps({str(k): v for k, v in sorted(names.items())})}
+    band_tags = {f"CLASS_{k}": v for k, v in sorted(names.items())}
+    return _write_cog_uint8(values, path, grid=grid, nodata=nodata, colormap=cmap, description="class",
+                            tags=tags, band_tags=band_tags, overviews=overviews, blocksize=blocksize,
+                            resampling=resampling)
+
+
+def write_probabilities(proba: xr.DataArray, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write probabilities (class, y, x) as the variable ``probability`` of a GIS-readable Zarr store.
+
+    Through ``s2pipe.store.write_cube`` (CF grid mapping + GDAL ``_CRS``; resumable, ``OutputConflictError`` on
+    a different existing store unless ``overwrite``). GDAL/QGIS: ``ZARR:"<path>":/probability``, one band per class
+    in the order of the ``class`` coordinate (stored as a coordinate, and as ``classes`` names when known).
+    """
+    from s2pipe.store import write_cube
+
+    if not isinstance(proba, xr.DataArray) or set(proba.dims) != {"class", "y", "x"}:
+        raise InputError(f"proba must be an xarray.DataArray with dims (class, y, x), got {type(proba).__name__} "
+                         f"{getattr(proba, 'dims', '')}")
+    if proba.dtype.kind != "f":
+        raise InputError(f"proba has dtype {proba.dtype}; probabilities are floats (e.g. .astype('float32'))")
+    proba = proba.transpose("class", "y", "x")
+    if "class" not in proba.coords:
+        proba = proba.assign_coords({"class": np.arange(proba.sizes["class"])})
+    ds = proba.to_dataset(name="probability", promote_attrs=True)
+    ds["probability"].attrs = {"long_name": "class probability", "units": "1"}
+    return write_cube(ds, path, overwrite=overwrite)
+
+
+# ---------------------------------------------------------------------------------------------- change
+
+
+def detect_change(
+    earlier: xr.DataArray,
+    later: xr.DataArray,
+    *,
+    target: int | Sequence[int],
+    kind: ChangeKind = "appeared",
+    min_pixels: int = 4,
+    nodata: int = NODATA,
+    connectivity: Literal[4, 8] = 8,
+) -> xr.DataArray:
+    """Change map ``"change"`` (y, x) uint8 of the ``target`` class(es) between two class maps on one grid.
+
+    1 = appeared (target in ``later``, not in ``earlier``), 2 = disappeared (the reverse; only with
+    ``kind="disappeared"`` or ``"both"``), 0 = no change, ``nodata`` where either map is ``nodata``. Connected
+    groups (``connectivity`` 4 or 8 neighbours) of fewer than ``min_pixels`` changed pixels of one kind are
+    removed (set to 0). ``target``: a class id, or several ids treated as one class (e.g. urban + road).
+    """
+    if kind not in ("appeared", "disappeared", "both"):
+        raise InputError(f"kind={kind!r} must be 'appeared', 'disappeared' or 'both'")
+    if connectivity not in (4, 8):
+        raise InputError(f"connectivity={connectivity!r} must be 4 or 8 (neighbours)")
+    if isinstance(min_pixels, bool) or not isinstance(min_pixels, (int, np.integer)) or min_pixels < 1:
+        raise InputError(f"min_pixels={min_pixels!r} must be an integer >= 1 (1 keeps every changed pixel)")
+    _check_nodata(nodata)
+    targets = [target] if isinstance(target, (int, np.integer)) and not isinstance(target, bool) else list(target)
+    if not targets or any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) for t in targets):
+        raise InputError(f"target={target!r} must be a class id or a list of class ids, e.g. target=7")
+    if nodata in targets:
+        raise InputError(f"target={target!r} includes the nodata value {nodata}; pass the class id(s) to follow")
+    a, grid = _raster_of(earlier, "earlier")
+    b, grid_b = _raster_of(later, "later")
+    if not _same_grid(grid, grid_b):
+        raise InputError(
+            f"earlier and later are on different grids: {grid.crs} {list(grid.transform)[:6]} {grid.shape} vs "
+            f"{grid_b.crs} {list(grid_b.transform)[:6]} {grid_b.shape}; resample one onto the other's grid "
+            "(e.g. s2pipe.pixels.align_mask(later, earlier))"
+        )
+    invalid = (a == nodata) | (b == nodata)
+    in_a, in_b = np.isin(a, targets) & ~invalid, np.isin(b, targets) & ~invalid
+    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    out = np.zeros(a.shape, dtype=np.uint8)
+    wanted = {"appeared": [(APPEARED, in_b & ~in_a)], "disappeared": [(DISAPPEARED, in_a & ~in_b)],
+              "both": [(APPEARED, in_b & ~in_a), (DISAPPEARED, in_a & ~in_b)]}[kind]
+    counts: dict[str, int] = {}
+    for value, mask in wanted:
+        if min_pixels > 1 and mask.any():
+            lab, n = ndimage.label(mask, structure=structure)
+            sizes = np.bincount(lab.ravel())
+            keep = sizes >= min_pixels
+            keep[0] = False
+            mask = keep[lab]
+        out[mask] = value
+        counts[CHANGE_NAMES[value]] = int(mask.sum())
+    out[invalid] = nodata
+    ref = later if isinstance(later, xr.DataArray) else earlier
+    coords = {c: ref.coords[c] for c in ("y", "x", "spatial_ref") if c in ref.coords}
+    names = _class_names(earlier, None) | _class_names(later, None)
+    attrs = {
+        "crs": grid.crs, "transform": [float(v) for v in list(grid.transform)[:6]], "nodata": int(nodata),
+        "classes": {str(k): v for k, v in CHANGE_NAMES.items()}, "target": [int(t) for t in targets],
+        "target_names": [names.get(int(t), f"class {t}") for t in targets], "kind": kind,
+        "min_pixels": int(min_pixels), "connectivity": int(connectivity), "changed_pixels": counts,
+        "long_name": f"change of class {'+'.join(str(t) for t in targets)} (1 appeared, 2 disappeared)",
+    }
+    return xr.DataArray(out, dims=("y", "x"), coords=coords, name="change", attrs=attrs)
+
+
+def write_change(
+    change: xr.DataArray,
+    path_tif: str | os.PathLike,
+    path_gpkg: str | os.PathLike | None = None,
+    *,
+    layer: str = "change",
+    blocksize: int = 512,
+) -> ChangeFiles:
+    """Write a ``detect_change`` map as a COG (``path_tif``) and, with ``path_gpkg``, its change regions as
+    polygons in a GeoPackage layer ``layer`` in the grid's CRS.
+
+    One polygon per connected region (the map's ``connectivity`` attribute, default 8; a region whose pixels
+    touch only at corners is a valid MultiPolygon, so every feature is a MultiPolygon) with the attributes
+    ``change`` ("appeared"/"disappeared"), ``class_id`` (the target class; -1 when the target is several
+    classes), ``target`` (the target id(s), e.g. "6+7"), ``area_m2`` and ``pixels``.
+    """
+    values, grid = _raster_of(change, "change")
+    nodata = _nodata_of(change, None)
+    tif = _write_cog_uint8(
+        values, path_tif, grid=grid, nodata=nodata, colormap=_colormap([0, 1, 2], CHANGE_NAMES, CHANGE_COLORS, nodata),
+        description="change", tags={"CLASSES": json.dumps({str(k): v for k, v in CHANGE_NAMES.items()}),
+                                    "CHANGE_TARGET": json.dumps(change.attrs.get("target"))},
+        band_tags={f"CLASS_{k}": v for k, v in CHANGE_NAMES.items()}, overviews=True, blocksize=blocksize,
+        resampling="nearest",
+    )
+    if path_gpkg is None:
+        return ChangeFiles(tif, None, 0)
+    gdf = change_polygons(change)
+    gpkg = Path(path_gpkg)
+    gpkg.parent.mkdir(parents=True, exist_ok=True)
+    tmp = gpkg.with_name(f".{gpkg.stem}.part-{uuid.uuid4().hex[:8]}.gpkg")
+    try:
+        gdf.to_file(tmp, driver="GPKG", layer=layer, engine="pyogrio", geometry_type="MultiPolygon")
+        os.replace(tmp, gpkg)
+    finally:
+        for p in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+            p.unlink(missing_ok=True)
+    return ChangeFiles(tif, gpkg, len(gdf))
+
+
+def change_polygons(change: xr.DataArray):
+    """The change regions of a ``detect_change`` map as a GeoDataFrame (see ``write_change``)."""
+    import geopandas as gpd
+    import pandas as pd
+    import shapely
+    from rasterio.features import shapes
+    from shapely.geometry import MultiPolygon, shape
+
+    values, grid = _raster_of(change, "change")
+    connectivity = int(change.attrs.get("connectivity", 8)) if isinstance(change, xr.DataArray) else 8
+    targets = [int(t) for t in (change.attrs.get("target") or [])] if isinstance(change, xr.DataArray) else []
+    mask = (values == APPEARED) | (values == DISAPPEARED)
+    pixel_area = abs(grid.transform.a * grid.transform.e - grid.transform.b * grid.transform.d)
+    metric = _metric_crs(grid.crs)
+    records, geoms = [], []
+    for geom, value in shapes(values, mask=mask, connectivity=connectivity, transform=grid.transform):
+        poly = shape(geom)
+        if not poly.is_valid:
+            poly = shapely.make_valid(poly)
+        parts = [g for g in getattr(poly, "geoms", [poly]) if g.geom_type == "Polygon" and not g.is_empty]
+        multi = MultiPolygon(parts)
+        pixels = int(round(multi.area / pixel_area))
+        records.append({
+            "change": CHANGE_NAMES[int(value)],
+            "class_id": targets[0] if len(targets) == 1 else -1,
+            "target": "+".join(str(t) for t in targets),
+            "area_m2": float(multi.area) if metric else float("nan"),
+            "pixels": pixels,
+        })
+        geoms.append(multi)
+    columns = ["change", "class_id", "target", "area_m2", "pixels"]
+    frame = pd.DataFrame.from_records(records, columns=columns).astype(
+        {"change": str, "class_id": "int32", "target": str, "area_m2": "float64", "pixels": "int64"})
+    gdf = gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries(geoms, crs=grid.crs), crs=grid.crs)
+    if not metric and len(gdf):
+        gdf["area_m2"] = gdf.to_crs(gdf.estimate_utm_crs()).area.to_numpy()
+    return gdf
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _argmax_ids(p: np.ndarray, *, lookup: np.ndarray, nodata: np.uint8) -> np.ndarray:
+    """(..., K) probabilities -> (...) uint8 class ids; nodata where any probability is NaN."""
+    bad = np.isnan(p).any(axis=-1)
+    idx = np.argmax(np.where(np.isnan(p), -np.inf, p), axis=-1)
+    out = lookup[idx]
+    out[bad] = nodata
+    return out
+
+
+def _check_nodata(nodata) -> None:
+    if isinstance(nodata, bool) or not isinstance(nodata, (int, np.integer)) or not 0 <= nodata <= 255:
+        raise InputError(f"nodata={nodata!r} must be an integer in 0..255 (uint8 maps); pass e.g. nodata=255")
+
+
+def _raster_of(obj, what: str) -> tuple[np.ndarray, Grid]:
+    """(y, x) values and grid of a georeferenced 2-D DataArray."""
+    if not isinstance(obj, xr.DataArray) or set(obj.dims) != {"y", "x"}:
+        raise InputError(f"{what} must be a (y, x) xarray.DataArray with a CRS, got {type(obj).__name__} "
+                         f"{getattr(obj, 'dims', '')}")
+    grid = grid_of(obj)
+    values = np.asarray(obj.transpose("y", "x").values)
+    if values.dtype.kind not in "iub":
+        raise InputError(f"{what} has dtype {values.dtype}; pass integer class ids (e.g. from class_map)")
+    return values, grid
+
+
+def _nodata_of(obj: xr.DataArray, nodata: int | None) -> int:
+    if nodata is None:
+        nodata = obj.attrs.get("nodata", obj.attrs.get("_FillValue", NODATA))
+    nodata = int(nodata)
+    _check_nodata(nodata)
+    return nodata
+
+
+def _class_names(obj, names: Mapping[int, str] | None) -> dict[int, str]:
+    if names is None:
+        names = obj.attrs.get("classes") if isinstance(obj, xr.DataArray) else None
+        if not isinstance(names, Mapping):
+            return {}
+    try:
+        return {int(k): str(v) for k, v in names.items()}
+    except (TypeError, ValueError, AttributeError):
+        raise InputError(f"names={names!r} must map class ids to names, e.g. {{1: 'water', 7: 'road'}}") from None
+
+
+def _color(value: Any, cid: int) -> tuple[int, int, int, int]:
+    if isinstance(value, str):
+        s = value.lstrip("#")
+        if len(s) in (6, 8):
+            try:
+                rgba = tuple(int(s[i:i + 2], 16) for i in range(0, len(s), 2))
+                return rgba if len(rgba) == 4 else (*rgba, 255)
+            except ValueError:
+                pass
+    elif isinstance(value, Sequence) and len(value) in (3, 4) and all(0 <= int(v) <= 255 for v in value):
+        rgba = tuple(int(v) for v in value)
+        return rgba if len(rgba) == 4 else (*rgba, 255)
+    raise InputError(f"colors[{cid}]={value!r} is not a colour; pass (r, g, b), (r, g, b, a) in 0..255 or '#rrggbb'")
+
+
+def _colormap(ids: Sequence[int], names: Mapping[int, str], colors: Mapping[int, Any] | None,
+              nodata: int) -> dict[int, tuple[int, int, int, int]]:
+    """A full 256-entry colour table: given colours, then colours by name, then the palette; nodata transparent."""
+    given = {int(k): _color(v, int(k)) for k, v in (colors or {}).items()}
+    cmap = {i: (0, 0, 0, 0) for i in range(256)}
+    free = iter(c for c in _PALETTE * 22)
+    for cid in ids:
+        if not 0 <= cid <= 255:
+            raise InputError(f"class id {cid} does not fit a uint8 map; class ids must be in 0..255")
+        if cid in given:
+            cmap[cid] = given[cid]
+        elif names.get(cid, "").lower() in CLASS_COLORS:
+            cmap[cid] = (*CLASS_COLORS[names[cid].lower()], 255)
+        else:
+            cmap[cid] = (*next(free), 255)
+    cmap[nodata] = (0, 0, 0, 0)
+    return cmap
+
+
+def _write_cog_uint8(values: np.ndarray, path: str | os.PathLike, *, grid: Grid, nodata: int,
+                     colormap: Mapping[int, tuple[int, ...]], description: str, tags: Mapping[str, str],
+                     band_tags: Mapping[str, str], overviews: bool, blocksize: int, resampling: str) -> Path:
+    """A uint8 COG with colour table and metadata, written to a temporary name and renamed."""
+    import rasterio
+
+    if isinstance(blocksize, bool) or not isinstance(blocksize, (int, np.integer)) or blocksize < 16 or blocksize % 16:
+        raise InputError(f"blocksize={blocksize!r} must be a multiple of 16 pixels; pass e.g. blocksize=512")
+    if resampling not in ("nearest", "mode"):
+        raise InputError(f"resampling={resampling!r} must be 'nearest' or 'mode' (class maps are categorical)")
+    if values.size and (values.min() < 0 or values.max() > 255):
+        raise InputError(f"values span {values.min()}..{values.max()}; a class map COG holds uint8 ids in 0..255")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part-{uuid.uuid4().hex[:8]}")
+    crs = f"EPSG:{grid.epsg}" if grid.epsg else grid.crs
+    profile = dict(
+        driver="COG", width=values.shape[1], height=values.shape[0], count=1, dtype="uint8", crs=crs,
+        transform=Affine(*list(grid.transform)[:6]), nodata=nodata, blocksize=int(blocksize), compress="DEFLATE",
+        predictor=2, overviews="AUTO" if overviews else "NONE", overview_resampling=resampling.upper(),
+        BIGTIFF="IF_SAFER",
+    )
+    try:
+        with rasterio.Env(GDAL_NUM_THREADS="1"):
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(values.astype(np.uint8, copy=False), 1)
+                dst.write_colormap(1, dict(colormap))
+                dst.set_band_description(1, description)
+                dst.update_tags(**tags)
+                dst.update_tags(1, **band_tags)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _same_grid(a: Grid, b: Grid) -> bool:
+    from pyproj import CRS
+
+    same_crs = a.crs == b.crs or CRS.from_user_input(a.crs) == CRS.from_user_input(b.crs)
+    return same_crs and a.shape == b.shape and all(
+        math.isclose(x, y, rel_tol=0, abs_tol=1e-6 * max(1.0, a.resolution))
+        for x, y in zip(list(a.transform)[:6], list(b.transform)[:6])
+    )
+
+
+def _metric_crs(crs: str) -> bool:
+    """Whether ``crs`` is projected with metre units (polygon areas are then m²)."""
+    from pyproj import CRS
+
+    c = CRS.from_user_input(crs)
+    return bool(c.is_projected) and c.axis_info[0].unit_name in ("metre", "meter")
