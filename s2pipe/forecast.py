@@ -44,6 +44,7 @@ import torch
 import xarray as xr
 
 from s2pipe.errors import InputError
+from s2pipe.weights import read_payload
 from s2pipe.models.dynamics import SCHEMES, Scheme, build_dynamics
 
 __all__ = ["DynamicsConfig", "DynamicsModel", "fit_dynamics", "load_dynamics", "annual_phase", "rmse_by_lead",
@@ -345,15 +346,7 @@ class DynamicsModel:
 
 def load_dynamics(path, *, device=None) -> DynamicsModel:
     """Load a model written by ``DynamicsModel.save`` (``torch.load(weights_only=True)``: no code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"model file {str(path)!r} does not exist; pass the path given to model.save")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not our file"
-        raise InputError(f"{str(path)!r} is not a saved s2pipe dynamics model ({e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise InputError(f"{str(path)!r} is not a saved s2pipe dynamics model (format {_FORMAT!r})")
+    payload = read_payload(path, fmt=_FORMAT, what="dynamics model", owner="model")
     cfg = DynamicsConfig(**json.loads(payload["config"]))
     module = build_dynamics(scheme=cfg.scheme, dim=cfg.dim, hidden=cfg.hidden, activation=cfg.activation,
                             forcing=cfg.season, step_phase=_step_phase(cfg.step_ns))
@@ -525,11 +518,12 @@ def fit_dynamics(
         raise InputError(f"lr={lr!r} must be positive; pass e.g. lr=1e-3")
     dev = resolve_device(device)
 
+    step_ns = int(np.diff(times.astype(np.int64))[0])
     # encoding (offset/scale fitted on the training states)
     tmp = DynamicsModel(
         DynamicsConfig(scheme=scheme, hidden=int(hidden), order=int(order), n_bands=L, components=k, reduced=reduced,
                        normalize=normalize, training=training, rollout=horizon, epochs=0, lr=lr, batch_size=0,
-                       seed=int(seed), activation=activation, step_ns=int(np.diff(times.astype(np.int64))[0]),
+                       seed=int(seed), activation=activation, step_ns=step_ns,
                        bands=np.asarray(series["band"].values).tolist(), warmup=0, season=harmonics),
         torch.nn.Identity(), mean=mean, basis=basis, offset=np.zeros((order + 1) * k), scale=np.ones((order + 1) * k),
         device=torch.device("cpu"))
@@ -546,7 +540,6 @@ def fit_dynamics(
 
     torch.manual_seed(seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    step_ns = int(np.diff(times.astype(np.int64))[0])
     module = build_dynamics(scheme=scheme, dim=X.shape[-1], hidden=int(hidden), activation=activation,
                             forcing=harmonics, step_phase=_step_phase(step_ns)).to(dev)
     phases = torch.as_tensor(annual_phase(times[order:]), dtype=torch.float32, device=dev)  # (n_states,)

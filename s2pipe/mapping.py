@@ -40,6 +40,7 @@ import torch
 import xarray as xr
 
 from s2pipe.errors import InputError
+from s2pipe.weights import read_payload
 from s2pipe.forecast import resolve_device
 from s2pipe.models.mapping import TemporalHead, UNet, joint_loss, receptive_radius
 
@@ -369,15 +370,7 @@ def _aligned_chunks(chunks: tuple[int, ...], m: int, halo: int) -> tuple[int, ..
 
 def load_mapper(path, *, device=None) -> Mapper:
     """Load a mapper written by ``Mapper.save`` (``torch.load(weights_only=True)``: no code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"mapper file {str(path)!r} does not exist; pass the path given to mapper.save")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not our file"
-        raise InputError(f"{str(path)!r} is not a saved s2pipe mapper ({e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise InputError(f"{str(path)!r} is not a saved s2pipe mapper (format {_FORMAT!r})")
+    payload = read_payload(path, fmt=_FORMAT, what="mapper", owner="mapper")
     cfg = MapperConfig(**json.loads(payload["config"]))
     fcn, head = _build(cfg)
     fcn.load_state_dict(payload["fcn"])
