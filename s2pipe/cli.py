@@ -84,9 +84,13 @@ def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Zarr store to write.")] = Path("out/demo-cube.zarr"),
     dask_address: Annotated[Optional[str], typer.Option("--dask-address", help="Existing Dask scheduler (default: a LocalCluster).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output built differently.")] = False,
+    maps: Annotated[bool, typer.Option("--maps/--no-maps", help="Then map the region's roads and mangroves and the road built in 2022.")] = True,
+    maps_output: Annotated[Path, typer.Option("--maps-output", help="Folder of the land-cover products.")] = Path("out/demo-maps"),
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """The embedded default job: generate the demo region (once), serve it with a local STAC API, build its cube."""
+    """The embedded default job: generate the demo region (once), serve it with a local STAC API, build its cube,
+    then train a U-Net + ConvLSTM mapper on its road and mangrove vectors, map the region at the end of 2021 and
+    of 2022, and find the road built in between."""
     _setup_logging(verbose)
     from s2pipe.catalog import load_profile
     from s2pipe.config import load_config
@@ -102,11 +106,38 @@ def demo(
             dask_address=dask_address, overwrite=overwrite or None,
         )
         summary = _run_flow(cfg)
+        _print_summary(summary)
+        if maps:
+            from flows.mapping import demo_maps
+            from s2pipe.config import DaskConfig
+
+            products = demo_maps(summary["output"], str(region.roads_path), str(region.mangroves_path),
+                                 output=str(maps_output), dask=DaskConfig(address=dask_address))
     except S2PipeError as exc:
         raise _fail(exc) from None
-    _print_summary(summary)
     typer.echo(f"vector labels: {region.roads_path} (roads), {region.mangroves_path} (mangroves)")
     typer.echo(f"open in QGIS/GDAL:  gdalinfo ZARR:\"{Path(summary['output']).resolve()}\":/reflectance")
+    if maps:
+        _print_demo_maps(products)
+
+
+def _ious(scores: dict) -> str:
+    """'name 0.93, ...' per-class IoU of a ``Scores.to_dict()``."""
+    return ", ".join(f"{n} {c['iou']:.2f}" if c["iou"] is not None else f"{n} -"
+                     for n, c in scores["per_class"].items())
+
+
+def _print_demo_maps(products: dict) -> None:
+    trained = products["train"]
+    typer.echo(f"land-cover mapper: {trained['model']} ({trained['train_seconds']} s; report {trained['report']})")
+    for mode, scores in (trained.get("held_out") or {}).items():
+        ious = _ious(scores)
+        typer.echo(f"  held-out east part, {mode.replace('_', ' ')}: OA {scores['overall_accuracy']:.1%}, IoU {ious}")
+    for year, m in products["maps"].items():
+        typer.echo(f"  map {m['last_date']}: {m['class_map']}, {m['probability']}, {m['png']}")
+    ch = products["change"]
+    typer.echo(f"  roads built since 2021: {ch['changed_pixels'].get('appeared', 0)} px, {ch['polygons']} polygons -> "
+               f"{ch['raster']}, {ch['vectors']}, {ch['png']}")
 
 
 @app.command()
@@ -275,6 +306,131 @@ def forecast_predict_cmd(
     except S2PipeError as exc:
         raise _fail(exc) from None
     typer.echo(f"forecast written to {summary['output']} ({steps} steps)")
+
+
+map_app = typer.Typer(
+    help="Land-cover mapping (U-Net per date + ConvLSTM over a date sequence) on a cube written by `s2pipe run`/`demo`.",
+    no_args_is_help=True,
+)
+app.add_typer(map_app, name="map")
+
+_LABEL_HELP = ("Vector labels PATH:CLASS_ID[:NAME] (GeoPackage/GeoJSON/Shapefile, any CRS); repeat for several "
+               "classes, later ones win, e.g. --label out/demo/vectors/mangroves.geojson:1:mangrove "
+               "--label out/demo/vectors/roads.geojson:2:road")
+
+
+def _label_specs(labels: list[str] | None, *, line_width: float, width_column: str | None) -> list[dict]:
+    """``PATH:CLASS_ID[:NAME]`` strings -> label-source dicts of ``flows.mapping.label_sources``."""
+    specs = []
+    for text in labels or []:
+        parts = text.rsplit(":", 2)
+        if len(parts) == 3 and not parts[2].strip().lstrip("-").isdigit() and parts[1].strip().lstrip("-").isdigit():
+            path, cid, name = parts
+        elif len(parts) >= 2 and parts[-1].strip().lstrip("-").isdigit():
+            path, cid, name = text.rsplit(":", 1) + [None]
+        else:
+            raise InputError(f"--label {text!r} must be PATH:CLASS_ID or PATH:CLASS_ID:NAME, e.g. roads.gpkg:2:road")
+        spec = {"data": path, "class_id": int(cid), "line_width": line_width}
+        if name:
+            spec["name"] = name
+        if width_column:
+            spec["width_column"] = width_column
+        specs.append(spec)
+    return specs
+
+
+@map_app.command("train")
+def map_train_cmd(
+    cube: Annotated[Path, typer.Argument(help="Zarr cube written by s2pipe.")],
+    label: Annotated[list[str], typer.Option("--label", "-l", help=_LABEL_HELP)],
+    model_out: Annotated[Path, typer.Option("--model", "-m", help="Where to save the mapper (.pt); a JSON report goes beside it.")] = Path("out/mapper.pt"),
+    start: Annotated[Optional[str], typer.Option(help="First training date (YYYY-MM-DD); pick dates the labels are true for.")] = None,
+    end: Annotated[Optional[str], typer.Option(help="Last training date.")] = None,
+    line_width: Annotated[float, typer.Option(help="Width (m) lines and points are widened to.")] = 20.0,
+    width_column: Annotated[Optional[str], typer.Option(help="Attribute with each line's width in metres (e.g. width_m).")] = None,
+    background: Annotated[int, typer.Option(help="Class of pixels no label covers (0 = other; -1 = unlabelled).")] = 0,
+    split: Annotated[str, typer.Option(help="Spatial hold-out for the report: half, blocks or none.")] = "half",
+    test_fraction: Annotated[float, typer.Option(help="Share of labelled pixels held out.")] = 0.3,
+    seq_len: Annotated[int, typer.Option(help="Dates the ConvLSTM reads (the paper: 5).")] = 5,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs, U-Net and ConvLSTM together (default: the library's choice).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 (default: CUDA when available).")] = None,
+) -> None:
+    """Train a land-cover mapper from vector labels on a cube; print its held-out scores."""
+    _setup_logging(False)
+    try:
+        specs = _label_specs(label, line_width=line_width, width_column=width_column)
+        from flows.mapping import label_sources, map_train
+
+        label_sources(specs)  # bad labels fail here, before Prefect starts or anything is written
+        report = map_train(str(cube), str(model_out), specs, start=start, end=end, background=background,
+                           split=split, test_fraction=test_fraction, seq_len=seq_len, epochs=epochs, seed=seed,
+                           device=device)
+    except ValueError as exc:
+        raise _fail(exc if isinstance(exc, S2PipeError) else InputError(str(exc))) from None
+    except S2PipeError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"mapper saved to {report['model']} ({report['dates']} dates, {report['train_seconds']} s); report {report['report']}")
+    for mode, scores in (report.get("held_out") or {}).items():
+        ious = _ious(scores)
+        typer.echo(f"  held out, {mode.replace('_', ' ')}: OA {scores['overall_accuracy']:.1%}, IoU {ious}")
+
+
+@map_app.command("predict")
+def map_predict_cmd(
+    cube: Annotated[Path, typer.Argument(help="Zarr cube written by s2pipe.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Mapper saved by `s2pipe map train`.")] = Path("out/mapper.pt"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for probability.zarr, class_map.tif, map.png, summary.json.")] = Path("out/map"),
+    end: Annotated[Optional[str], typer.Option(help="Map the dates up to this day (default: the cube's last).")] = None,
+    single_date: Annotated[bool, typer.Option("--single-date", help="The U-Net on the last date only (no ConvLSTM).")] = False,
+    label: Annotated[Optional[list[str]], typer.Option("--label", "-l", help="Labels to draw in the PNG and compare with (as for `map train`).")] = None,
+    line_width: Annotated[float, typer.Option(help="Width (m) of label lines.")] = 20.0,
+    width_column: Annotated[Optional[str], typer.Option(help="Attribute with each line's width in metres.")] = None,
+    dask_address: Annotated[Optional[str], typer.Option("--dask-address", help="Existing Dask scheduler.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing probability store.")] = False,
+) -> None:
+    """Map a cube chunk by chunk: class probabilities (Zarr), class map (COG) and a PNG."""
+    _setup_logging(False)
+    from s2pipe.config import DaskConfig
+
+    try:
+        specs = _label_specs(label, line_width=line_width, width_column=width_column) or None
+        from flows.mapping import label_sources, map_predict
+
+        if specs:
+            label_sources(specs)
+        summary = map_predict(str(cube), str(model), str(output), end=end, temporal=not single_date, labels=specs,
+                              overwrite=overwrite, dask=DaskConfig(address=dask_address))
+    except S2PipeError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"map of {summary['last_date']} ({summary['mode']}) written to {summary['output']}: "
+               f"{Path(summary['class_map']).name}, {Path(summary['probability']).name}, {Path(summary['png']).name}")
+
+
+@map_app.command("change")
+def map_change_cmd(
+    earlier: Annotated[Path, typer.Argument(help="Earlier class map (COG from `map predict`).")],
+    later: Annotated[Path, typer.Argument(help="Later class map on the same grid.")],
+    target: Annotated[list[str], typer.Option("--target", "-t", help="Class id or name to follow (repeat to merge classes).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Change COG; polygons go to the same name with .gpkg.")] = Path("out/change.tif"),
+    kind: Annotated[str, typer.Option(help="appeared, disappeared or both.")] = "appeared",
+    min_pixels: Annotated[int, typer.Option(help="Drop changed regions smaller than this (pixels).")] = 4,
+) -> None:
+    """Where a class appeared (or disappeared) between two maps: a COG and GeoPackage polygons."""
+    _setup_logging(False)
+    try:
+        for path in (earlier, later):
+            if not path.is_file():
+                raise InputError(f"class map {path} does not exist; write one with `s2pipe map predict`")
+        from flows.mapping import map_change
+
+        summary = map_change(str(earlier), str(later), str(output), target=list(target),
+                             output_gpkg=str(output.with_suffix(".gpkg")), kind=kind, min_pixels=min_pixels,
+                             png=str(output.with_suffix(".png")))
+    except S2PipeError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"change of {', '.join(summary['target_names'])} ({kind}): {summary['changed_pixels']} pixels, "
+               f"{summary['polygons']} polygons -> {summary['raster']}, {summary['vectors']}, {summary['png']}")
 
 
 def _print_summary(summary: dict) -> None:

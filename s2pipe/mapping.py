@@ -26,9 +26,11 @@ multiples of ``2**depth`` (max-pool alignment): the result equals the whole-imag
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import time as _time
 import warnings
 from dataclasses import dataclass
@@ -44,26 +46,37 @@ from s2pipe.weights import read_payload
 from s2pipe.forecast import resolve_device
 from s2pipe.models.mapping import TemporalHead, UNet, joint_loss, receptive_radius
 
-__all__ = ["MapperConfig", "Mapper", "train_mapper", "load_mapper", "default_epochs", "EPOCH_PATCHES"]
+__all__ = ["MapperConfig", "Mapper", "train_mapper", "load_mapper", "default_epochs", "default_patch", "EPOCH_PATCHES"]
 
 _FORMAT = "s2pipe.mapper/1"
 EPOCH_PATCHES = 32
 """Random patches (training samples) in one epoch, for both stages."""
-_MIN_EPOCHS, _MAX_EPOCHS, _PASSES = 12, 30, 2
-"""Default U-Net epochs: enough for ``_PASSES`` passes over the image's pixels, between 12 and 30 (the paper's
-30); the head gets half as many (at least 6)."""
+_MIN_EPOCHS, _MAX_EPOCHS, _PASSES = 40, 60, 2
+"""Default U-Net epochs: enough for ``_PASSES`` passes over the image's pixels, between 40 and 60; the head
+gets half as many (at least 20)."""
+_MIN_PATCH = 64
+
+
+def default_patch(ny: int, nx: int, patch: int = 512, *, multiple: int = 8) -> int:
+    """Training patch side (px) for an ``ny``×``nx`` image: ``patch`` (the paper's 512) when the image is at
+    least 3 patches wide, else a third of its shorter side (at least 64 px, or the whole side of smaller images),
+    in multiples of ``multiple``. Small patches give more, more varied optimizer steps for the same cost: on the
+    194×226 demo region 64 px patches learned the 1–2 px roads where patches as large as the image did not."""
+    side = min(ny, nx)
+    floor = lambda v: max(multiple, int(v) // multiple * multiple)  # noqa: E731
+    return int(min(patch, max(min(_MIN_PATCH, floor(side)), floor(side / 3))))
 
 
 def default_epochs(ny: int, nx: int, patch: int) -> tuple[int, int]:
     """(U-Net, ConvLSTM-head) epochs used when ``epochs`` is None, for an ``ny``×``nx`` image and ``patch``.
 
-    At least 12 U-Net epochs (384 patches: 192 optimizer steps of 2 patches, a third of them before the first
-    learning-rate drop; a 100×100 image trains in ~10 s on 2 CPU cores), more for large images so that the
-    U-Net sees every pixel about twice, at most 30 (a full Sentinel-2 tile with 512 px patches: 29 epochs,
-    464 steps of 2×512² pixels).
+    At least 40 U-Net epochs (1280 patches: 640 optimizer steps of 2 patches; the 194×226 demo region with
+    64 px patches trains in ~40 s on 2 CPU cores; a full Sentinel-2 tile with 512 px patches sees each pixel
+    ~2.4 times), more for larger regions so that the U-Net sees every pixel about twice, at most 60. The head
+    gets half as many epochs (at least 20).
     """
     fcn = int(min(_MAX_EPOCHS, max(_MIN_EPOCHS, math.ceil(_PASSES * ny * nx / (EPOCH_PATCHES * patch * patch)))))
-    return fcn, max(6, fcn // 2)
+    return fcn, max(20, fcn // 2)
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -92,6 +105,10 @@ class MapperConfig:
         lr_factor: learning-rate factor at each step of ``lr_steps``.
         augment: random flips and 90° rotations of the training patches.
         seed: seed of initialisation, patch sampling and augmentation.
+        names: {class id (str): name} from the training labels' ``classes`` attribute (e.g. from
+            ``rasterize_labels``); {} when unknown. Carried into the predictions' ``classes`` attribute.
+        residual_head: the head corrects the sequence's mean FCN map (``TemporalHead(residual=True)``);
+            False (files written before it existed): the paper's plain head.
     """
 
     bands: list
@@ -114,6 +131,8 @@ class MapperConfig:
     lr_factor: float
     augment: bool
     seed: int
+    names: dict = dataclasses.field(default_factory=dict)
+    residual_head: bool = False
 
     @property
     def multiple(self) -> int:
@@ -182,6 +201,15 @@ def _check_labels(labels, images: xr.DataArray) -> np.ndarray:
     elif not np.issubdtype(v.dtype, np.integer):
         raise InputError(f"labels has dtype {v.dtype}; pass integer class ids (-1 = unlabelled)")
     return v.astype(np.int64)
+
+
+def _names_of(labels, classes: np.ndarray) -> dict[str, str]:
+    """{id: name} of the trained classes from a labels ``classes`` attribute ({} when it has none)."""
+    given = getattr(labels, "attrs", {}).get("classes")
+    if not isinstance(given, dict):
+        return {}
+    names = {str(k).strip(): str(v) for k, v in given.items()}
+    return {str(int(c)): names[str(int(c))] for c in classes if str(int(c)) in names}
 
 
 def _positive_int(name: str, value, *, lo: int = 1) -> int:
@@ -254,7 +282,7 @@ class Mapper:
 
     # -------------------------------------------------------------- predict
     def predict(self, images: xr.DataArray, *, temporal: bool = True, batch_size: int = 8, device=None,
-                halo: int | None = None) -> xr.DataArray:
+                halo: int | None = None, threads: int | None = None) -> xr.DataArray:
         """Class probabilities of the most recent dates of ``images``.
 
         Args:
@@ -268,6 +296,10 @@ class Mapper:
             halo: Dask input only: overlap (pixels, a multiple of ``2**depth``) read around each chunk;
                 None: ``config.halo(temporal=...)``, the receptive radius, which makes chunked and whole-image
                 predictions equal. Smaller halos are faster but approximate near chunk borders.
+            threads: Dask input only: torch CPU threads per chunk task. None: the machine's cores divided by the
+                threads of the Dask worker running the task (1 under the threaded scheduler, which already runs a
+                task per core). Several Dask processes on one machine should pass ``cores // processes`` (the
+                flows do): oversubscribed torch threads run many times slower.
         Returns:
             "probability" (class, y, x) float32, summing to 1 over ``class`` (coordinate: the class ids), with the
             x/y (and spatial_ref) coordinates and attrs (crs, transform, …) of ``images``; lazy (Dask) when
@@ -301,13 +333,21 @@ class Mapper:
             if h % m:
                 raise InputError(f"halo={halo!r} must be a multiple of 2**depth = {m} pixels (max-pool alignment); "
                                  f"pass e.g. halo={int(math.ceil(h / m) * m)}")
-            data = self._predict_dask(recent.data, temporal=temporal, batch_size=batch_size, halo=h, n_classes=K)
+            if threads is not None:
+                threads = _positive_int("threads", threads)
+            data = self._predict_dask(recent.data, temporal=temporal, batch_size=batch_size, halo=h, n_classes=K,
+                                      threads=threads)
         coords = {"class": self.classes, **_spatial_coords(recent)}
         attrs = {**images.attrs, "mapping_mode": "temporal" if temporal else "single-date",
-                 "mapping_dates": int(n)}
+                 "mapping_dates": int(n), "mapping_last_date": str(np.asarray(recent["time"].values)[-1])[:10]
+                 if "time" in recent.coords else None}
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        if cfg.names:
+            attrs["classes"] = dict(cfg.names)
         return xr.DataArray(data, dims=("class", "y", "x"), coords=coords, name="probability", attrs=attrs)
 
-    def _predict_dask(self, arr, *, temporal: bool, batch_size: int, halo: int, n_classes: int):
+    def _predict_dask(self, arr, *, temporal: bool, batch_size: int, halo: int, n_classes: int,
+                      threads: int | None):
         import dask.array as dsa
 
         arr = arr.rechunk({0: -1, 1: -1})
@@ -319,11 +359,13 @@ class Mapper:
             (iy, ix), (ny_blocks, nx_blocks) = info["chunk-location"][2:], info["num-chunks"][2:]
             top, left = (halo if iy > 0 else 0), (halo if ix > 0 else 0)
             bottom, right = (halo if iy < ny_blocks - 1 else 0), (halo if ix < nx_blocks - 1 else 0)
-            p = self._predict_array(np.asarray(b), temporal=temporal, batch_size=batch_size)
+            with _torch_threads(threads):
+                p = self._predict_array(np.asarray(b), temporal=temporal, batch_size=batch_size)
             p = p[:, top:p.shape[1] - bottom, left:p.shape[2] - right]
             return p[None]
 
-        out = dsa.map_overlap(block, arr, depth={0: 0, 1: 0, 2: halo, 3: halo}, boundary="none", trim=False,
+        depth = {0: 0, 1: 0, 2: halo if len(arr.chunks[2]) > 1 else 0, 3: halo if len(arr.chunks[3]) > 1 else 0}
+        out = dsa.map_overlap(block, arr, depth=depth, boundary="none", trim=False,
                               allow_rechunk=False, dtype=np.float32,
                               chunks=((1,), (n_classes,), arr.chunks[2], arr.chunks[3]),
                               meta=np.empty((0, 0, 0, 0), dtype=np.float32))
@@ -347,6 +389,28 @@ class Mapper:
         c = self.config
         return (f"Mapper(classes={c.classes}, bands={len(c.bands)}, seq_len={c.seq_len}, base={c.base}, "
                 f"depth={c.depth}, hidden={c.hidden}, epochs={c.fcn_epochs}+{c.temporal_epochs})")
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """Run a Dask task's torch work on ``threads`` CPU threads (None: cores / the task's Dask worker threads)."""
+    if threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        try:
+            from distributed import get_worker
+
+            threads = max(1, cores // get_worker().state.nthreads)
+        except (ImportError, ValueError, AttributeError):
+            threads = 1  # the threaded (or synchronous) scheduler: one task per core already
+    before = torch.get_num_threads()
+    if threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _aligned_chunks(chunks: tuple[int, ...], m: int, halo: int) -> tuple[int, ...]:
@@ -380,7 +444,8 @@ def load_mapper(path, *, device=None) -> Mapper:
 
 def _build(cfg: MapperConfig) -> tuple[UNet, TemporalHead]:
     K = len(cfg.classes)
-    return (UNet(len(cfg.bands), K, base=cfg.base, depth=cfg.depth), TemporalHead(K, hidden=cfg.hidden))
+    return (UNet(len(cfg.bands), K, base=cfg.base, depth=cfg.depth), TemporalHead(K, hidden=cfg.hidden,
+                                                                                residual=cfg.residual_head))
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -457,6 +522,7 @@ def train_mapper(
     fcn_epochs: int | None = None,
     temporal_epochs: int | None = None,
     augment: bool = True,
+    residual_head: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> Mapper:
     """Train the U-Net, then the ConvLSTM head, on one labelled image time series.
@@ -468,19 +534,19 @@ def train_mapper(
             The classes are the distinct ids ≥ 0 (at least 2).
         seq_len: dates the ConvLSTM head reads (the paper: 5).
         epochs: total epochs (``EPOCH_PATCHES`` random patches each), split 2:1 between the U-Net and the
-            head (each at least 1); None: ``default_epochs`` (12 + 6 for images up to ~1000×1000 px, up to
-            30 + 15 for a full Sentinel-2 tile).
+            head (each at least 1); None: ``default_epochs`` (40 + 20 up to a full Sentinel-2 tile, at
+            most 60 + 30 for larger regions).
         seed: seed of initialisation, patch sampling and augmentation: same seed, same mapper on CPU.
         device: None → "cuda" when available, else "cpu".
         bands: band coordinate values to train on (None: all bands of ``images``).
-        patch: training patch side (pixels, multiple of ``2**depth``); the paper's 512, reduced to the largest
-            multiple of ``2**depth`` that fits in a smaller image.
+        patch: training patch side (pixels, multiple of ``2**depth``); the paper's 512 for images at least
+            1536 px wide, smaller ones use ``default_patch`` (a third of the shorter side, at least 64 px).
         batch_size: patches per optimizer step; 2: twice the optimizer steps of 4 for the same patches, which
             learned the synthetic tasks markedly better at equal cost.
         lr: initial Adam learning rate of the U-Net. 3e-3: on the synthetic tasks 1e-3 needed about twice the
             epochs for the same accuracy (no batch normalisation in this U-Net, inputs are standardised).
-        temporal_lr: initial Adam learning rate of the ConvLSTM head; None: ``10 · lr``. The head has ~5 k
-            parameters and learned ~3× slower per step at the U-Net's rate.
+        temporal_lr: initial Adam learning rate of the ConvLSTM head; None: ``lr``. (10 · lr learned the
+            synthetic tasks faster but made the plain head collapse to the majority class on the demo's roads.)
         lr_steps: fractions of a stage's optimizer steps after which the learning rate is multiplied by
             ``lr_factor`` (the paper: two drops by 10, at 1/3 and 2/3).
         lr_factor: see ``lr_steps``.
@@ -491,6 +557,8 @@ def train_mapper(
         fcn_epochs: U-Net epochs (overrides the split of ``epochs``).
         temporal_epochs: head epochs (overrides the split of ``epochs``).
         augment: random horizontal/vertical flips and 90° rotations, identical for images and labels.
+        residual_head: the ConvLSTM head learns a correction of the sequence's mean U-Net map (starting as that
+            average); False: the paper's plain head, which learns the whole map from scratch.
         progress: optional ``progress(done, total)`` callback, called after every epoch of either stage.
     Returns:
         The trained ``Mapper`` (``losses`` per epoch and stage, ``train_seconds``).
@@ -524,14 +592,14 @@ def train_mapper(
         split = (n_fcn, epochs - n_fcn)
     else:
         split = default_epochs(images.sizes["y"], images.sizes["x"],
-                               min(patch, max(m, min(images.sizes["y"], images.sizes["x"]) // m * m)))
+                               default_patch(images.sizes["y"], images.sizes["x"], patch, multiple=m))
     fcn_epochs = split[0] if fcn_epochs is None else _positive_int("fcn_epochs", fcn_epochs)
     temporal_epochs = split[1] if temporal_epochs is None else _positive_int("temporal_epochs", temporal_epochs)
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise InputError(f"lr={lr!r} must be a positive number; pass e.g. lr=1e-3")
-    temporal_lr = 10.0 * float(lr) if temporal_lr is None else temporal_lr
+    temporal_lr = float(lr) if temporal_lr is None else temporal_lr
     if not (isinstance(temporal_lr, (int, float)) and temporal_lr > 0):
-        raise InputError(f"temporal_lr={temporal_lr!r} must be a positive number (or None: 10 × lr)")
+        raise InputError(f"temporal_lr={temporal_lr!r} must be a positive number (or None: lr)")
     if not (isinstance(lr_factor, (int, float)) and lr_factor > 0):
         raise InputError(f"lr_factor={lr_factor!r} must be a positive number; pass e.g. lr_factor=0.1")
     lr_steps = [float(f) for f in lr_steps]
@@ -556,8 +624,9 @@ def train_mapper(
         alpha=float(alpha), mean=[float(x) for x in mean], std=[float(x) for x in std],
         patch=0, batch_size=batch_size, fcn_epochs=fcn_epochs, temporal_epochs=temporal_epochs,
         epoch_patches=EPOCH_PATCHES, lr=float(lr), temporal_lr=float(temporal_lr), lr_steps=lr_steps,
-        lr_factor=float(lr_factor), augment=bool(augment), seed=int(seed))
-    P = min(patch, max(m, min(Y, X) // m * m))
+        lr_factor=float(lr_factor), augment=bool(augment), seed=int(seed), names=_names_of(labels, classes),
+        residual_head=bool(residual_head))
+    P = default_patch(Y, X, patch, multiple=m)
     cfg = dataclasses.replace(cfg, patch=int(P))
     index = np.full(target_ids.shape, -1, dtype=np.int64)
     for i, c in enumerate(classes):

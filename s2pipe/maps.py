@@ -30,7 +30,7 @@ from s2pipe.cube import Grid, grid_of
 from s2pipe.errors import InputError
 
 __all__ = [
-    "class_map", "write_class_map", "write_probabilities", "detect_change", "write_change", "change_polygons",
+    "class_map", "write_class_map", "read_class_map", "write_probabilities", "detect_change", "write_change", "change_polygons",
     "ChangeFiles",
     "NODATA", "NO_CHANGE", "APPEARED", "DISAPPEARED", "CLASS_COLORS",
 ]
@@ -115,7 +115,7 @@ def write_class_map(
     colors: Mapping[int, Any] | None = None,
     overviews: bool = True,
     nodata: int | None = None,
-    blocksize: int = 512,
+    blocksize: int | None = None,
     resampling: Resampling = "nearest",
 ) -> Path:
     """Write a (y, x) class map as a Cloud-Optimized GeoTIFF; return the path.
@@ -124,8 +124,10 @@ def write_class_map(
     ``nodata`` value (default: the map's ``nodata`` attribute, else 255), an embedded colour table and the class
     names. ``names``: {id: name} (default: the ``classes`` attribute). ``colors``: {id: (r, g, b[, a]) or
     "#rrggbb"} (default: ``CLASS_COLORS`` by name, else a qualitative palette; nodata is transparent).
+    ``blocksize``: tile side (multiple of 16); None: 512, smaller for small maps so that they still get overviews.
     """
     values, grid = _raster_of(class_map, "class_map")
+    blocksize = _auto_blocksize(values.shape) if blocksize is None else blocksize
     nodata = _nodata_of(class_map, nodata)
     names = _class_names(class_map, names)
     present = {int(v) for v in np.unique(values) if int(v) != nodata}
@@ -135,6 +137,44 @@ def write_class_map(
     return _write_cog_uint8(values, path, grid=grid, nodata=nodata, colormap=cmap, description="class",
                             tags=tags, band_tags=band_tags, overviews=overviews, blocksize=blocksize,
                             resampling=resampling)
+
+
+def read_class_map(path: str | os.PathLike) -> xr.DataArray:
+    """Read a class map (or change map) COG written by ``write_class_map``/``write_change``.
+
+    Returns ``"class_map"`` (y, x) with its integer dtype, pixel-centre x/y coordinates, ``spatial_ref`` and the
+    attributes ``crs``, ``transform``, ``nodata`` and ``classes`` ({id: name} from the file's ``CLASSES`` tag),
+    ready for ``detect_change``/``write_class_map``.
+    """
+    import rasterio
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"class map {path} does not exist; write one with `s2pipe map predict` or write_class_map")
+    try:
+        with rasterio.open(path) as src:
+            if src.count != 1 or src.crs is None:
+                raise InputError(f"{path} has {src.count} bands and CRS {src.crs}; a class map is one georeferenced band")
+            values = src.read(1)
+            transform, crs, nodata = src.transform, src.crs, src.nodata
+            tags = src.tags()
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"cannot read class map {path}: {exc}") from None
+    if values.dtype.kind not in "iu":
+        raise InputError(f"{path} holds {values.dtype} values; a class map holds integer class ids")
+    try:
+        classes = {str(k): str(v) for k, v in json.loads(tags.get("CLASSES", "{}")).items()}
+    except (ValueError, AttributeError):
+        classes = {}
+    ny, nx = values.shape
+    xs = transform.c + transform.a * (np.arange(nx) + 0.5)
+    ys = transform.f + transform.e * (np.arange(ny) + 0.5)
+    epsg = crs.to_epsg()
+    attrs = {"crs": f"EPSG:{epsg}" if epsg else crs.to_wkt(), "transform": [float(v) for v in list(transform)[:6]],
+             "classes": classes, "source": str(path)}
+    if nodata is not None:
+        attrs["nodata"] = int(nodata)
+    return xr.DataArray(values, dims=("y", "x"), coords={"y": ys, "x": xs}, name="class_map", attrs=attrs)
 
 
 def write_probabilities(proba: xr.DataArray, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -235,7 +275,7 @@ def write_change(
     path_gpkg: str | os.PathLike | None = None,
     *,
     layer: str = "change",
-    blocksize: int = 512,
+    blocksize: int | None = None,
 ) -> ChangeFiles:
     """Write a ``detect_change`` map as a COG (``path_tif``) and, with ``path_gpkg``, its change regions as
     polygons in a GeoPackage layer ``layer`` in the grid's CRS.
@@ -247,6 +287,7 @@ def write_change(
     """
     values, grid = _raster_of(change, "change")
     nodata = _nodata_of(change, None)
+    blocksize = _auto_blocksize(values.shape) if blocksize is None else blocksize
     tif = _write_cog_uint8(
         values, path_tif, grid=grid, nodata=nodata, colormap=_colormap([0, 1, 2], CHANGE_NAMES, CHANGE_COLORS, nodata),
         description="change", tags={"CLASSES": json.dumps({str(k): v for k, v in CHANGE_NAMES.items()}),
@@ -424,6 +465,14 @@ def _write_cog_uint8(values: np.ndarray, path: str | os.PathLike, *, grid: Grid,
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _auto_blocksize(shape: tuple[int, ...]) -> int:
+    """COG tile side for a map of ``shape``: 512, halved down to 128 so that a small map still has an overview."""
+    size = 512
+    while size > 128 and max(shape) <= size:
+        size //= 2
+    return size
 
 
 def _same_grid(a: Grid, b: Grid) -> bool:

@@ -1,4 +1,5 @@
-"""Quick-look PNG of a finished cube: an RGB date before and after gap filling, and one pixel's series."""
+"""Quick-look PNGs: of a finished cube (an RGB date before and after gap filling, and one pixel's series) and of
+a land-cover map (image, labels, prediction, optionally a change map)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -97,3 +98,91 @@ def quicklook(
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def map_quicklook(
+    images: xr.DataArray | None,
+    class_map: xr.DataArray,
+    path: str | Path,
+    *,
+    labels: xr.DataArray | None = None,
+    earlier: xr.DataArray | None = None,
+    change: xr.DataArray | None = None,
+    rgb: tuple[str, str, str] = ("B04", "B03", "B02"),
+    title: str | None = None,
+) -> Path:
+    """Save a PNG of a land-cover map, side by side with legends of class names: the image's last date (RGB,
+    2–98 % stretch; none when ``images`` is None), the labels, an earlier map, the predicted classes, the change
+    map (each when given).
+
+    ``images`` (time, band, y, x) (bands ``rgb`` if present, else its first three, or one band in grey);
+    ``class_map``/``labels``/``earlier``/``change`` (y, x) integer maps with ``classes`` names and ``nodata``
+    attributes (``labels`` may use -1 for unlabelled). Only the last date of ``images`` is computed.
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    from s2pipe.maps import CHANGE_COLORS, CHANGE_NAMES, _class_names, _colormap
+
+    path = Path(path)
+
+    panels: list[tuple[str, np.ndarray, dict[int, str], dict[int, tuple]]] = []
+
+    def categorical(da: xr.DataArray, what: str, fixed: dict[int, str] | None = None, colors=None):
+        values = np.asarray(da.values).astype(np.int64)
+        nodata = int(da.attrs.get("nodata", 255))
+        names = fixed or _class_names(da, None)
+        ids = sorted(set(names) | {int(v) for v in np.unique(values) if v >= 0 and v != nodata})
+        cmap = _colormap(ids, names, colors, nodata)
+        panels.append((what, values, {i: names.get(i, f"class {i}") for i in ids}, cmap))
+
+    if labels is not None:
+        categorical(labels, "labels")
+    if earlier is not None:
+        categorical(earlier, "earlier map")
+    mode = class_map.attrs.get("mapping_mode")
+    categorical(class_map, ("later map" if earlier is not None else "prediction") + (f" ({mode})" if mode else ""))
+    if change is not None:
+        categorical(change, "change (" + ", ".join(change.attrs.get("target_names", [])) + ")", CHANGE_NAMES,
+                    {**CHANGE_COLORS, 0: (235, 235, 235, 255)})
+
+    n = (images is not None) + len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 5.2), constrained_layout=True, squeeze=False)
+    axes = list(axes[0])
+    if images is not None:
+        img, date = _display_image(images, rgb)
+        axes[0].imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
+        axes[0].set_title(f"image {date}" + (f" ({'/'.join(map(str, rgb))})" if img.ndim == 3 else ""))
+    for ax, (what, values, names, cmap) in zip(axes[n - len(panels):], panels):
+        ids = sorted(names)
+        lut = np.full(values.shape, len(ids), dtype=np.int64)  # len(ids): unlabelled / nodata (white)
+        for k, cid in enumerate(ids):
+            lut[values == cid] = k
+        colours = [tuple(c / 255 for c in cmap.get(cid, (128, 128, 128, 255))[:3]) for cid in ids] + [(1, 1, 1)]
+        ax.imshow(lut, cmap=ListedColormap(colours), vmin=-0.5, vmax=len(ids) + 0.5, interpolation="nearest")
+        ax.set_title(what)
+        ax.legend(handles=[Patch(color=colours[k], label=f"{cid} {names[cid]}") for k, cid in enumerate(ids)],
+                  loc="lower left", fontsize=8, framealpha=0.8)
+    for ax in axes:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def _display_image(images: xr.DataArray, rgb: tuple[str, str, str]) -> tuple[np.ndarray, str]:
+    """The last date of (time, band, y, x) ``images`` as a 2–98 % stretched RGB (or grey) image, and its date."""
+    last = images.isel(time=-1)
+    names = last["band"].values.tolist() if "band" in last.coords else []
+    pick = [names.index(b) for b in rgb] if all(b in names for b in rgb) else list(range(min(3, last.sizes["band"])))
+    if len(pick) == 2:
+        pick = pick[:1]
+    img = np.asarray(last.isel(band=pick).values, dtype=np.float32)
+    lo, hi = np.nanpercentile(img, 2), np.nanpercentile(img, 98)
+    img = np.clip((np.nan_to_num(img, nan=lo) - lo) / max(hi - lo, 1e-6), 0, 1)
+    img = np.moveaxis(img, 0, -1) if img.shape[0] == 3 else img[0]
+    date = str(np.asarray(last["time"].values))[:10] if "time" in last.coords else "last date"
+    return img, date

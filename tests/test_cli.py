@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_help_lists_every_subcommand():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for cmd in ("run", "demo", "search", "catalogs", "demo-data", "serve-demo", "info"):
+    for cmd in ("run", "demo", "search", "catalogs", "demo-data", "serve-demo", "info", "forecast", "map"):
         assert cmd in result.output
 
 
@@ -85,3 +85,36 @@ def test_unreachable_catalog_exits_3(dead_catalog):
     )
     assert result.exit_code == EXIT_TRANSIENT, result.output
     assert "127.0.0.1" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--label", "roads.geojson"], ["--label", "PATH:CLASS_ID"]),
+        (["--label", "{missing}:2:road"], ["does not exist"]),
+        (["--label", "{roads}:-3:road"], ["class_id", "-3"]),
+    ],
+)
+def test_map_train_bad_labels_exit_2_and_write_nothing(tmp_path, args, words):
+    roads = tmp_path / "roads.geojson"
+    roads.write_text('{"type": "FeatureCollection", "features": []}')
+    args = [a.format(missing=tmp_path / "nope.gpkg", roads=roads) for a in args]
+    model = tmp_path / "m.pt"
+    result = runner.invoke(app, ["map", "train", str(tmp_path / "cube.zarr"), *args, "-m", str(model)])
+    assert result.exit_code == EXIT_INPUT, result.output
+    for w in words:
+        assert w in result.output
+    assert not model.exists()
+
+
+def test_map_change_missing_map_exits_2(tmp_path):
+    result = runner.invoke(app, ["map", "change", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "--target", "2",
+                                 "-o", str(tmp_path / "c.tif")])
+    assert result.exit_code == EXIT_INPUT and "does not exist" in result.output
+    assert not (tmp_path / "c.tif").exists()
+
+
+def test_map_subcommands_have_help():
+    for sub in ("train", "predict", "change"):
+        result = runner.invoke(app, ["map", sub, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output

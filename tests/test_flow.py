@@ -217,3 +217,76 @@ def test_forecast_flows_train_and_predict_on_the_cube(flow_run, tmp_path):
     assert np.isfinite(fc.forecast.values).mean() > 0.9
     with rasterio.open(f'ZARR:"{done["output"]}":/forecast') as src:
         assert src.crs.to_epsg() == int(cube.attrs["crs"].split(":")[1])
+
+
+def test_mapping_flows_train_predict_change(flow_run, tmp_path):
+    """map-train (vector labels, spatial hold-out) -> map-predict (Zarr + COG + PNG) -> map-change (COG + GPKG)."""
+    import pyogrio
+
+    from flows.mapping import map_change, map_predict, map_train, report_path
+
+    region, _, out, _ = flow_run
+    labels = [{"data": str(region.mangroves_path), "class_id": 1, "name": "mangrove"},
+              {"data": str(region.roads_path), "class_id": 2, "name": "road", "width_column": "width_m"}]
+    report = map_train(str(out), str(tmp_path / "mapper.pt"), labels, epochs=3, seq_len=3)
+    assert Path(report["model"]).is_file() and report_path(report["model"]).is_file()
+    assert report["names"] == {"0": "background", "1": "mangrove", "2": "road"}
+    for mode in ("single_date", "sequence"):
+        held = report["held_out"][mode]
+        assert held["n_pixels"] > 0 and 0 <= held["overall_accuracy"] <= 1
+
+    dask = {"n_workers": 1, "threads_per_worker": 2, "processes": False}
+    cube = xr.open_zarr(out, consolidated=True)
+    early_end = str(cube.time.values[-6])[:10]
+    late = map_predict(str(out), report["model"], str(tmp_path / "late"), labels=labels, dask=dask)
+    early = map_predict(str(out), report["model"], str(tmp_path / "early"), end=early_end, dask=dask)
+    assert early["last_date"] == early_end and late["last_date"] == str(cube.time.values[-1])[:10]
+    for product in (late, early):
+        assert Path(product["png"]).stat().st_size > 10_000
+        assert json.loads((Path(product["output"]) / "summary.json").read_text())["class_map"] == product["class_map"]
+        with rasterio.open(f'ZARR:"{product["probability"]}":/probability') as src:
+            assert src.count == 3 and src.crs.to_epsg() == int(cube.attrs["crs"].split(":")[1])
+            proba = src.read()
+        assert np.allclose(proba.sum(axis=0), 1, atol=1e-4)
+        with rasterio.open(product["class_map"]) as src:
+            assert src.crs == rasterio.crs.CRS.from_string(cube.attrs["crs"])
+            assert src.overviews(1) or max(src.shape) <= 128  # small maps: one 128 px block, no overview needed
+            assert src.colormap(1)[2][:3] == (60, 60, 60)  # "road" colour by name
+            assert np.array_equal(src.read(1), proba.argmax(axis=0))  # class ids 0, 1, 2 = channel order
+    assert "scores_vs_labels" in late and "scores_vs_labels" not in early
+
+    change = map_change(early["class_map"], late["class_map"], str(tmp_path / "change.tif"), target=["road"],
+                        output_gpkg=str(tmp_path / "change.gpkg"), png=str(tmp_path / "change.png"), min_pixels=1)
+    assert change["target"] == [2] and change["target_names"] == ["road"]
+    with rasterio.open(change["raster"]) as src:
+        values = src.read(1)
+    assert int((values == 1).sum()) == change["changed_pixels"]["appeared"]
+    if change["polygons"]:
+        info = pyogrio.read_info(change["vectors"])
+        assert info["features"] == change["polygons"] and info["geometry_type"] == "MultiPolygon"
+    assert Path(change["png"]).is_file()
+
+
+def test_map_cli_train_predict_change(flow_run, tmp_path):
+    """`s2pipe map train|predict|change` end to end on the tiny cube."""
+    from typer.testing import CliRunner
+
+    from s2pipe.cli import app
+
+    region, _, out, _ = flow_run
+    runner = CliRunner()
+    model = tmp_path / "m.pt"
+    labels = ["--label", f"{region.mangroves_path}:1:mangrove", "--label", f"{region.roads_path}:2:road"]
+    res = runner.invoke(app, ["map", "train", str(out), *labels, "-m", str(model), "--epochs", "2", "--seq-len", "2",
+                              "--width-column", "width_m"])
+    assert res.exit_code == 0, res.output
+    assert model.is_file() and "held out, sequence: OA" in res.output
+    for name, end in (("a", "2022-02-01"), ("b", None)):
+        args = ["map", "predict", str(out), "-m", str(model), "-o", str(tmp_path / name)]
+        res = runner.invoke(app, args + (["--end", end] if end else []))
+        assert res.exit_code == 0, res.output
+        assert (tmp_path / name / "class_map.tif").is_file()
+    res = runner.invoke(app, ["map", "change", str(tmp_path / "a" / "class_map.tif"), str(tmp_path / "b" / "class_map.tif"),
+                              "--target", "2", "-o", str(tmp_path / "roads.tif"), "--min-pixels", "1"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "roads.tif").is_file() and (tmp_path / "roads.png").is_file()

@@ -9,7 +9,7 @@ import xarray as xr
 from torch.nn import functional as F
 
 from s2pipe.errors import InputError
-from s2pipe.mapping import Mapper, MapperConfig, _aligned_chunks, _augment, default_epochs, load_mapper, train_mapper
+from s2pipe.mapping import Mapper, MapperConfig, _aligned_chunks, _augment, default_epochs, default_patch, load_mapper, train_mapper
 from s2pipe.models.mapping import ConvLSTM, TemporalHead, UNet, joint_loss, receptive_radius, unet_radius
 
 BANDS = ["B02", "B03", "B04", "B08"]
@@ -124,10 +124,21 @@ def test_aligned_chunks():
     assert _aligned_chunks((64, 64, 30), 8, 24) == (64, 64, 30)
 
 
-def test_default_epochs_scale_with_image():
-    assert default_epochs(100, 100, 96) == (12, 6)
-    fcn, head = default_epochs(10980, 10980, 512)
-    assert 20 <= fcn <= 30 and head == fcn // 2
+def test_default_epochs_and_patch_scale_with_image():
+    assert default_epochs(100, 100, 64) == (40, 20)
+    assert default_epochs(10980, 10980, 512) == (40, 20)
+    assert default_epochs(20000, 20000, 512) == (60, 30)
+    assert default_patch(10980, 10980) == 512 and default_patch(194, 226) == 64 and default_patch(600, 900) == 200
+    assert default_patch(40, 100) == 40 and default_patch(30, 30, multiple=8) == 24
+
+
+def test_residual_head_starts_as_the_temporal_average():
+    torch.manual_seed(0)
+    seq = torch.softmax(torch.randn(5, 2, 3, 12, 12), dim=2)
+    head = TemporalHead(3, residual=True)
+    assert torch.allclose(torch.softmax(head(seq), dim=1), seq.mean(0), atol=1e-5)
+    plain = TemporalHead(3)
+    assert not torch.allclose(torch.softmax(plain(seq), dim=1), seq.mean(0), atol=1e-2)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -189,6 +200,10 @@ def test_chunked_prediction_equals_whole_image(trained, temporal):
     # odd chunks are realigned to multiples of 2**depth
     odd = mapper.predict(img.chunk({"y": 50, "x": 70}), temporal=temporal)
     np.testing.assert_allclose(odd.values, whole.values, atol=1e-4)
+    # an image narrower than the halo: one chunk along y, no overlap needed there
+    strip = img.isel(y=slice(0, 40))
+    one = mapper.predict(strip.chunk({"y": -1, "x": 80}), temporal=temporal, threads=1).compute()
+    np.testing.assert_allclose(one.values, mapper.predict(strip, temporal=temporal).values, atol=1e-4)
 
 
 def test_save_load_round_trip(trained, scene, tmp_path):

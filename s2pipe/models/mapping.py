@@ -140,18 +140,30 @@ class TemporalHead(nn.Module):
     gives them a little more room: with 2–3 classes, 8 channels learned the synthetic tasks markedly faster
     than 3 while costing ~1/4 of a U-Net forward pass per date on CPU.
 
+    ``residual=True`` adds ``log`` of the sequence's mean probability map to the logits and starts the 1×1
+    convolution at zero: the untrained head is the temporal average of the per-date FCN maps, and training
+    learns corrections to it (the ConvLSTM then cannot do worse than averaging for want of training, which the
+    plain head, ``residual=False`` as in the paper, did on small or hard data).
+
     ``forward(seq)``: (T, N, K, H, W) probabilities (or any K-channel maps) → (N, K, H, W) logits.
     Any H, W (padding 1 everywhere).
     """
 
-    def __init__(self, n_classes: int, *, hidden: int | None = None, layers: int = 2):
+    def __init__(self, n_classes: int, *, hidden: int | None = None, layers: int = 2, residual: bool = False):
         super().__init__()
         self.hidden = int(max(8, n_classes) if hidden is None else hidden)
+        self.residual = bool(residual)
         self.lstm = ConvLSTM(n_classes, self.hidden, layers=layers)
         self.out = nn.Conv2d(self.hidden, n_classes, 1)
+        if self.residual:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        return self.out(self.lstm(seq)[-1])
+        logits = self.out(self.lstm(seq)[-1])
+        if self.residual:
+            logits = logits + torch.log(seq.mean(dim=0).clamp_min(1e-6))
+        return logits
 
     def receptive_radius(self, seq_len: int) -> int:
         """Receptive radius (pixels) of the head over a sequence of ``seq_len`` dates."""

@@ -1,0 +1,319 @@
+"""Prefect flows for land-cover mapping on a cube written by ``regional-cube``.
+
+``map-train``: vector labels (roads, mangroves, any class; any CRS) rasterized onto the cube's grid -> a
+spatial hold-out split -> ``train_mapper`` (U-Net, then ConvLSTM) -> a saved mapper and a JSON report with the
+held-out scores of the single-date U-Net and of the date sequence.
+``map-predict``: a mapper -> class probabilities of the cube's dates up to ``end`` (chunk by chunk on the Dask
+cluster) -> ``probability.zarr``, ``class_map.tif`` (COG), ``map.png`` and ``summary.json`` in an output folder.
+``map-change``: two class-map COGs -> the change of target classes as a COG and GeoPackage polygons.
+``demo-maps``: the three on the demo region (roads and mangroves, and the road built in 2022).
+Thin orchestration: the work lives in ``s2pipe.labels``, ``s2pipe.mapping``, ``s2pipe.maps``, ``s2pipe.metrics``.
+"""
+import json
+import os
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import xarray as xr
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.regional_cube import dask_client, run_logger
+from s2pipe.config import DaskConfig
+from s2pipe.errors import InputError
+from s2pipe.labels import LabelSource, rasterize_labels, spatial_split
+from s2pipe.mapping import load_mapper, train_mapper
+from s2pipe.maps import (
+    class_map, detect_change, read_class_map, write_change, write_class_map, write_probabilities,
+)
+from s2pipe.metrics import score_map
+from s2pipe.quicklook import map_quicklook
+from s2pipe.store import open_cube
+
+_LABEL_KEYS = {f.name for f in LabelSource.__dataclass_fields__.values()}
+
+
+def label_sources(specs: Sequence[Mapping[str, Any] | LabelSource]) -> list[LabelSource]:
+    """``LabelSource`` s from flow parameters: dicts with the ``LabelSource`` fields (``data``: a vector file path,
+    ``class_id``, optional ``name``, ``line_width``, ``width_column``, ``where``, ``layer``)."""
+    if isinstance(specs, (Mapping, LabelSource)):
+        specs = [specs]
+    if not specs:
+        raise InputError("no label sources given; pass labels=[{'data': 'roads.gpkg', 'class_id': 2}, ...] "
+                         "(CLI: --label roads.gpkg:2:road)")
+    out = []
+    for i, spec in enumerate(specs):
+        if isinstance(spec, LabelSource):
+            out.append(spec)
+            continue
+        unknown = set(spec) - _LABEL_KEYS
+        if unknown or "data" not in spec or "class_id" not in spec:
+            raise InputError(f"label source {i} {dict(spec)!r}: needs 'data' and 'class_id'"
+                             + (f", unknown keys {sorted(unknown)}" if unknown else "")
+                             + f"; allowed keys {sorted(_LABEL_KEYS)}")
+        data = spec["data"]
+        if isinstance(data, (str, os.PathLike)) and not Path(data).exists():
+            raise InputError(f"label source {i}: vector file {data} does not exist; pass an existing "
+                             "GeoPackage/GeoJSON/Shapefile")
+        out.append(LabelSource(**dict(spec)))
+    return out
+
+
+def _window(cube: xr.Dataset, variable: str, start: str | None, end: str | None, *, min_dates: int,
+            cube_path: str) -> xr.DataArray:
+    if variable not in cube:
+        raise InputError(f"cube {cube_path} has no variable {variable!r}; choose from {list(cube.data_vars)}")
+    da = cube[variable].sel(time=slice(start, end))
+    if da.sizes["time"] < min_dates:
+        raise InputError(f"the time window {start or 'start'}..{end or 'end'} of {cube_path} holds "
+                         f"{da.sizes['time']} dates but {min_dates} are needed; widen --start/--end")
+    return da
+
+
+def _write_json(obj: Any, path: Path) -> Path:
+    """JSON written under a temporary name and renamed: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def report_path(model: str | os.PathLike) -> Path:
+    """The JSON training report written beside a mapper ``model.pt`` (``model.json``)."""
+    return Path(model).with_suffix(".json")
+
+
+@task(name="rasterize-labels", cache_policy=NO_CACHE)
+def labels_task(cube_path: str, labels: list, background: int) -> xr.DataArray:
+    cube = open_cube(cube_path)
+    raster = rasterize_labels(label_sources(labels), cube, background=background)
+    counts = {raster.attrs["classes"].get(str(c["class_id"]), c["class_id"]): c["pixels"] for c in raster.attrs["sources"]}
+    run_logger().info(f"labels on the cube grid {raster.sizes['y']} x {raster.sizes['x']}: pixels per source {counts}")
+    return raster
+
+
+@task(name="train-mapper", cache_policy=NO_CACHE)
+def train_task(cube_path: str, variable: str, start: str | None, end: str | None, labels: xr.DataArray,
+               model_out: str, options: dict) -> dict:
+    images = _window(open_cube(cube_path), variable, start, end, min_dates=options["seq_len"], cube_path=cube_path)
+    log = run_logger()
+    log.info(f"training the mapper on {images.sizes['time']} dates x {images.sizes['band']} bands x "
+             f"{images.sizes['y']} x {images.sizes['x']} px")
+    mapper = train_mapper(images.load(), labels, **options)
+    path = mapper.save(model_out)
+    log.info(f"trained ({mapper.config.fcn_epochs} U-Net + {mapper.config.temporal_epochs} ConvLSTM epochs) in "
+             f"{mapper.train_seconds:.1f} s -> {path}")
+    return {"model": str(path), "train_seconds": round(mapper.train_seconds, 1), "classes": mapper.config.classes,
+            "names": mapper.config.names, "dates": int(images.sizes["time"]),
+            "period": [str(images["time"].values[0])[:10], str(images["time"].values[-1])[:10]]}
+
+
+@task(name="evaluate-mapper", cache_policy=NO_CACHE)
+def evaluate_task(cube_path: str, variable: str, start: str | None, end: str | None, model_path: str,
+                  test: xr.DataArray) -> dict:
+    """Held-out scores of the single-date U-Net and of the date sequence at the window's last date."""
+    mapper = load_mapper(model_path)
+    images = _window(open_cube(cube_path), variable, start, end, min_dates=mapper.config.seq_len,
+                     cube_path=cube_path).isel(time=slice(-mapper.config.seq_len, None)).load()
+    out = {}
+    for mode, temporal in (("single_date", False), ("sequence", True)):
+        scores = score_map(class_map(mapper.predict(images, temporal=temporal)), test, classes=mapper.config.classes,
+                           names={int(k): v for k, v in mapper.config.names.items()} or None)
+        out[mode] = scores.to_dict()
+        run_logger().info(f"held-out {mode.replace('_', ' ')}: OA {scores.overall_accuracy:.1%}, "
+                          f"IoU {', '.join(f'{n} {v:.2f}' for n, v in zip(scores.names, scores.iou))}")
+    return out
+
+
+@flow(name="map-train")
+def map_train(
+    cube: str,
+    model_out: str,
+    labels: list[dict[str, Any]],
+    start: str | None = None,
+    end: str | None = None,
+    variable: str = "reflectance",
+    bands: list[str] | None = None,
+    background: int = 0,
+    test_fraction: float = 0.3,
+    split: Literal["half", "blocks", "none"] = "half",
+    split_axis: Literal["x", "y"] = "x",
+    gap: int = 16,
+    seq_len: int = 5,
+    epochs: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Train a U-Net + ConvLSTM mapper on the cube's dates ``start..end`` from vector ``labels``.
+
+    ``labels``: label sources (see ``label_sources``), burned in order (later wins) over ``background`` (0 =
+    an "other" class, -1 = unlabelled). ``split``: hold out ``test_fraction`` of the labelled pixels spatially
+    (``"half"``: the east/south part along ``split_axis``, ``"blocks"``: random blocks; a ``gap`` px band
+    between) and score the mapper there; ``"none"`` trains on every label and scores nothing. Writes the mapper
+    to ``model_out`` and a JSON report beside it (``report_path``).
+    """
+    if split not in ("half", "blocks", "none"):
+        raise InputError(f"split={split!r} must be 'half', 'blocks' or 'none'")
+    t0 = time.monotonic()
+    raster = labels_task(cube, labels, background)
+    if split == "none":
+        train, test = raster, None
+    else:
+        train, test = spatial_split(raster, test_fraction=test_fraction, axis=split_axis, gap=gap, mode=split, seed=seed)
+    options = {"seq_len": seq_len, "epochs": epochs, "seed": seed, "device": device, "bands": bands}
+    trained = train_task(cube, variable, start, end, train, model_out, options)
+    scores = evaluate_task(cube, variable, start, end, trained["model"], test) if test is not None else None
+    report = {
+        **trained, "cube": str(Path(cube).resolve()), "variable": variable, "labels": raster.attrs["sources"],
+        "background": background, "split": {"mode": split, "test_fraction": test_fraction, "axis": split_axis,
+                                              "gap": gap} if test is not None else None,
+        "held_out": scores, "seconds": round(time.monotonic() - t0, 1),
+    }
+    report["report"] = str(_write_json(report, report_path(trained["model"])))
+    return report
+
+
+@task(name="predict-map", cache_policy=NO_CACHE)
+def predict_task(cube_path: str, model_path: str, output: str, end: str | None, temporal: bool, variable: str,
+                 overwrite: bool, labels: list | None, background: int, threads: int | None) -> dict:
+    t0 = time.monotonic()
+    cube = open_cube(cube_path)
+    mapper = load_mapper(model_path)
+    n = mapper.config.seq_len if temporal else 1
+    images = _window(cube, variable, None, end, min_dates=n, cube_path=cube_path)
+    out = Path(output)
+    log = run_logger()
+    last = str(images["time"].values[-1])[:10]
+    log.info(f"mapping {images.sizes['y']} x {images.sizes['x']} px from the {n} date(s) up to {last}")
+    proba = mapper.predict(images, temporal=temporal, threads=threads).astype("float32")
+    proba.attrs = {k: v for k, v in proba.attrs.items() if k in ("crs", "transform", "classes", "mapping_mode",
+                                                                  "mapping_dates", "mapping_last_date")}
+    proba.attrs.update(source_cube=str(Path(cube_path).resolve()), model=str(Path(model_path).resolve()))
+    zarr_path = write_probabilities(proba, out / "probability.zarr", overwrite=overwrite)
+    written = open_cube(zarr_path)["probability"]
+    classes = class_map(written.load())
+    classes.attrs.update({k: proba.attrs[k] for k in ("classes", "mapping_mode") if k in proba.attrs})
+    tif = write_class_map(classes, out / "class_map.tif")
+    raster = rasterize_labels(label_sources(labels), cube, background=background) if labels else None
+    png = map_quicklook(images.isel(time=slice(-1, None)), classes, out / "map.png", labels=raster,
+                        title=f"{Path(model_path).name}: {proba.attrs['mapping_mode']} map, {n} date(s) up to {last}")
+    summary = {"output": str(out), "probability": str(zarr_path), "class_map": str(tif), "png": str(png),
+               "last_date": last, "mode": proba.attrs["mapping_mode"], "dates": n,
+               "pixels_per_class": {str(k): int(v) for k, v in zip(*_counts(classes))},
+               "seconds": round(time.monotonic() - t0, 1)}
+    if raster is not None:
+        scores = score_map(classes, raster, classes=mapper.config.classes)
+        summary["scores_vs_labels"] = scores.to_dict()
+        log.info(f"agreement with the labels (training area included): OA {scores.overall_accuracy:.1%}")
+    _write_json(summary, out / "summary.json")
+    log.info(f"map written to {out}: {tif.name}, {zarr_path.name}, {png.name}")
+    return summary
+
+
+def _counts(classes: xr.DataArray):
+    import numpy as np
+
+    return np.unique(np.asarray(classes.values), return_counts=True)
+
+
+@flow(name="map-predict")
+def map_predict(
+    cube: str,
+    model: str,
+    output: str,
+    end: str | None = None,
+    temporal: bool = True,
+    variable: str = "reflectance",
+    labels: list[dict[str, Any]] | None = None,
+    background: int = 0,
+    overwrite: bool = False,
+    dask: DaskConfig = DaskConfig(),
+) -> dict[str, Any]:
+    """Map the cube with a trained mapper from its dates up to ``end`` (the last ``seq_len`` of them, or the last
+    one with ``temporal=False``) and write ``probability.zarr``, ``class_map.tif``, ``map.png`` and
+    ``summary.json`` into the folder ``output``. ``labels`` (optional, as for ``map-train``) are drawn in the PNG
+    and compared with the map."""
+    if not Path(model).is_file():
+        raise InputError(f"model {model} does not exist; train one with `s2pipe map train`")
+    threads = None
+    if not dask.address:  # a LocalCluster: share this machine's cores between its worker threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // (dask.n_workers * dask.threads_per_worker))
+    with dask_client(dask):
+        return predict_task(cube, model, output, end, temporal, variable, overwrite, labels, background, threads)
+
+
+@task(name="detect-change", cache_policy=NO_CACHE)
+def change_task(earlier: str, later: str, target: list, kind: str, min_pixels: int, output_tif: str,
+                output_gpkg: str | None, png: str | None) -> dict:
+    a, b = read_class_map(earlier), read_class_map(later)
+    ids = [_class_id(t, b.attrs.get("classes") or a.attrs.get("classes") or {}) for t in target]
+    change = detect_change(a, b, target=ids, kind=kind, min_pixels=min_pixels)
+    files = write_change(change, output_tif, output_gpkg)
+    counts = change.attrs["changed_pixels"]
+    run_logger().info(f"change of {change.attrs['target_names']} ({kind}): {counts} pixels, {files.n_polygons} polygons")
+    summary = {"raster": str(files.raster), "vectors": str(files.vectors) if files.vectors else None,
+               "polygons": files.n_polygons, "changed_pixels": counts, "target": ids,
+               "target_names": change.attrs["target_names"], "kind": kind}
+    if png:
+        summary["png"] = str(map_quicklook(None, b, png, earlier=a, change=change,
+                                           title=f"{_short(earlier)} -> {_short(later)}"))
+    return summary
+
+
+def _short(path: str) -> str:
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+def _class_id(target: int | str, names: Mapping[str, str]) -> int:
+    """A class id from an id or a class name of the map's ``classes`` attribute."""
+    if isinstance(target, int) or (isinstance(target, str) and target.strip().lstrip("-").isdigit()):
+        return int(target)
+    for k, v in names.items():
+        if str(v).lower() == str(target).lower():
+            return int(k)
+    raise InputError(f"target class {target!r} is not a class name of the map ({dict(names)}); pass a class id or one "
+                     "of those names")
+
+
+@flow(name="map-change")
+def map_change(
+    earlier: str,
+    later: str,
+    output_tif: str,
+    target: list[int | str],
+    output_gpkg: str | None = None,
+    kind: Literal["appeared", "disappeared", "both"] = "appeared",
+    min_pixels: int = 4,
+    png: str | None = None,
+) -> dict[str, Any]:
+    """Change of the ``target`` class(es) (ids or names) between two class-map COGs on one grid, as a COG
+    (``output_tif``) and polygons (``output_gpkg``, GeoPackage), with an optional PNG."""
+    return change_task(earlier, later, list(target), kind, min_pixels, output_tif, output_gpkg, png)
+
+
+@flow(name="demo-maps")
+def demo_maps(cube: str, roads: str, mangroves: str, output: str = "out/demo-maps", built_after: str = "2022-03-01",
+              epochs: int | None = None, seed: int = 0, dask: DaskConfig = DaskConfig()) -> dict[str, Any]:
+    """The demo region's roads and mangroves: train on the dates after the new road was built (``built_after``
+    onwards, when every road of ``roads`` exists), map the region at the end of 2021 and of 2022, and find the
+    road that appeared in between."""
+    out = Path(output)
+    labels = [{"data": mangroves, "class_id": 1, "name": "mangrove"},
+              {"data": roads, "class_id": 2, "name": "road", "width_column": "width_m"}]
+    trained = map_train(cube, str(out / "mapper.pt"), labels, start=built_after, epochs=epochs, seed=seed)
+    year_end = {}
+    for year in (2021, 2022):
+        year_end[year] = map_predict(cube, trained["model"], str(out / f"map-{year}"), end=f"{year}-12-31",
+                                     labels=labels, overwrite=True, dask=dask)
+    change = map_change(year_end[2021]["class_map"], year_end[2022]["class_map"], str(out / "new-roads.tif"),
+                        target=["road"], output_gpkg=str(out / "new-roads.gpkg"), png=str(out / "new-roads.png"))
+    return {"train": trained, "maps": year_end, "change": change}
