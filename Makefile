@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11):
-#   make demo   - build the demo region's gap-filled Zarr cube end to end (local STAC API -> Prefect flow -> Dask)
+#   make demo   - build the demo region's gap-filled Zarr cube end to end (local STAC API -> Prefect flow -> Dask), then map its roads and mangroves
 #   make test   - run the test suite
 PYTHON ?= python3
 VENV := .venv

@@ -296,10 +296,10 @@ class Mapper:
             halo: Dask input only: overlap (pixels, a multiple of ``2**depth``) read around each chunk;
                 None: ``config.halo(temporal=...)``, the receptive radius, which makes chunked and whole-image
                 predictions equal. Smaller halos are faster but approximate near chunk borders.
-            threads: Dask input only: torch CPU threads per chunk task. None: the machine's cores divided by the
-                threads of the Dask worker running the task (1 under the threaded scheduler, which already runs a
-                task per core). Several Dask processes on one machine should pass ``cores // processes`` (the
-                flows do): oversubscribed torch threads run many times slower.
+            threads: Dask input only: torch CPU threads per chunk task. None: on a distributed worker, the
+                machine's cores divided by the worker's threads; otherwise torch's setting. Several Dask worker
+                processes on one machine should pass ``cores // (processes × threads)`` (the flows do):
+                oversubscribed torch threads run many times slower.
         Returns:
             "probability" (class, y, x) float32, summing to 1 over ``class`` (coordinate: the class ids), with the
             x/y (and spatial_ref) coordinates and attrs (crs, transform, …) of ``images``; lazy (Dask) when
@@ -393,15 +393,17 @@ class Mapper:
 
 @contextlib.contextmanager
 def _torch_threads(threads: int | None):
-    """Run a Dask task's torch work on ``threads`` CPU threads (None: cores / the task's Dask worker threads)."""
+    """Run a Dask task's torch work on ``threads`` CPU threads (None: on a distributed worker, cores / its threads;
+    elsewhere torch's setting)."""
     if threads is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         try:
             from distributed import get_worker
 
             threads = max(1, cores // get_worker().state.nthreads)
-        except (ImportError, ValueError, AttributeError):
-            threads = 1  # the threaded (or synchronous) scheduler: one task per core already
+        except (ImportError, ValueError, AttributeError):  # not on a distributed worker: torch's own setting
+            yield
+            return
     before = torch.get_num_threads()
     if threads == before:
         yield

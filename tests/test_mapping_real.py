@@ -2,8 +2,9 @@
 
 Data preparation and split are those of ``benchmarks/eval_mapping_slovenia.py`` (imported from there): clouds
 (s2cloudless CLM) -> NaN, dates > 50 % cloudy dropped (41 dates left), LULC 0 and the 11 px of class 1 ->
--1, spatial hold-out north (train) / south (test) with an 8 px gap. Training here is short (6 epochs, seed 0,
-1 torch thread), ~30 s on 2 shared cores.
+-1, spatial hold-out north (train) / south (test) with an 8 px gap. Training uses the library defaults (seed 0,
+1 torch thread), ~50 s on 2 cores. Measured with seeds 0-2 (``eval_mapping_slovenia.py``): held-out OA of the
+5-date sequence 0.714-0.733, of the single date 0.643-0.675, majority class 0.635.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def mapper(slovenia):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 2 OpenMP threads on a shared 2-core machine were ~20x slower
     try:
-        yield train_mapper(images, train, seq_len=5, epochs=6, seed=0)
+        yield train_mapper(images, train, seq_len=5, seed=0)
     finally:
         torch.set_num_threads(threads)
 
@@ -78,16 +79,17 @@ def test_slovenia_prediction_grid(slovenia, mapper):
         assert np.isfinite(proba.values).all()
 
 
-@pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
-    "measured: with train_mapper's defaults (and with lr/patch/alpha/temporal_lr/batch_size variations) the "
-    "ConvLSTM head predicts the majority class (forest) everywhere on this 1-band NDVI patch, seeds 0-2: held-out "
-    "OA == majority baseline; see benchmarks/eval_mapping_slovenia.py"))
-def test_slovenia_temporal_beats_majority(slovenia, mapper):
+def test_slovenia_sequence_beats_single_date_and_majority(slovenia, mapper):
+    """The paper's claim on real data: the 5-date ConvLSTM map beats the single-date U-Net on held-out pixels,
+    and both are scored against the majority-class baseline (a constant map fails this test)."""
     ev, images, _, train, test = slovenia
     _, base = ev.majority_oa(train, test)  # ~0.635 (forest) on the south part
     t = test.values
-    oas = []
-    for end in (images.sizes["time"] - 10, images.sizes["time"]):
-        pred = class_map(mapper.predict(images.isel(time=slice(None, end)), temporal=True)).values
-        oas.append(float((pred[t >= 0] == t[t >= 0]).mean()))
-    assert np.mean(oas) > base + 0.05, (oas, base)
+    oa = {True: [], False: []}
+    for end in range(5, images.sizes["time"] + 1):  # every 5-date window, as the evaluation script
+        for temporal in oa:
+            pred = class_map(mapper.predict(images.isel(time=slice(None, end)), temporal=temporal)).values
+            oa[temporal].append(float((pred[t >= 0] == t[t >= 0]).mean()))
+    seq, single = float(np.mean(oa[True])), float(np.mean(oa[False]))
+    assert seq > base + 0.05, (seq, single, base)  # measured +0.08..+0.10 (seeds 0-2)
+    assert seq > single + 0.03, (seq, single, base)  # measured +0.055..+0.071
