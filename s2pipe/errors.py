@@ -20,6 +20,10 @@ class OutputConflictError(InputError):
     """The output path holds data from a different grid or different inputs."""
 
 
+class StoreLockedError(S2PipeError):
+    """Another live run is writing the same output store: wait for it (retrying soon rarely helps)."""
+
+
 class TransientError(S2PipeError):
     """A failure that may pass (HTTP 5xx, time-out, connection reset): worth retrying."""
 

@@ -44,7 +44,7 @@ import xarray as xr
 from affine import Affine
 
 from s2pipe.cube import grid_of
-from s2pipe.errors import InputError, OutputConflictError
+from s2pipe.errors import InputError, OutputConflictError, StoreLockedError
 
 STATE_DIR = ".s2pipe"
 """Hidden folder inside the store: ``state.json`` (signature, layout), ``done/<iy>_<ix>``, ``complete``."""
@@ -80,8 +80,85 @@ def write_cube(
 
     An existing store with the same signature is resumed (recorded regions are skipped); one with a different
     grid or inputs raises ``OutputConflictError`` and is left untouched, unless ``overwrite=True`` replaces it.
+    One writer at a time: while a run writes ``path`` it holds ``lock_path(path)``; a second run raises
+    ``StoreLockedError`` and touches nothing (a lock left by a dead process on this host is taken over).
     """
     path = Path(path)
+    with store_lock(path):
+        return _write_cube(ds, path, overwrite=overwrite, region_size=region_size, progress=progress)
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of the store ``path``: ``.<name>.lock`` beside it (outside, so replacing the store keeps it)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+class store_lock:
+    """Exclusive write lock of a store (context manager): an ``O_EXCL`` lock file holding the owner's host,
+    pid and start time. Stale locks (owner pid dead on this host) are replaced; a live owner's lock raises
+    ``StoreLockedError`` naming it. Not for network file systems without ``O_EXCL`` semantics."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.lock = lock_path(self.path)
+        self._token = uuid.uuid4().hex
+
+    def __enter__(self) -> "store_lock":
+        import socket
+
+        self.lock.parent.mkdir(parents=True, exist_ok=True)
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "token": self._token,
+              "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and owner.get("host") == me["host"] and not _pid_alive(int(owner.get("pid", -1))):
+                    self.lock.unlink(missing_ok=True)  # its writer died: resumable, take over
+                    continue
+                if owner is None:  # being written this instant, or unreadable: look again
+                    import time
+
+                    time.sleep(0.2)
+                    if self._owner() is None and self.lock.exists():
+                        raise StoreLockedError(
+                            f"the store {self.path} is locked by {self.lock} (unreadable); if no run is writing it, "
+                            "delete that file and run again") from None
+                    continue
+                raise StoreLockedError(
+                    f"the store {self.path} is being written by another run (pid {owner.get('pid')} on "
+                    f"{owner.get('host')} since {owner.get('started')}); wait for it to finish, or, if that run is "
+                    f"dead, delete {self.lock} and run again (the write resumes)") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            return self
+        raise StoreLockedError(f"could not lock {self.path} ({self.lock} keeps reappearing); another run is starting")
+
+    def _owner(self) -> dict | None:
+        try:
+            return json.loads(self.lock.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def __exit__(self, *exc) -> None:
+        owner = self._owner()
+        if owner is not None and owner.get("token") == self._token:
+            self.lock.unlink(missing_ok=True)
+
+
+def _write_cube(ds, path: Path, *, overwrite: bool, region_size: int | None, progress: Progress | None) -> Path:
     ds = _prepare(ds)
     grid, inputs = _describe(ds)
     signature = _hash({"grid": grid, "inputs": inputs})

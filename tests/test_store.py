@@ -332,3 +332,79 @@ def test_bool_variable_is_stored_as_bytes_and_text_is_refused(tmp_path):
     with pytest.raises(InputError, match="variable 'label' has dtype"):
         write_cube(ds, tmp_path / "b.zarr")
     assert not (tmp_path / "b.zarr").exists()
+
+
+# ------------------------------------------------------------------------------------------ one writer at a time
+_HOLD = """
+import sys, time
+from s2pipe.store import store_lock
+with store_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+_WRITE = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from test_store import make_dataset
+from s2pipe.errors import StoreLockedError
+from s2pipe.store import write_cube
+ds = make_dataset()
+while time.time() < float(sys.argv[3]):  # start both writers together
+    time.sleep(0.005)
+try:
+    write_cube(ds, sys.argv[1], region_size=16)
+    print("wrote")
+except StoreLockedError as exc:
+    print("locked:", exc)
+"""
+
+
+def test_live_lock_refuses_a_second_writer_and_touches_nothing(tmp_path, reference):
+    import subprocess
+    import sys
+
+    from s2pipe.errors import StoreLockedError
+    from s2pipe.store import lock_path
+
+    path = tmp_path / "cube.zarr"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(path), "60"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreLockedError, match=f"pid {holder.pid}.*delete .*lock"):
+            write_cube(make_dataset(), path, region_size=16)
+        assert not path.exists() and lock_path(path).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without releasing: its lock is stale, the next run takes it over and finishes
+    assert lock_path(path).exists()
+    write_cube(make_dataset(), path, region_size=16)
+    assert not lock_path(path).exists()
+    got, want = arrays(path), arrays(reference)
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])  # NaN == NaN here
+
+
+def test_concurrent_writers_one_wins_and_the_store_is_whole(tmp_path, reference):
+    """Two processes start writing the same store at the same instant: at most one writes at a time, and the
+    store ends complete and equal to an undisturbed write."""
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "cube.zarr"
+    start = str(time.time() + 3.0)
+    tests_dir = str(Path(__file__).resolve().parent)
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITE, str(path), tests_dir, start], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    said = sorted(o[0].strip().split(":")[0] for o in outs)
+    assert said in (["locked", "wrote"], ["wrote", "wrote"]), outs  # "wrote" twice: one finished before the other began
+    assert (path / STATE_DIR / "complete").exists()
+    got, want = arrays(path), arrays(reference)
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])  # NaN == NaN here
