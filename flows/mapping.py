@@ -9,10 +9,8 @@ cluster) -> ``probability.zarr``, ``class_map.tif`` (COG), ``map.png`` and ``sum
 ``demo-maps``: the three on the demo region (roads and mangroves, and the road built in 2022).
 Thin orchestration: the work lives in ``s2pipe.labels``, ``s2pipe.mapping``, ``s2pipe.maps``, ``s2pipe.metrics``.
 """
-import json
 import os
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +29,7 @@ from s2pipe.maps import (
 )
 from s2pipe.metrics import score_map
 from s2pipe.quicklook import map_quicklook
-from s2pipe.store import open_cube
+from s2pipe.store import open_cube, write_json
 
 _LABEL_KEYS = {f.name for f in LabelSource.__dataclass_fields__.values()}
 
@@ -71,18 +69,6 @@ def _window(cube: xr.Dataset, variable: str, start: str | None, end: str | None,
         raise InputError(f"the time window {start or 'start'}..{end or 'end'} of {cube_path} holds "
                          f"{da.sizes['time']} dates but {min_dates} are needed; widen --start/--end")
     return da
-
-
-def _write_json(obj: Any, path: Path) -> Path:
-    """JSON written under a temporary name and renamed: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, default=str))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def report_path(model: str | os.PathLike) -> Path:
@@ -176,7 +162,7 @@ def map_train(
                                               "gap": gap} if test is not None else None,
         "held_out": scores, "seconds": round(time.monotonic() - t0, 1),
     }
-    report["report"] = str(_write_json(report, report_path(trained["model"])))
+    report["report"] = str(write_json(report_path(trained["model"]), report))
     return report
 
 
@@ -212,7 +198,7 @@ def predict_task(cube_path: str, model_path: str, output: str, end: str | None, 
         scores = score_map(classes, raster, classes=mapper.config.classes)
         summary["scores_vs_labels"] = scores.to_dict()
         log.info(f"agreement with the labels (training area included): OA {scores.overall_accuracy:.1%}")
-    _write_json(summary, out / "summary.json")
+    write_json(out / "summary.json", summary)
     log.info(f"map written to {out}: {tif.name}, {zarr_path.name}, {png.name}")
     return summary
 

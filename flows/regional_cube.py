@@ -179,31 +179,96 @@ def quicklook_task(cube: xr.DataArray, path: Path) -> Path:
     return png
 
 
+def run_summary_path(output: str | Path) -> Path:
+    """The JSON run summary written beside an output store: ``out/x.zarr`` -> ``out/x.run.json``."""
+    p = Path(output)
+    return p.with_name(f"{p.stem}.run.json")
+
+
+class _Warnings(logging.Handler):
+    """Collects WARNING and above of s2pipe and of the Prefect run loggers (for the run summary)."""
+
+    LOGGERS = ("s2pipe", "prefect.flow_runs", "prefect.task_runs", "distributed")
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.messages) < 200:
+            self.messages.append(f"{record.levelname} {record.name}: {record.getMessage()}"[:2000])
+
+    def __enter__(self) -> "_Warnings":
+        for name in self.LOGGERS:
+            logging.getLogger(name).addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeHandler(self)
+
+
+def _regions_done(path: Path) -> int:
+    from s2pipe.store import STATE_DIR
+
+    done = Path(path) / STATE_DIR / "done"
+    return len(list(done.iterdir())) if done.is_dir() else 0
+
+
 @flow(name="regional-cube")
 def regional_cube(config: RunConfig) -> dict[str, Any]:
-    """Build the gap-filled, normalized Zarr datacube of one region and time window."""
+    """Build the gap-filled, normalized Zarr datacube of one region and time window.
+
+    Beside the output it writes a JSON run summary (``run_summary_path``), also when the run fails: status,
+    scenes used, regions written by this run and resumed from an earlier one, seconds per stage, warnings.
+    """
+    from s2pipe.store import write_json
+
     cfg = load_config(config)
     profile = load_profile(cfg.catalog)
     log = run_logger()
     t0 = time.monotonic()
-    with contextlib.ExitStack() as stack:
-        url = None
-        if profile.is_local_demo:
-            from s2pipe.demo import demo_server
+    stages: dict[str, float] = {}
+    record: dict[str, Any] = {"output": str(cfg.output), "status": "running", "software": f"s2pipe {__version__}",
+                              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stage_seconds": stages,
+                              "catalog": profile.name, "parameters": cfg.parameters()}
 
-            region = demo_data_task(profile.demo_root or "out/demo")
-            url = stack.enter_context(demo_server(region)).url
-            log.info(f"local demo STAC API serving on {url}")
-        items = search_task(cfg, profile, url)
-    with dask_client(cfg.dask) as client:
-        log.info(f"dask cluster: {client.scheduler.address} with {len(client.scheduler_info().get('workers', {}))} workers")
-        cube = cube_task(items, cfg, profile)
-        reflectance, clear = mask_task(cube, cfg)
-        filled, weight = gapfill_task(reflectance, cfg)
-        normalized = normalize_task(reflectance, filled, cfg)
-        ds = assemble_output(normalized, weight, clear, cube=cube, cfg=cfg)
-        path = write_task(ds, cfg)
-        png = quicklook_task(cube, path) if cfg.quicklook else None
+    def timed(name: str, fn, *args):
+        t = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            stages[name] = round(time.monotonic() - t, 2)
+
+    with _Warnings() as caught:
+        try:
+            with contextlib.ExitStack() as stack:
+                url = None
+                if profile.is_local_demo:
+                    from s2pipe.demo import demo_server
+
+                    region = demo_data_task(profile.demo_root or "out/demo")
+                    url = stack.enter_context(demo_server(region)).url
+                    log.info(f"local demo STAC API serving on {url}")
+                items = timed("search", search_task, cfg, profile, url)
+            record["scenes"] = [getattr(it, "id", str(it)) for it in items]
+            with dask_client(cfg.dask) as client:
+                log.info(f"dask cluster: {client.scheduler.address} with {len(client.scheduler_info().get('workers', {}))} workers")
+                cube = timed("cube", cube_task, items, cfg, profile)
+                reflectance, clear = timed("cloud_mask", mask_task, cube, cfg)
+                filled, weight = timed("gap_fill", gapfill_task, reflectance, cfg)
+                normalized = timed("normalize", normalize_task, reflectance, filled, cfg)
+                ds = assemble_output(normalized, weight, clear, cube=cube, cfg=cfg)
+                before = _regions_done(Path(cfg.output))
+                path = timed("write", write_task, ds, cfg)
+                record["regions"] = {"total": _regions_done(path), "resumed": before,
+                                     "written_by_this_run": _regions_done(path) - before}
+                png = timed("quicklook", quicklook_task, cube, path) if cfg.quicklook else None
+        except BaseException as exc:
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:4000],
+                          seconds=round(time.monotonic() - t0, 1), warnings=caught.messages)
+            write_json(run_summary_path(cfg.output), record)
+            raise
     summary = {
         "output": str(path),
         "quicklook": str(png) if png else None,
@@ -213,6 +278,10 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
         "shape": {k: int(v) for k, v in ds["reflectance"].sizes.items()},
         "seconds": round(time.monotonic() - t0, 1),
     }
+    record.update(status="completed", seconds=summary["seconds"], dates_in=summary["dates_in"],
+                  dates_out=summary["dates_out"], shape=summary["shape"], quicklook=summary["quicklook"],
+                  warnings=caught.messages)
+    summary["run_summary"] = str(write_json(run_summary_path(path), record))
     log.info(f"done: {summary}")
     return summary
 

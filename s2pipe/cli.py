@@ -438,6 +438,8 @@ def _print_summary(summary: dict) -> None:
     typer.echo(f"  {summary['scenes']} scenes -> {summary['dates_in']} solar days -> {summary['dates_out']} dates, shape {summary['shape']}, {summary['seconds']} s")
     if summary.get("quicklook"):
         typer.echo(f"  quick-look: {summary['quicklook']}")
+    if summary.get("run_summary"):
+        typer.echo(f"  run summary: {summary['run_summary']}")
 
 
 if __name__ == "__main__":

@@ -171,7 +171,7 @@ def _write_cube(ds, path: Path, *, overwrite: bool, region_size: int | None, pro
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         _write_template(ds, path, signature=signature, chunk=chunk)
-        _write_json(path / STATE_DIR / "state.json", state)
+        write_json(path / STATE_DIR / "state.json", state)
     region, chunk = int(state["region_size"]), int(state["chunk"])  # a resumed run keeps the stored layout
 
     ny, nx = ds.sizes["y"], ds.sizes["x"]
@@ -556,11 +556,18 @@ def _run_distributed(client, todo, delayed_region, finished, *, window: int) -> 
             f.cancel()
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as JSON under a unique temporary name beside ``path`` and rename it: readers never see a
+    half-written file, and concurrent writers never share a temporary file. Returns ``path``."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.part-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def _hash(obj: Any) -> str:

@@ -72,6 +72,12 @@ def test_flow_writes_a_complete_cube(flow_run):
     assert attrs["stac_items"] and attrs["catalog_url"] == "local-demo" and "s2pipe" in attrs["software"]
     assert attrs["parameters"]["gapfill"]["radius"] == "10D"
     assert summary["scenes"] >= 2 * summary["dates_in"] - 2, "two tiles per date were merged into solar days"
+    run = json.loads(Path(summary["run_summary"]).read_text())
+    assert Path(summary["run_summary"]) == out.with_name("cube.run.json")
+    assert run["status"] == "completed" and len(run["scenes"]) == summary["scenes"] == len(attrs["stac_items"])
+    assert run["regions"]["written_by_this_run"] == run["regions"]["total"] > 0 and run["regions"]["resumed"] == 0
+    assert set(run["stage_seconds"]) == {"search", "cube", "cloud_mask", "gap_fill", "normalize", "write", "quicklook"}
+    assert isinstance(run["warnings"], list) and run["parameters"]["gapfill"]["radius"] == "10D"
 
 
 def test_gdal_reads_the_flow_output_georeferenced_and_equal_to_source_cogs(flow_run):
@@ -114,9 +120,11 @@ def test_rerun_resumes_and_changes_nothing(flow_run):
 
     region, profile, out, _ = flow_run
     before = xr.open_zarr(out, consolidated=True).load()
-    regional_cube(_config(region, profile, out))
+    summary = regional_cube(_config(region, profile, out))
     after = xr.open_zarr(out, consolidated=True).load()
     xr.testing.assert_identical(before, after)
+    regions = json.loads(Path(summary["run_summary"]).read_text())["regions"]
+    assert regions["written_by_this_run"] == 0 and regions["resumed"] == regions["total"] > 0
 
 
 def test_flow_on_an_existing_dask_scheduler(flow_run, tmp_path):
@@ -147,6 +155,8 @@ def test_output_built_from_another_grid_is_refused_and_left_untouched(flow_run):
         regional_cube(_config(region, profile, out, bbox=smaller))
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     assert before == after
+    run = json.loads(out.with_name("cube.run.json").read_text())  # a failed run leaves its summary too
+    assert run["status"] == "failed" and "OutputConflictError" in run["error"] and "regions" not in run
 
 
 def test_flow_runs_as_a_prefect_deployment(flow_run, tmp_path):
