@@ -9,12 +9,13 @@ Search, Planetary Computer, or the local demo catalog served by ``rustac serve``
   to the query extension, and is always applied again on the client (so are the window, the region and
   the collection), so results do not depend on which extensions a server implements;
 - HTTP 429/5xx answers are retried per request by urllib3 (``Retry`` with exponential backoff and
-  ``Retry-After``); connection errors and time-outs are retried by s2pipe around opening the client and
-  around the search as a whole. After ``retries`` retries, :class:`CatalogUnreachableError` names the URL.
+  ``Retry-After``); connection errors, time-outs and broken pages (invalid JSON) are retried by s2pipe around
+  opening the client and around the search as a whole. After ``retries`` retries, :class:`CatalogUnreachableError` names the URL.
 """
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 import time
@@ -263,6 +264,16 @@ def _with_retries(fn: Callable[[], T], *, url: str, what: str, retries: int, bac
                     "check the url, collection and search arguments"
                 ) from exc
             raise CatalogUnreachableError(f"{what} at STAC API {url} failed: {str(exc)[:300]}") from exc
+        except json.JSONDecodeError as exc:  # a page cut short or garbled on the way: worth another try
+            if attempt < retries:
+                delay = backoff * 2**attempt
+                log.warning(f"{what} at {url} got a broken page (invalid JSON); retry {attempt + 1}/{retries} in {delay:.1f} s")
+                time.sleep(delay)
+                continue
+            raise CatalogUnreachableError(
+                f"{what} at STAC API {url} got a broken page (invalid JSON: {str(exc)[:200]}) after {retries} retries; "
+                "the server or a proxy in between cuts its answers: try again later or with more retries "
+                "(arguments: retries, backoff)") from exc
     raise AssertionError("unreachable")  # pragma: no cover
 
 

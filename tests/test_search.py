@@ -276,6 +276,7 @@ class _Gateway(http.server.ThreadingHTTPServer):
     def __init__(self, upstream: str | None, failures: int, strip: tuple[str, ...] = (), add_conformance: str = ""):
         self.upstream, self.failures, self.strip, self.seen = upstream, failures, strip, []
         self.add_conformance, self.bodies = add_conformance, []
+        self.broken = 0  # the next this many /search answers are cut in the middle (200, invalid JSON)
         super().__init__(("127.0.0.1", 0), _GatewayHandler)
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
 
@@ -312,6 +313,9 @@ class _GatewayHandler(http.server.BaseHTTPRequestHandler):
                 doc = json.loads(data)
                 doc["conformsTo"].append(gw.add_conformance)  # play a server with one more extension
                 data = json.dumps(doc).encode()
+            if gw.broken > 0 and self.path.startswith("/search"):
+                gw.broken -= 1
+                data = data[: len(data) // 2]  # a page cut short: the proxy in front lost the rest
             self.send_response(resp.status)
             self.send_header("Content-Type", resp.headers.get("Content-Type", "application/json"))
             self.send_header("Content-Length", str(len(data)))
@@ -353,6 +357,22 @@ def test_transient_503s_are_survived(gateway, pc_server, pc, pc_features):
     items = search_items(pc, **GOOD, url=gw.url, retries=3, backoff=0.01)
     assert [it.id for it in items] == expected_ids(pc_features, shapely.geometry.box(*EAST), "2024-04-01", "2024-04-30")
     assert len(gw.seen) > 3
+
+
+def test_broken_page_is_retried_then_survived(gateway, pc_server, pc, pc_features):
+    gw = gateway(pc_server.url, failures=0)
+    gw.broken = 1
+    items = search_items(pc, **GOOD, url=gw.url, retries=2, backoff=0.01)
+    assert gw.broken == 0
+    assert [it.id for it in items] == expected_ids(pc_features, shapely.geometry.box(*EAST), "2024-04-01", "2024-04-30")
+
+
+def test_broken_pages_fail_clearly_naming_the_request(gateway, pc_server, pc):
+    gw = gateway(pc_server.url, failures=0)
+    gw.broken = 10**6
+    with pytest.raises(CatalogUnreachableError, match=rf"search at STAC API {gw.url}.*broken page.*after 2 retries"):
+        search_items(pc, **GOOD, url=gw.url, retries=2, backoff=0.01)
+    assert sum(p.startswith("/search") for _, p in gw.seen) == 3  # one request + 2 retries
 
 
 def test_region_and_window_are_also_checked_on_the_client(gateway, pc_server, pc, pc_features):
