@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import xarray as xr
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -23,7 +24,7 @@ from flows.regional_cube import dask_client, run_logger
 from s2pipe.config import DaskConfig
 from s2pipe.errors import InputError
 from s2pipe.labels import LabelSource, rasterize_labels, spatial_split
-from s2pipe.mapping import load_mapper, train_mapper
+from s2pipe.mapping import available_cores, load_mapper, train_mapper
 from s2pipe.maps import (
     class_map, detect_change, read_class_map, write_change, write_class_map, write_probabilities,
 )
@@ -192,7 +193,7 @@ def predict_task(cube_path: str, model_path: str, output: str, end: str | None, 
                         title=f"{Path(model_path).name}: {proba.attrs['mapping_mode']} map, {n} date(s) up to {last}")
     summary = {"output": str(out), "probability": str(zarr_path), "class_map": str(tif), "png": str(png),
                "last_date": last, "mode": proba.attrs["mapping_mode"], "dates": n,
-               "pixels_per_class": {str(k): int(v) for k, v in zip(*_counts(classes))},
+               "pixels_per_class": {str(k): int(v) for k, v in zip(*np.unique(classes.values, return_counts=True))},
                "seconds": round(time.monotonic() - t0, 1)}
     if raster is not None:
         scores = score_map(classes, raster, classes=mapper.config.classes)
@@ -201,12 +202,6 @@ def predict_task(cube_path: str, model_path: str, output: str, end: str | None, 
     write_json(out / "summary.json", summary)
     log.info(f"map written to {out}: {tif.name}, {zarr_path.name}, {png.name}")
     return summary
-
-
-def _counts(classes: xr.DataArray):
-    import numpy as np
-
-    return np.unique(np.asarray(classes.values), return_counts=True)
 
 
 @flow(name="map-predict")
@@ -230,8 +225,7 @@ def map_predict(
         raise InputError(f"model {model} does not exist; train one with `s2pipe map train`")
     threads = None
     if not dask.address:  # a LocalCluster: share this machine's cores between its worker threads
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, cores // (dask.n_workers * dask.threads_per_worker))
+        threads = max(1, available_cores() // (dask.n_workers * dask.threads_per_worker))
     with dask_client(dask):
         return predict_task(cube, model, output, end, temporal, variable, overwrite, labels, background, threads)
 

@@ -261,8 +261,8 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
                 ds = assemble_output(normalized, weight, clear, cube=cube, cfg=cfg)
                 before = _regions_done(Path(cfg.output))
                 path = timed("write", write_task, ds, cfg)
-                record["regions"] = {"total": _regions_done(path), "resumed": before,
-                                     "written_by_this_run": _regions_done(path) - before}
+                total = _regions_done(path)
+                record["regions"] = {"total": total, "resumed": before, "written_by_this_run": total - before}
                 png = timed("quicklook", quicklook_task, cube, path) if cfg.quicklook else None
         except BaseException as exc:
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:4000],

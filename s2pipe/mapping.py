@@ -391,12 +391,17 @@ class Mapper:
                 f"depth={c.depth}, hidden={c.hidden}, epochs={c.fcn_epochs}+{c.temporal_epochs})")
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 @contextlib.contextmanager
 def _torch_threads(threads: int | None):
     """Run a Dask task's torch work on ``threads`` CPU threads (None: on a distributed worker, cores / its threads;
     elsewhere torch's setting)."""
     if threads is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = available_cores()
         try:
             from distributed import get_worker
 
