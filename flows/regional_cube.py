@@ -12,7 +12,6 @@ deployment (``deploy/prefect.yaml``, ``python -m flows.serve``).
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,8 @@ from prefect.cache_policies import NO_CACHE
 from s2pipe import __version__
 from s2pipe.catalog import CatalogProfile, load_profile
 from s2pipe.cloudmask import clear_mask, mask_clouds
-from s2pipe.config import DaskConfig, RunConfig, load_config
+from s2pipe.cluster import dask_client  # noqa: F401  (flows.mapping/forecast import it from here)
+from s2pipe.config import RunConfig, load_config
 from s2pipe.cube import build_cube
 from s2pipe.errors import TransientError
 from s2pipe.gapfill import cressman
@@ -49,32 +49,6 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except Exception:  # called outside a run (tests of the library path)
         return logging.getLogger("s2pipe")
-
-
-@contextlib.contextmanager
-def dask_client(settings: DaskConfig) -> Iterator[Any]:
-    """A ``distributed.Client`` for the run: connect to ``settings.address`` or start a LocalCluster."""
-    from distributed import Client, LocalCluster
-
-    if settings.address:
-        try:
-            client = Client(settings.address, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise TransientError(
-                f"cannot reach the Dask scheduler at {settings.address!r}: {exc}; "
-                "check the address (--dask-address) or leave it out to start a local cluster"
-            ) from exc
-        with client:
-            yield client
-        return
-    with LocalCluster(
-        n_workers=settings.n_workers,
-        threads_per_worker=settings.threads_per_worker,
-        memory_limit=settings.memory_limit,
-        processes=settings.processes,
-        dashboard_address=None,
-    ) as cluster, Client(cluster) as client:
-        yield client
 
 
 @task(name="demo-data", cache_policy=NO_CACHE)

@@ -25,6 +25,7 @@ class DaskConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     address: str | None = Field(None, description="Scheduler address (tcp://host:8786) of an existing cluster; None starts a LocalCluster.")
+    spec: str | None = Field(None, description="Path of a cluster spec YAML (see deploy/dask/ and s2pipe.cluster) that starts the cluster for the run; exclusive with address.")
     n_workers: int = Field(2, ge=1, description="LocalCluster only: worker processes.")
     threads_per_worker: int = Field(1, ge=1, description="LocalCluster only: threads per worker.")
     memory_limit: str = Field("4GiB", description="LocalCluster only: memory limit per worker (Dask spills, then pauses, above it).")
