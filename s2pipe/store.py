@@ -174,26 +174,41 @@ def _write_cube(ds, path: Path, *, overwrite: bool, region_size: int | None, pro
         write_json(path / STATE_DIR / "state.json", state)
     region, chunk = int(state["region_size"]), int(state["chunk"])  # a resumed run keeps the stored layout
 
+    _write_regions(ds, path, region=region, chunk=chunk, done_dir=path / STATE_DIR / "done", progress=progress)
+    complete = path / STATE_DIR / "complete"
+    if not complete.exists():  # it is written last: when present, every region was already written
+        _consolidate(path)
+        complete.touch()
+    return path
+
+
+def _write_regions(ds: xr.Dataset, path: Path, *, region: int, chunk: int, done_dir: Path,
+                   progress: Progress | None, time_offset: int | None = None) -> int:
+    """Compute and write the spatial variables of ``ds`` region by region into the existing arrays of ``path``,
+    recording each finished region in ``done_dir``; regions recorded there are skipped. ``time_offset``: the
+    store index of ``ds``'s first date (appends). Returns the number of regions written."""
     ny, nx = ds.sizes["y"], ds.sizes["x"]
     regions = [(iy, ix) for iy in range(math.ceil(ny / region)) for ix in range(math.ceil(nx / region))]
-    done_dir = path / STATE_DIR / "done"
     done_dir.mkdir(parents=True, exist_ok=True)
     todo = [r for r in regions if not (done_dir / f"{r[0]}_{r[1]}").exists()]
     total, n_done = len(regions), len(regions) - len(todo)
     if progress is not None:
         progress(n_done, total)
-    if not todo and (path / STATE_DIR / "complete").exists():
-        return path
+    if not todo:
+        return 0
 
     data = _spatial_data(ds)
     target = {dim: (chunk if dim in ("y", "x") else _dates_per_task(data, chunk) if dim == "time" else -1)
               for dim in data.dims}
     data = _chunked(data, target)
+    time_region = None if time_offset is None else slice(time_offset, time_offset + ds.sizes["time"])
 
     def delayed_region(r: tuple[int, int]):
         iy, ix = r
         sel = {"y": slice(iy * region, min((iy + 1) * region, ny)), "x": slice(ix * region, min((ix + 1) * region, nx))}
         sub = data.isel(sel)
+        if time_region is not None:
+            sel["time"] = time_region
         full = {dim: sel.get(dim, slice(None)) for dim in sub.dims}
         return sub.to_zarr(path, region=full, mode="r+", zarr_format=2, consolidated=False, compute=False)
 
@@ -216,9 +231,148 @@ def _write_cube(ds, path: Path, *, overwrite: bool, region_size: int | None, pro
                 dask.compute(*[delayed_region(r) for r in part])
                 for r in part:
                     finished(r)
-        _consolidate(path)
-    (path / STATE_DIR / "complete").touch()
+    return len(todo)
+
+
+def append_cube(
+    ds: xr.Dataset | xr.DataArray,
+    path: str | os.PathLike,
+    *,
+    progress: Progress | None = None,
+) -> Path:
+    """Append the dates of ``ds`` to the end of the complete store ``path`` without rewriting what is there.
+
+    ``ds`` holds only the new dates (all after the store's last date) on the store's grid: same CRS,
+    transform, y/x size, bands, variables, dtypes and variable attributes, else ``OutputConflictError`` names
+    what differs and nothing is touched. Every spatial variable must have a ``time`` dim. The arrays grow
+    along ``time``; only the new dates' chunks are written, region by region. The store's attributes become
+    ``ds``'s (the caller merges provenance such as ``stac_items``). While it runs the store is incomplete
+    (``open_cube`` refuses it); an interrupted append is finished by calling again with the same ``ds``
+    (the same dates), and ``write_cube``/``append_cube`` with other dates are refused until then.
+    """
+    path = Path(path)
+    with store_lock(path), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is not recognized as a component of a Zarr hierarchy")
+        return _append_cube(ds, path, progress=progress)
+
+
+def store_state(path: str | os.PathLike) -> dict | None:
+    """The bookkeeping of an s2pipe store (grid incl. ``time`` as ISO strings, ``band``, inputs, layout,
+    ``append`` while an append is pending, ``appends`` history), or None when ``path`` holds no s2pipe store."""
+    state_file = Path(path) / STATE_DIR / "state.json"
+    return json.loads(state_file.read_text()) if state_file.is_file() else None
+
+
+def _append_cube(ds, path: Path, *, progress: Progress | None) -> Path:
+    ds = _prepare(ds)
+    grid, inputs = _describe(ds)
+    if "time" not in ds.dims or any("time" not in ds[v].dims for v in _spatial_data(ds).data_vars):
+        raise InputError(f"append_cube: every spatial variable of the dataset needs a 'time' dim (dims: {dict(ds.sizes)})")
+    state = store_state(path)
+    if state is None:
+        raise InputError(f"append_cube: {path} holds no s2pipe store; create it with write_cube first (argument: path)")
+    complete = path / STATE_DIR / "complete"
+    pending = state.get("append")
+    new_times = grid["time"]
+    if pending is None:
+        if not complete.exists():
+            raise OutputConflictError(
+                f"the store {path} is an unfinished write; run the job that started it again to finish it before appending")
+        problems = _append_conflicts(state, grid, inputs)
+        if problems:
+            raise OutputConflictError(f"cannot append to the store {path}: it holds a cube with a different "
+                                      + "; ".join(problems) + "; write to a new path, or rebuild it with overwrite=True")
+        last = state["grid"]["time"][-1]
+        if new_times[0] <= last:
+            raise InputError(
+                f"append_cube: the new dates start at {new_times[0]}, not after the store's last date {last}; "
+                "pass only the dates after it (e.g. ds.sel(time=slice(after, None)))")
+        pending = {"times": new_times, "n_old": len(state["grid"]["time"]), "id": uuid.uuid4().hex[:12],
+                   "inputs": inputs}
+        state["append"] = pending
+        write_json(path / STATE_DIR / "state.json", state)  # first: an interruption from here on is resumable
+        complete.unlink(missing_ok=True)
+        (path / ".zmetadata").unlink(missing_ok=True)  # stale shapes; readers fall back to the arrays' own metadata
+    elif pending["times"] != new_times or pending["inputs"]["variables"].keys() != inputs["variables"].keys():
+        raise OutputConflictError(
+            f"the store {path} has an interrupted append of the dates {pending['times'][0]}..{pending['times'][-1]} "
+            f"pending; run the same window again to finish it first (this run brings {new_times[0]}..{new_times[-1]})")
+    n_old, n_new = int(pending["n_old"]), len(new_times)
+    _grow_time(path, ds, n_old=n_old, n_new=n_new)
+    done_dir = path / STATE_DIR / f"append-{pending['id']}"
+    _write_regions(ds, path, region=int(state["region_size"]), chunk=int(state["chunk"]), done_dir=done_dir,
+                   progress=progress, time_offset=n_old)
+
+    root = _open_group(path)
+    signature_grid = {**grid, "time": state["grid"]["time"] + new_times}
+    signature = _hash({"grid": signature_grid, "inputs": inputs})
+    root.attrs.put({**ds.attrs, "s2pipe_signature": signature})
+    history = list(state.get("appends", []))
+    history.append({"dates": [new_times[0], new_times[-1]], "n_dates": n_new,
+                    "appended": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    state = {k: v for k, v in state.items() if k != "append"}
+    state.update(signature=signature, grid=signature_grid, inputs=inputs, appends=history)
+    write_json(path / STATE_DIR / "state.json", state)
+    _consolidate(path)
+    complete.touch()
+    shutil.rmtree(done_dir, ignore_errors=True)
     return path
+
+
+def _append_conflicts(state: dict, grid: dict, inputs: dict) -> list[str]:
+    """What keeps ``grid``/``inputs`` from extending the stored cube along time (empty: nothing)."""
+    out = []
+    old = state.get("grid", {})
+    for key in sorted((set(old) | set(grid)) - {"time"}):
+        if old.get(key) != grid.get(key):
+            out.append(f"{key} {_short(old.get(key))} (store) vs {_short(grid.get(key))} (new)")
+    ov, nv = state.get("inputs", {}).get("variables", {}), inputs["variables"]
+    for name in sorted(set(ov) | set(nv)):
+        a, b = ov.get(name), nv.get(name)
+        if a is None or b is None:
+            out.append(f"variable {name!r} {'missing' if a is None else 'present'} (store) vs "
+                       f"{'missing' if b is None else 'present'} (new)")
+            continue
+        for field in ("dims", "dtype", "attrs"):
+            if a.get(field) != b.get(field):
+                out.append(f"variable {name!r} {field} {_short(a.get(field))} (store) vs {_short(b.get(field))} (new)")
+        t = b["dims"].index("time") if "time" in b["dims"] else None
+        if a.get("dims") == b["dims"] and [s for i, s in enumerate(a["shape"]) if i != t] != \
+                [s for i, s in enumerate(b["shape"]) if i != t]:
+            out.append(f"variable {name!r} shape {a['shape']} (store) vs {b['shape']} (new)")
+    return out
+
+
+def _grow_time(path: Path, ds: xr.Dataset, *, n_old: int, n_new: int) -> None:
+    """Resize every array with a ``time`` dim from ``n_old`` to ``n_old + n_new`` dates (idempotent) and write
+    the new dates into the time coordinate with its stored CF encoding, and any non-spatial time variables."""
+    from xarray.coding.times import decode_cf_datetime, encode_cf_datetime
+
+    root = _open_group(path)
+    for name, arr in root.arrays():
+        dims = list(arr.attrs.get("_ARRAY_DIMENSIONS", []))
+        if "time" not in dims:
+            continue
+        ax = dims.index("time")
+        if arr.shape[ax] == n_old:
+            shape = list(arr.shape)
+            shape[ax] = n_old + n_new
+            arr.resize(tuple(shape))
+        elif arr.shape[ax] != n_old + n_new:
+            raise OutputConflictError(f"the store {path}: array {name!r} has {arr.shape[ax]} dates, expected "
+                                      f"{n_old} or {n_old + n_new}; the store was changed outside s2pipe")
+    tarr = root["time"]
+    units, calendar = tarr.attrs["units"], tarr.attrs.get("calendar", "proleptic_gregorian")
+    new = ds["time"].values.astype("datetime64[ns]")
+    values, _, _ = encode_cf_datetime(new, units, calendar, dtype=tarr.dtype)
+    if not np.array_equal(decode_cf_datetime(values, units, calendar).astype("datetime64[ns]"), new):
+        raise InputError(f"append_cube: the new dates {new[:3]}... cannot be stored exactly as {units!r} "
+                         f"({tarr.dtype}); append dates on the store's time resolution")
+    tarr[n_old:] = values
+    other = [v for v in ds.data_vars if "time" in ds[v].dims and not {"y", "x"} <= set(ds[v].dims)]
+    if other:
+        part = ds[other].drop_vars(list(ds[other].coords))
+        part.to_zarr(path, region={"time": slice(n_old, n_old + n_new)}, mode="r+", zarr_format=2, consolidated=False)
 
 
 def open_cube(path: str | os.PathLike, *, allow_incomplete: bool = False) -> xr.Dataset:
@@ -447,6 +601,11 @@ def _existing_state(path: Path, signature: str, grid: dict, inputs: dict, *, ove
     state_file = path / STATE_DIR / "state.json"
     if state_file.exists():
         state = json.loads(state_file.read_text())
+        if state.get("append"):
+            dates = state["append"]["times"]
+            raise OutputConflictError(
+                f"the store {path} has an interrupted append of the dates {dates[0]}..{dates[-1]} pending; run that "
+                f"append again to finish it, or {fix}")
         if state.get("signature") == signature:
             return state
         raise OutputConflictError(
@@ -497,6 +656,14 @@ def _diff(state: dict, grid: dict, inputs: dict) -> str:
 def _short(value: Any, n: int = 120) -> str:
     s = json.dumps(value, default=str)
     return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def _open_group(path: Path):
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is not recognized as a component of a Zarr hierarchy")
+        return zarr.open_group(str(path), mode="r+", zarr_format=2)
 
 
 def _consolidate(path: Path) -> None:
