@@ -25,12 +25,13 @@ from s2pipe.cloudmask import clear_mask, mask_clouds
 from s2pipe.cluster import dask_client  # noqa: F401  (flows.mapping/forecast import it from here)
 from s2pipe.config import RunConfig, load_config
 from s2pipe.cube import build_cube
-from s2pipe.errors import TransientError
+from s2pipe.errors import NoScenesError, TransientError
 from s2pipe.gapfill import cressman
 from s2pipe.normalize import compute_scale, normalize
 from s2pipe.progress import ProgressLine
 from s2pipe.search import search_items
-from s2pipe.store import write_cube
+from s2pipe.incremental import extended_attrs, new_output_dates, plan_append, stored_scale
+from s2pipe.store import append_cube, write_cube
 
 
 def _is_transient(task, task_run, state) -> bool:
@@ -104,9 +105,11 @@ def mask_task(cube: xr.DataArray, cfg: RunConfig) -> tuple[xr.DataArray, xr.Data
 
 
 @task(name="gap-fill", cache_policy=NO_CACHE)
-def gapfill_task(reflectance: xr.DataArray, cfg: RunConfig) -> tuple[xr.DataArray, xr.DataArray]:
+def gapfill_task(reflectance: xr.DataArray, cfg: RunConfig, times=None) -> tuple[xr.DataArray, xr.DataArray]:
+    """Cressman gap fill onto ``cfg.gapfill.times``, or onto the given output dates ``times`` (appends)."""
     g = cfg.gapfill
-    filled, weight = cressman(reflectance, radius=g.radius, kernel=g.kernel, times=g.times, return_weight=True)
+    filled, weight = cressman(reflectance, radius=g.radius, kernel=g.kernel, times=g.times if times is None else times,
+                              return_weight=True)
     run_logger().info(f"gap fill: {reflectance.sizes['time']} dates -> {filled.sizes['time']} dates (radius {g.radius}, {g.kernel})")
     return filled, weight
 
@@ -121,7 +124,7 @@ def normalize_task(reflectance: xr.DataArray, filled: xr.DataArray, cfg: RunConf
     """
     log = run_logger()
     n = cfg.normalize
-    scale = _stored_scale(cfg.output, filled)
+    scale = stored_scale(cfg.output, filled.band.values)
     if scale is None:
         t0 = time.monotonic()
         log.info(f"normalisation statistics ({n.method}) over {reflectance.sizes['time']} dates ...")
@@ -133,14 +136,33 @@ def normalize_task(reflectance: xr.DataArray, filled: xr.DataArray, cfg: RunConf
     return normalize(filled, method=n.method, percentile=n.percentile, scale=scale)
 
 
+class _RegionCount:
+    """Progress callback that also remembers the regions found done at the start and at the end."""
+
+    def __init__(self, inner):
+        self.inner, self.start, self.end, self.total = inner, None, 0, 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.start is None:
+            self.start = done
+        self.end, self.total = done, total
+        self.inner(done, total)
+
+    def summary(self) -> dict[str, int]:
+        return {"total": self.total, "resumed": self.start or 0, "written_by_this_run": self.end - (self.start or 0)}
+
+
 @task(name="write-zarr", cache_policy=NO_CACHE)
-def write_task(ds: xr.Dataset, cfg: RunConfig) -> Path:
+def write_task(ds: xr.Dataset, cfg: RunConfig, *, append: bool = False) -> tuple[Path, dict[str, int]]:
+    """Write (or, with ``append``, extend along time) the output store; returns it and its region counts."""
     log = run_logger()
+    counts = _RegionCount(ProgressLine("appending to cube" if append else "writing cube", unit="regions", logger=log))
+    if append:
+        log.info(f"appending {ds.sizes['time']} dates to {cfg.output} region by region")
+        return append_cube(ds, cfg.output, progress=counts), counts.summary()
     log.info(f"writing {cfg.output} ({dict(ds.sizes)}) region by region")
-    return write_cube(
-        ds, cfg.output, overwrite=cfg.overwrite, region_size=cfg.chunk_size,
-        progress=ProgressLine("writing cube", unit="regions", logger=log),
-    )
+    path = write_cube(ds, cfg.output, overwrite=cfg.overwrite, region_size=cfg.chunk_size, progress=counts)
+    return path, counts.summary()
 
 
 @task(name="quicklook", cache_policy=NO_CACHE)
@@ -182,19 +204,15 @@ class _Warnings(logging.Handler):
             logging.getLogger(name).removeHandler(self)
 
 
-def _regions_done(path: Path) -> int:
-    from s2pipe.store import STATE_DIR
-
-    done = Path(path) / STATE_DIR / "done"
-    return len(list(done.iterdir())) if done.is_dir() else 0
-
-
 @flow(name="regional-cube")
 def regional_cube(config: RunConfig) -> dict[str, Any]:
     """Build the gap-filled, normalized Zarr datacube of one region and time window.
 
-    Beside the output it writes a JSON run summary (``run_summary_path``), also when the run fails: status,
-    scenes used, regions written by this run and resumed from an earlier one, seconds per stage, warnings.
+    With ``append`` an existing store is extended with the output dates after its last one (only the scenes
+    that can reach them are read; see ``s2pipe.incremental``); when nothing new was acquired the run changes
+    nothing. Beside the output it writes a JSON run summary (``run_summary_path``), also when the run fails:
+    status, mode (create / resume / append / up-to-date), scenes used, regions written by this run and resumed
+    from an earlier one, seconds per stage, warnings.
     """
     from s2pipe.store import write_json
 
@@ -207,15 +225,30 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stage_seconds": stages,
                               "catalog": profile.name, "parameters": cfg.parameters()}
 
-    def timed(name: str, fn, *args):
+    def timed(name: str, fn, *args, **kwargs):
         t = time.monotonic()
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         finally:
             stages[name] = round(time.monotonic() - t, 2)
 
+    plan = plan_append(cfg.output, cfg.parameters(), start=cfg.start) if cfg.append else None
+    search_cfg = cfg if plan is None else cfg.model_copy(update={"start": plan.search_start})
+    if plan is not None:
+        record["append"] = {"store_last_date": str(plan.last_date.date()), "search_from": str(plan.search_start)}
+        log.info(f"appending to {cfg.output}: its last date is {plan.last_date.date()}, searching from {plan.search_start}")
+
+    def up_to_date(reason: str) -> dict[str, Any]:
+        log.info(f"{cfg.output} is up to date: {reason}")
+        record.update(status="completed", mode="up-to-date", reason=reason, seconds=round(time.monotonic() - t0, 1),
+                      warnings=caught.messages)
+        return {"output": str(cfg.output), "mode": "up-to-date", "reason": reason, "dates_appended": 0,
+                "seconds": record["seconds"], "run_summary": str(write_json(run_summary_path(cfg.output), record))}
+
     with _Warnings() as caught:
         try:
+            if plan is not None and plan.search_start > cfg.end:
+                return up_to_date(f"the window ends {cfg.end}, before anything new could follow {plan.last_date.date()}")
             with contextlib.ExitStack() as stack:
                 url = None
                 if profile.is_local_demo:
@@ -224,19 +257,30 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
                     region = demo_data_task(profile.demo_root or "out/demo")
                     url = stack.enter_context(demo_server(region)).url
                     log.info(f"local demo STAC API serving on {url}")
-                items = timed("search", search_task, cfg, profile, url)
+                try:
+                    items = timed("search", search_task, search_cfg, profile, url)
+                except NoScenesError:
+                    if plan is None:
+                        raise
+                    return up_to_date(f"no scenes in {plan.search_start}..{cfg.end}")
             record["scenes"] = [getattr(it, "id", str(it)) for it in items]
             with dask_client(cfg.dask) as client:
                 log.info(f"dask cluster: {client.scheduler.address} with {len(client.scheduler_info().get('workers', {}))} workers")
                 cube = timed("cube", cube_task, items, cfg, profile)
                 reflectance, clear = timed("cloud_mask", mask_task, cube, cfg)
-                filled, weight = timed("gap_fill", gapfill_task, reflectance, cfg)
+                new_dates = None
+                if plan is not None:
+                    new_dates = new_output_dates(reflectance.time.values, last_date=plan.last_date, times=cfg.gapfill.times)
+                    if len(new_dates) == 0:
+                        return up_to_date(f"no acquisition after {plan.last_date.date()} up to {cfg.end}")
+                filled, weight = timed("gap_fill", gapfill_task, reflectance, cfg, new_dates)
                 normalized = timed("normalize", normalize_task, reflectance, filled, cfg)
                 ds = assemble_output(normalized, weight, clear, cube=cube, cfg=cfg)
-                before = _regions_done(Path(cfg.output))
-                path = timed("write", write_task, ds, cfg)
-                total = _regions_done(path)
-                record["regions"] = {"total": total, "resumed": before, "written_by_this_run": total - before}
+                if plan is not None:
+                    ds.attrs = extended_attrs(plan.attrs, ds.attrs)
+                path, regions = timed("write", write_task, ds, cfg, append=plan is not None)
+                record["regions"] = regions
+                record["mode"] = "append" if plan is not None else "resume" if regions["resumed"] else "create"
                 png = timed("quicklook", quicklook_task, cube, path) if cfg.quicklook else None
         except BaseException as exc:
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:4000],
@@ -249,6 +293,8 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
         "scenes": len(items),
         "dates_in": int(cube.sizes["time"]),
         "dates_out": int(ds.sizes["time"]),
+        "mode": record["mode"],
+        "dates_appended": int(ds.sizes["time"]) if plan is not None else 0,
         "shape": {k: int(v) for k, v in ds["reflectance"].sizes.items()},
         "seconds": round(time.monotonic() - t0, 1),
     }
@@ -321,27 +367,6 @@ def _aligned_chunk(profile: CatalogProfile) -> int:
     """Spatial chunk = a multiple of the COG block size, near 512 px (bounded memory per time-whole block)."""
     b = profile.block_size
     return b * max(1, round(512 / b)) if b <= 512 else b
-
-
-def _stored_scale(path: Path, like: xr.DataArray) -> xr.DataArray | None:
-    """Normalisation factors of an existing, compatible output store (resume), else None."""
-    from s2pipe.store import open_cube
-
-    path = Path(path)
-    if not (path / ".zmetadata").exists() and not (path / ".zattrs").exists():
-        return None
-    try:
-        with open_cube(path, allow_incomplete=True) as old:
-            attrs = old["reflectance"].attrs
-            bands = list(attrs.get("normalize_bands", []))
-            if bands != [str(b) for b in like.band.values] or "normalize_scale" not in attrs:
-                return None
-            return xr.DataArray(
-                [float(s) for s in attrs["normalize_scale"]], dims=("band",), coords={"band": bands},
-                attrs={"normalize_method": attrs.get("normalize_method", "given")},
-            )
-    except Exception:
-        return None
 
 
 if __name__ == "__main__":

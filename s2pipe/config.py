@@ -84,7 +84,7 @@ class RunConfig(BaseModel):
     bbox: tuple[float, float, float, float] | None = Field(None, description="Region as (west, south, east, north) in degrees lon/lat.")
     geometry: dict[str, Any] | None = Field(None, description="Region as a GeoJSON Polygon/MultiPolygon in lon/lat (instead of bbox).")
     start: dt.date = Field(description="First day of the time window (inclusive).")
-    end: dt.date = Field(description="Last day of the time window (inclusive).")
+    end: dt.date = Field(description="Last day of the time window (inclusive); 'today' means the UTC date when the run starts (scheduled runs).")
     max_cloud: float = Field(100.0, ge=0, le=100, description="Keep scenes whose eo:cloud_cover is at most this percentage.")
     bands: tuple[str, ...] = Field(SPECTRAL_10, description="Spectral bands of the cube (canonical names B02..B12, B8A).")
     epsg: int | None = Field(None, description="Output CRS; None takes the most common EPSG of the scenes (their UTM zone).")
@@ -95,8 +95,17 @@ class RunConfig(BaseModel):
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig, description="Normalisation settings.")
     output: Path = Field(Path("out/cube.zarr"), description="Zarr store written (format 2, consolidated, GIS-readable).")
     overwrite: bool = Field(False, description="Replace an existing store built from a different grid or inputs (otherwise: an error).")
+    append: bool = Field(False, description="Extend an existing store with the acquisitions after its last date (scheduled runs) without rewriting it; its grid, bands and parameters must match (otherwise: an error). Creates the store when there is none.")
+    strict: bool = Field(False, description="Fail when an asset is missing, truncated or not a valid COG, instead of leaving its scene out (recorded in the store's dropped_scenes and the run summary).")
     quicklook: bool = Field(True, description="Also save a quick-look PNG beside the store.")
     dask: DaskConfig = Field(default_factory=DaskConfig, description="Dask cluster settings.")
+
+    @field_validator("end", mode="before")
+    @classmethod
+    def _today(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() == "today":
+            return dt.datetime.now(dt.timezone.utc).date()
+        return v
 
     @field_validator("bands", mode="before")
     @classmethod
@@ -127,6 +136,8 @@ class RunConfig(BaseModel):
 
         if (self.bbox is None) == (self.geometry is None):
             raise ValueError("give exactly one of bbox (west, south, east, north) or geometry (GeoJSON)")
+        if self.append and self.overwrite:
+            raise ValueError("append and overwrite exclude each other: append extends the store, overwrite replaces it")
         parse_region(bbox=self.bbox, geometry=self.geometry)
         if self.end < self.start:
             raise ValueError(f"end {self.end} is before start {self.start}; swap them or fix the dates")
@@ -134,7 +145,11 @@ class RunConfig(BaseModel):
 
     def parameters(self) -> dict[str, Any]:
         """JSON-serialisable parameters (stored as provenance in the output)."""
-        return json.loads(self.model_dump_json(exclude={"dask", "overwrite", "quicklook"}))
+        return json.loads(self.model_dump_json(exclude=set(RUN_POLICY)))
+
+
+RUN_POLICY = ("dask", "overwrite", "quicklook", "append", "strict")
+"""RunConfig fields that say how a run goes, not what the output holds: left out of ``parameters()``."""
 
 
 def load_config(source: str | os.PathLike | dict[str, Any] | RunConfig, **overrides: Any) -> RunConfig:

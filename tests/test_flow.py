@@ -127,6 +127,49 @@ def test_rerun_resumes_and_changes_nothing(flow_run):
     assert regions["written_by_this_run"] == 0 and regions["resumed"] == regions["total"] > 0
 
 
+def test_scheduled_appends_extend_the_cube_like_one_run(flow_run, tmp_path):
+    """append=True: a first run creates, a later window appends only the new dates (old chunks untouched, new
+    dates equal to one run over the whole window, in reflectance units), the same window again changes nothing,
+    and a store built with other parameters is refused untouched."""
+    from flows.regional_cube import regional_cube
+    from s2pipe.errors import OutputConflictError
+    from s2pipe.normalize import invert
+
+    region, profile, full_out, _ = flow_run
+    out = tmp_path / "weekly.zarr"
+    first = regional_cube(_config(region, profile, out, end="2022-01-20", append=True, quicklook=False))
+    assert first["mode"] == "create"
+    with xr.open_zarr(out, consolidated=True) as ds:
+        old = ds.load()
+    old_chunks = {p: p.stat().st_mtime_ns for p in (out / "reflectance").iterdir() if not p.name.startswith(".")}
+
+    second = regional_cube(_config(region, profile, out, append=True, quicklook=False))
+    assert second["mode"] == "append" and second["dates_appended"] > 0
+    run = json.loads(Path(second["run_summary"]).read_text())
+    assert run["mode"] == "append" and run["append"]["search_from"] > str(region.start)
+    assert {p: p.stat().st_mtime_ns for p in old_chunks} == old_chunks, "old chunks were rewritten"
+    full = xr.open_zarr(full_out, consolidated=True).load()
+    grown = xr.open_zarr(out, consolidated=True).load()
+    np.testing.assert_array_equal(grown.time.values, full.time.values)  # the 5-day grid continues
+    k = old.sizes["time"]
+    xr.testing.assert_identical(grown.isel(time=slice(0, k)).drop_attrs(), old.drop_attrs())
+    new, ref = grown.isel(time=slice(k, None)), full.isel(time=slice(k, None))
+    xr.testing.assert_equal(new.observed, ref.observed)
+    xr.testing.assert_allclose(new.weight, ref.weight, rtol=1e-6)
+    xr.testing.assert_allclose(invert(new.reflectance), invert(ref.reflectance), rtol=2e-6, atol=1e-7)
+    assert set(full.attrs["stac_items"]) <= set(grown.attrs["stac_items"])
+    assert grown.attrs["parameters"]["start"] == str(region.start)[:10]
+
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = regional_cube(_config(region, profile, out, append=True, quicklook=False))
+    assert again["mode"] == "up-to-date" and again["dates_appended"] == 0
+    assert {p: p.stat().st_mtime_ns for p in files} == files
+
+    with pytest.raises(OutputConflictError, match="bands"):
+        regional_cube(_config(region, profile, out, append=True, quicklook=False, bands=["B02", "B03", "B04"]))
+    assert {p: p.stat().st_mtime_ns for p in files} == files
+
+
 def test_flow_on_an_existing_dask_scheduler(flow_run, tmp_path):
     """`--dask-address`: the array work runs on a separately started cluster of worker processes."""
     from distributed import LocalCluster
