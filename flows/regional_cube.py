@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from s2pipe import __version__
+from s2pipe.assets import AssetCheck, check_assets
 from s2pipe.catalog import CatalogProfile, load_profile
 from s2pipe.cloudmask import clear_mask, mask_clouds
 from s2pipe.cluster import dask_client  # noqa: F401  (flows.mapping/forecast import it from here)
@@ -71,6 +72,18 @@ def search_task(cfg: RunConfig, profile: CatalogProfile, url: str | None) -> lis
     )
     log.info(f"found {len(items)} scenes")
     return items
+
+
+@task(name="check-assets", cache_policy=NO_CACHE)
+def check_assets_task(items: list, cfg: RunConfig, client) -> AssetCheck:
+    """Header checks of every asset on the cluster; bad scenes are left out (``strict``: the run fails)."""
+    log = run_logger()
+    check = check_assets(items, [*cfg.bands, "SCL"], strict=cfg.strict, client=client)
+    for d in check.dropped:
+        log.warning(f"scene {d['id']} left out: asset {d['asset']} ({d['href']}) failed after {d['attempts']} "
+                    f"attempts: {d['reason']}")
+    log.info(f"assets checked: {check.n_assets} of {check.n_items} scenes, {len(check.dropped_ids)} scenes left out")
+    return check
 
 
 @task(name="cube", cache_policy=NO_CACHE)
@@ -266,7 +279,12 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
             record["scenes"] = [getattr(it, "id", str(it)) for it in items]
             with dask_client(cfg.dask) as client:
                 log.info(f"dask cluster: {client.scheduler.address} with {len(client.scheduler_info().get('workers', {}))} workers")
-                cube = timed("cube", cube_task, items, cfg, profile)
+                check = timed("check_assets", check_assets_task, items, cfg, client)
+                record["assets"] = check.summary()
+                record["scenes"] = [it.id if hasattr(it, "id") else it["id"] for it in check.items]
+                record["scenes_dropped"] = check.dropped_ids
+                cube = timed("cube", cube_task, check.items, cfg, profile)
+                cube.attrs.update(check.provenance())
                 reflectance, clear = timed("cloud_mask", mask_task, cube, cfg)
                 new_dates = None
                 if plan is not None:
@@ -334,6 +352,8 @@ def assemble_output(normalized: xr.DataArray, weight: xr.DataArray, clear: xr.Da
         "catalog": cube.attrs.get("catalog"),
         "catalog_url": cube.attrs.get("catalog_url"),
         "stac_items": list(cube.attrs.get("stac_items", [])),
+        "dropped_items": list(cube.attrs.get("dropped_items", [])),
+        "dropped_assets": cube.attrs.get("dropped_assets", "[]"),
         "parameters": cfg.parameters(),
         "source": "contains modified Copernicus Sentinel data",
     }

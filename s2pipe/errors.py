@@ -30,3 +30,7 @@ class TransientError(S2PipeError):
 
 class CatalogUnreachableError(TransientError):
     """The STAC API could not be reached after the configured retries."""
+
+
+class AssetError(S2PipeError):
+    """An asset could not be read after retries (strict mode): fix or remove it, or run without strict."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +92,16 @@ def new_output_dates(acquired: Any, *, last_date: pd.Timestamp, times: str | Non
 
 def extended_attrs(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """Dataset attributes after an append: the new run's, with the store's first ``start``, the scenes of both
-    runs (``stac_items`` in order, no repeats) and the scenes dropped by either."""
+    runs (``stac_items`` in order, no repeats) and the scenes either left out (``dropped_items``, and
+    ``dropped_assets`` as JSON text) unless the other run could use them."""
     out = dict(new)
-    out["stac_items"] = list(dict.fromkeys([*stored.get("stac_items", []), *new.get("stac_items", [])]))
-    dropped = {d["id"]: d for d in [*stored.get("dropped_scenes", []), *new.get("dropped_scenes", [])]}
-    out["dropped_scenes"] = [d for i, d in dropped.items() if i not in set(out["stac_items"])]
+    used = list(dict.fromkeys([*stored.get("stac_items", []), *new.get("stac_items", [])]))
+    out["stac_items"] = used
+    assets = [*json.loads(stored.get("dropped_assets") or "[]"), *json.loads(new.get("dropped_assets") or "[]")]
+    kept = {json.dumps(a, sort_keys=True): a for a in assets if a.get("id") not in set(used)}
+    out["dropped_assets"] = json.dumps(list(kept.values()))
+    out["dropped_items"] = [i for i in dict.fromkeys([*stored.get("dropped_items", []), *new.get("dropped_items", [])])
+                            if i not in set(used)]
     params = dict(new.get("parameters") or {})
     if "start" in (stored.get("parameters") or {}):
         params["start"] = stored["parameters"]["start"]

@@ -170,6 +170,45 @@ def test_scheduled_appends_extend_the_cube_like_one_run(flow_run, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in files} == files
 
 
+def test_a_truncated_asset_leaves_its_scene_out_or_fails_in_strict_mode(flow_run, tmp_path):
+    """A COG cut short in the catalog: the scene is left out and recorded in the store's provenance and the run
+    summary; strict=True fails naming it, before anything is written."""
+    import shutil
+
+    from flows.regional_cube import regional_cube
+    from s2pipe.errors import AssetError
+
+    region, profile, _, _ = flow_run
+    src = Path(region.root)
+    copy = tmp_path / "region"
+    shutil.copytree(src, copy)
+    for name in ("items.json", "manifest.json"):
+        f = copy / name
+        f.write_text(f.read_text().replace(str(src), str(copy)))
+    items = json.loads((copy / "items.json").read_text())["features"]
+    victim = items[len(items) // 2]
+    cog = Path(victim["assets"]["red"]["href"])  # Earth Search asset key of B04
+    cog.write_bytes(cog.read_bytes()[: int(cog.stat().st_size * 0.6)])
+    prof = tmp_path / "profile.yaml"
+    prof.write_text(Path(profile).read_text().replace(f"demo_root: {src}", f"demo_root: {copy}"))
+
+    out = tmp_path / "strict.zarr"
+    with pytest.raises(AssetError, match=victim["id"]):
+        regional_cube(_config(region, prof, out, strict=True, quicklook=False))
+    assert not out.exists()
+
+    out = tmp_path / "lenient.zarr"
+    summary = regional_cube(_config(region, prof, out, quicklook=False))
+    run = json.loads(Path(summary["run_summary"]).read_text())
+    assert run["scenes_dropped"] == [victim["id"]] and victim["id"] not in run["scenes"]
+    assert run["assets"]["dropped"][0]["asset"] == "B04" and "Truncated" in run["assets"]["dropped"][0]["reason"]
+    assert any(victim["id"] in w for w in run["warnings"])
+    with xr.open_zarr(out, consolidated=True) as ds:
+        assert ds.attrs["dropped_items"] == [victim["id"]]
+        assert json.loads(ds.attrs["dropped_assets"])[0]["id"] == victim["id"]
+        assert victim["id"] not in ds.attrs["stac_items"] and int(ds.observed.sum()) > 0
+
+
 def test_flow_on_an_existing_dask_scheduler(flow_run, tmp_path):
     """`--dask-address`: the array work runs on a separately started cluster of worker processes."""
     from distributed import LocalCluster
