@@ -65,6 +65,9 @@ def run(
     dask_address: Annotated[Optional[str], typer.Option("--dask-address", help="Existing Dask scheduler, e.g. tcp://host:8786 (default: start a LocalCluster).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Override the config's output Zarr path.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an output built from a different grid or inputs.")] = False,
+    append: Annotated[bool, typer.Option("--append", help="Extend the existing output with the dates after its last one (scheduled runs); nothing new: nothing changes.")] = False,
+    end: Annotated[Optional[str], typer.Option("--end", help="Override the config's last day: YYYY-MM-DD or 'today' (UTC).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail on a missing, truncated or invalid asset instead of leaving its scene out.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the regional-cube flow (search -> cube -> cloud mask -> gap fill -> normalize -> Zarr) for CONFIG."""
@@ -72,7 +75,8 @@ def run(
     from s2pipe.config import load_config
 
     try:
-        cfg = load_config(config, dask_address=dask_address, output=output, overwrite=overwrite or None)
+        cfg = load_config(config, dask_address=dask_address, output=output, overwrite=overwrite or None,
+                          append=append or None, end=end, strict=strict or None)
         summary = _run_flow(cfg)
     except S2PipeError as exc:
         raise _fail(exc) from None
@@ -434,7 +438,12 @@ def map_change_cmd(
 
 
 def _print_summary(summary: dict) -> None:
-    typer.echo(f"cube written to {summary['output']}")
+    if summary.get("mode") == "up-to-date":
+        typer.echo(f"{summary['output']} is up to date: {summary['reason']}; nothing written")
+        typer.echo(f"  run summary: {summary['run_summary']}")
+        return
+    verb = f"{summary['dates_appended']} dates appended to" if summary.get("mode") == "append" else "cube written to"
+    typer.echo(f"{verb} {summary['output']}")
     typer.echo(f"  {summary['scenes']} scenes -> {summary['dates_in']} solar days -> {summary['dates_out']} dates, shape {summary['shape']}, {summary['seconds']} s")
     if summary.get("quicklook"):
         typer.echo(f"  quick-look: {summary['quicklook']}")

@@ -31,6 +31,13 @@ class DaskConfig(BaseModel):
     memory_limit: str = Field("4GiB", description="LocalCluster only: memory limit per worker (Dask spills, then pauses, above it).")
     processes: bool = Field(True, description="LocalCluster only: worker processes (True) or threads in this process (False).")
 
+    @model_validator(mode="after")
+    def _one_cluster(self) -> "DaskConfig":
+        if self.address and self.spec:
+            raise ValueError(f"dask.address {self.address!r} and dask.spec {self.spec!r} are both set; keep address to "
+                             "use a running cluster, or spec to start one for the run")
+        return self
+
 
 class GapfillConfig(BaseModel):
     """Cressman temporal interpolation (s2pipe.gapfill.cressman)."""

@@ -209,6 +209,59 @@ def test_a_truncated_asset_leaves_its_scene_out_or_fails_in_strict_mode(flow_run
         assert victim["id"] not in ds.attrs["stac_items"] and int(ds.observed.sum()) > 0
 
 
+def test_a_killed_run_resumes_only_the_missing_regions(flow_run, tmp_path):
+    """`s2pipe run` SIGKILLed in the middle of writing: run again, it writes only the regions not recorded, and
+    the store equals an undisturbed run, every chunk present."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from prefect.settings import PREFECT_API_URL
+
+    region, profile, full_out, _ = flow_run
+    out = tmp_path / "killed.zarr"
+    cfg = _config(region, profile, out, quicklook=False, chunk_size=16,
+                  dask={"n_workers": 1, "threads_per_worker": 1, "processes": False})
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    cmd = [sys.executable, "-m", "s2pipe.cli", "run", str(cfg_path)]
+    done = out / ".s2pipe" / "done"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if done.is_dir() and len(os.listdir(done)) >= 1:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.002)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    recorded = len(os.listdir(done))
+    assert not (out / ".s2pipe" / "complete").exists()
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    run = json.loads(out.with_name("killed.run.json").read_text())
+    regions = run["regions"]
+    assert run["mode"] == "resume" and regions["resumed"] >= recorded >= 1
+    assert regions["written_by_this_run"] == regions["total"] - regions["resumed"] > 0
+    from flows.regional_cube import regional_cube
+
+    undisturbed = regional_cube(cfg.model_copy(update={"output": tmp_path / "undisturbed.zarr"}))["output"]
+    ref = xr.open_zarr(undisturbed, consolidated=True).load()
+    got = xr.open_zarr(out, consolidated=True).load()
+    xr.testing.assert_identical(got.drop_attrs(), ref.drop_attrs())
+    per_date = len(list((out / "reflectance").glob("0.*")))  # chunk files of the first date: every region's
+    assert per_date == regions["total"] and len(list((out / "reflectance").glob("*.0.*.*"))) == per_date * got.sizes["time"]
+
+
 def test_flow_on_an_existing_dask_scheduler(flow_run, tmp_path):
     """`--dask-address`: the array work runs on a separately started cluster of worker processes."""
     from distributed import LocalCluster
