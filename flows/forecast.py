@@ -18,6 +18,7 @@ from s2pipe.config import DaskConfig
 from s2pipe.errors import InputError
 from s2pipe.forecast import fit_dynamics, forecast_cube, load_dynamics
 from s2pipe.pixels import align_mask, as_yx, training_pixels
+from s2pipe.placement import inference_placement
 from s2pipe.progress import ProgressLine
 from s2pipe.store import open_cube, write_cube
 
@@ -95,17 +96,20 @@ def predict_task(cube_path: str, model_path: str, output: str, steps: int, histo
     ds = open_cube(cube_path)
     model = load_dynamics(model_path)
     history = ds[variable].sel(time=slice(None, history_end))
-    fc = forecast_cube(model, history, steps=steps).astype("float32").rename("forecast")
-    out = fc.to_dataset()
-    out.attrs = {
-        "title": f"s2pipe {model.config.scheme} spectral forecast",
-        "crs": ds.attrs["crs"], "transform": ds.attrs["transform"],
-        "source_cube": str(Path(cube_path).resolve()), "model": str(Path(model_path).resolve()),
-        "forecast_from": str(history["time"].values[-1])[:10], "steps": int(steps),
-    }
     log = run_logger()
-    log.info(f"forecasting {steps} steps after {out.attrs['forecast_from']} for {history.sizes['y']} x {history.sizes['x']} px")
-    return write_cube(out, output, overwrite=overwrite, progress=ProgressLine("writing forecast", unit="regions", logger=log))
+    with inference_placement(logger=log):  # forecast tasks on GPU workers when the cluster has some
+        fc = forecast_cube(model, history, steps=steps).astype("float32").rename("forecast")
+        out = fc.to_dataset()
+        out.attrs = {
+            "title": f"s2pipe {model.config.scheme} spectral forecast",
+            "crs": ds.attrs["crs"], "transform": ds.attrs["transform"],
+            "source_cube": str(Path(cube_path).resolve()), "model": str(Path(model_path).resolve()),
+            "forecast_from": str(history["time"].values[-1])[:10], "steps": int(steps),
+        }
+        log.info(f"forecasting {steps} steps after {out.attrs['forecast_from']} for {history.sizes['y']} x "
+                 f"{history.sizes['x']} px")
+        return write_cube(out, output, overwrite=overwrite,
+                          progress=ProgressLine("writing forecast", unit="regions", logger=log))
 
 
 @flow(name="forecast-predict")

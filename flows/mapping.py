@@ -29,6 +29,7 @@ from s2pipe.maps import (
     class_map, detect_change, read_class_map, write_change, write_class_map, write_probabilities,
 )
 from s2pipe.metrics import score_map
+from s2pipe.placement import inference_placement
 from s2pipe.quicklook import map_quicklook
 from s2pipe.store import open_cube, write_json
 
@@ -179,11 +180,12 @@ def predict_task(cube_path: str, model_path: str, output: str, end: str | None, 
     log = run_logger()
     last = str(images["time"].values[-1])[:10]
     log.info(f"mapping {images.sizes['y']} x {images.sizes['x']} px from the {n} date(s) up to {last}")
-    proba = mapper.predict(images, temporal=temporal, threads=threads).astype("float32")
-    proba.attrs = {k: v for k, v in proba.attrs.items() if k in ("crs", "transform", "classes", "mapping_mode",
-                                                                  "mapping_dates", "mapping_last_date")}
-    proba.attrs.update(source_cube=str(Path(cube_path).resolve()), model=str(Path(model_path).resolve()))
-    zarr_path = write_probabilities(proba, out / "probability.zarr", overwrite=overwrite)
+    with inference_placement(logger=log):  # chunk tasks on GPU workers when the cluster has some
+        proba = mapper.predict(images, temporal=temporal, threads=threads).astype("float32")
+        proba.attrs = {k: v for k, v in proba.attrs.items() if k in ("crs", "transform", "classes", "mapping_mode",
+                                                                      "mapping_dates", "mapping_last_date")}
+        proba.attrs.update(source_cube=str(Path(cube_path).resolve()), model=str(Path(model_path).resolve()))
+        zarr_path = write_probabilities(proba, out / "probability.zarr", overwrite=overwrite)
     written = open_cube(zarr_path)["probability"]
     classes = class_map(written.load())
     classes.attrs.update({k: proba.attrs[k] for k in ("classes", "mapping_mode") if k in proba.attrs})

@@ -44,6 +44,7 @@ import torch
 import xarray as xr
 
 from s2pipe.errors import InputError
+from s2pipe.placement import current_placement, inference_tasks, on_device
 from s2pipe.weights import read_payload
 from s2pipe.models.dynamics import SCHEMES, Scheme, build_dynamics
 
@@ -641,6 +642,10 @@ def forecast_cube(model: DynamicsModel, history: xr.DataArray, *, steps: int = 1
     NaN in those dates (a gap left after interpolation) gets NaN in the forecast instead of failing the
     whole cube. Returns ``(time=steps, band, y, x)``, lazy for Dask input, equal to ``model.forecast`` on
     the pixels without gaps.
+
+    Inside a GPU ``s2pipe.placement.inference_placement`` block, the forecast tasks of Dask input (keys
+    ``forecast_block-…``) ask for a ``GPU`` worker resource and each runs on its worker's device (CUDA when
+    available there, else CPU) with a per-process copy of ``model``.
     """
     if set(history.dims) != {"time", "band", "y", "x"}:
         raise InputError(f"forecast_cube needs dims (time, band, y, x), got {history.dims}; "
@@ -652,7 +657,11 @@ def forecast_cube(model: DynamicsModel, history: xr.DataArray, *, steps: int = 1
     new_t = times[-1] + np.arange(1, steps + 1, dtype=np.int64) * np.timedelta64(cfg.step_ns, "ns")
     dtype = np.float64 if history.dtype == np.float64 else np.float32
 
-    def block(b: xr.DataArray) -> xr.DataArray:
+    placement = current_placement()
+    per_worker = recent.chunks is not None and placement is not None and placement.gpu
+
+    def forecast_block(b: xr.DataArray) -> xr.DataArray:
+        m = on_device(model, resolve_device(None), _model_on) if per_worker else model
         v = np.asarray(b.values)
         n_t, n_b, ny, nx = v.shape
         out = np.full((steps, n_b, ny * nx), np.nan, dtype=dtype)
@@ -660,12 +669,12 @@ def forecast_cube(model: DynamicsModel, history: xr.DataArray, *, steps: int = 1
         if ok.any():
             flat = v.reshape(n_t, n_b, ny * nx)[:, :, ok][:, :, None, :]  # (time, band, y=1, x=valid pixels)
             sub = xr.DataArray(flat, dims=("time", "band", "y", "x"), coords={"time": b["time"].values, "band": b["band"].values})
-            out[:, :, ok] = model.forecast(sub, steps=steps, batch_size=batch_size).values[:, :, 0, :]
+            out[:, :, ok] = m.forecast(sub, steps=steps, batch_size=batch_size).values[:, :, 0, :]
         return xr.DataArray(out.reshape(steps, n_b, ny, nx), dims=("time", "band", "y", "x"),
                             coords={"time": new_t, "band": b["band"].values, "y": b["y"].values, "x": b["x"].values})
 
     if recent.chunks is None:
-        result = block(recent)
+        result = forecast_block(recent)
     else:
         import dask.array as dsa
 
@@ -677,10 +686,22 @@ def forecast_cube(model: DynamicsModel, history: xr.DataArray, *, steps: int = 1
             dims=("time", "band", "y", "x"),
             coords={"time": new_t, "band": recent["band"].values, "y": recent["y"].values, "x": recent["x"].values},
         )
-        result = xr.map_blocks(block, recent.drop_vars([c for c in recent.coords if c not in recent.dims]), template=template)
+        with inference_tasks():  # resources={"GPU": 1} under GPU placement
+            result = xr.map_blocks(forecast_block, recent.drop_vars([c for c in recent.coords if c not in recent.dims]),
+                                   template=template)
     result.name = history.name
     result.attrs = {**history.attrs, "forecast_scheme": cfg.scheme, "forecast_from": str(pd.Timestamp(times[-1]))}
     return result
+
+
+def _model_on(model: DynamicsModel, device: torch.device) -> DynamicsModel:
+    """A copy of ``model`` on ``device`` (the original is left where it is)."""
+    cfg = model.config
+    module = build_dynamics(scheme=cfg.scheme, dim=cfg.dim, hidden=cfg.hidden, activation=cfg.activation,
+                            forcing=cfg.season, step_phase=_step_phase(cfg.step_ns))
+    module.load_state_dict(model.module.state_dict())
+    return DynamicsModel(model.config, module, mean=model.mean, basis=model.basis, offset=model.offset,
+                         scale=model.scale, device=device)
 
 
 # ------------------------------------------------------------------------------------------ ensembles

@@ -44,6 +44,7 @@ import xarray as xr
 from s2pipe.errors import InputError
 from s2pipe.weights import read_payload
 from s2pipe.forecast import resolve_device
+from s2pipe.placement import current_placement, inference_tasks, on_device
 from s2pipe.models.mapping import TemporalHead, UNet, joint_loss, receptive_radius
 
 __all__ = ["MapperConfig", "Mapper", "train_mapper", "load_mapper", "default_epochs", "default_patch", "EPOCH_PATCHES"]
@@ -292,7 +293,9 @@ class Mapper:
             temporal: True: the last ``seq_len`` dates through the U-Net, then the ConvLSTM head;
                 False: the U-Net on the last date alone (the paper's single-image baseline).
             batch_size: dates per U-Net pass.
-            device: torch device; None keeps the mapper's.
+            device: torch device; None keeps the mapper's, except for Dask input inside a GPU
+                ``s2pipe.placement.inference_placement`` block: there each chunk task picks its worker's device
+                (CUDA when available there, else CPU).
             halo: Dask input only: overlap (pixels, a multiple of ``2**depth``) read around each chunk;
                 None: ``config.halo(temporal=...)``, the receptive radius, which makes chunked and whole-image
                 predictions equal. Smaller halos are faster but approximate near chunk borders.
@@ -303,7 +306,9 @@ class Mapper:
         Returns:
             "probability" (class, y, x) float32, summing to 1 over ``class`` (coordinate: the class ids), with the
             x/y (and spatial_ref) coordinates and attrs (crs, transform, …) of ``images``; lazy (Dask) when
-            ``images`` is Dask-backed, with its y/x chunks (aligned to multiples of ``2**depth``).
+            ``images`` is Dask-backed, with its y/x chunks (aligned to multiples of ``2**depth``). Its chunk tasks
+            (keys ``mapper-predict-…``) ask for a ``GPU`` worker resource inside a GPU ``inference_placement``
+            block (``s2pipe.placement``).
         """
         cfg = self.config
         n = cfg.seq_len if temporal else 1
@@ -317,6 +322,8 @@ class Mapper:
         elif images.sizes["band"] != len(cfg.bands):
             raise InputError(f"images has {images.sizes['band']} bands but the mapper was trained on "
                              f"{len(cfg.bands)} ({cfg.bands}); select those bands")
+        placement = current_placement()
+        per_worker = device is None and placement is not None and placement.gpu
         if device is not None:
             dev = resolve_device(device)
             if dev != self.device:
@@ -336,7 +343,7 @@ class Mapper:
             if threads is not None:
                 threads = _positive_int("threads", threads)
             data = self._predict_dask(recent.data, temporal=temporal, batch_size=batch_size, halo=h, n_classes=K,
-                                      threads=threads)
+                                      threads=threads, per_worker_device=per_worker)
         coords = {"class": self.classes, **_spatial_coords(recent)}
         attrs = {**images.attrs, "mapping_mode": "temporal" if temporal else "single-date",
                  "mapping_dates": int(n), "mapping_last_date": str(np.asarray(recent["time"].values)[-1])[:10]
@@ -347,8 +354,12 @@ class Mapper:
         return xr.DataArray(data, dims=("class", "y", "x"), coords=coords, name="probability", attrs=attrs)
 
     def _predict_dask(self, arr, *, temporal: bool, batch_size: int, halo: int, n_classes: int,
-                      threads: int | None):
+                      threads: int | None, per_worker_device: bool = False):
+        """Lazy (1, K, y, x) probabilities: the halo exchange (``overlap``) and one inference task per chunk
+        (``map_blocks``, keys ``mapper-predict-…``), the latter built in ``inference_tasks()`` (GPU placement).
+        ``per_worker_device``: each task runs on its worker's ``resolve_device(None)`` (a per-process copy)."""
         import dask.array as dsa
+        from dask.array.overlap import overlap
 
         arr = arr.rechunk({0: -1, 1: -1})
         m = self.config.multiple
@@ -359,16 +370,20 @@ class Mapper:
             (iy, ix), (ny_blocks, nx_blocks) = info["chunk-location"][2:], info["num-chunks"][2:]
             top, left = (halo if iy > 0 else 0), (halo if ix > 0 else 0)
             bottom, right = (halo if iy < ny_blocks - 1 else 0), (halo if ix < nx_blocks - 1 else 0)
+            mapper = on_device(self, resolve_device(None), _mapper_on) if per_worker_device else self
             with _torch_threads(threads):
-                p = self._predict_array(np.asarray(b), temporal=temporal, batch_size=batch_size)
+                p = mapper._predict_array(np.asarray(b), temporal=temporal, batch_size=batch_size)
             p = p[:, top:p.shape[1] - bottom, left:p.shape[2] - right]
             return p[None]
 
         depth = {0: 0, 1: 0, 2: halo if len(arr.chunks[2]) > 1 else 0, 3: halo if len(arr.chunks[3]) > 1 else 0}
-        out = dsa.map_overlap(block, arr, depth=depth, boundary="none", trim=False,
-                              allow_rechunk=False, dtype=np.float32,
-                              chunks=((1,), (n_classes,), arr.chunks[2], arr.chunks[3]),
-                              meta=np.empty((0, 0, 0, 0), dtype=np.float32))
+        # = dask.array.map_overlap(..., trim=False), split so that only the inference tasks get annotated
+        out_chunks = ((1,), (n_classes,), arr.chunks[2], arr.chunks[3])
+        if any(depth.values()):
+            arr = overlap(arr, depth=depth, boundary="none", allow_rechunk=False)
+        with inference_tasks():
+            out = dsa.map_blocks(block, arr, dtype=np.float32, chunks=out_chunks, token="mapper-predict",
+                                 meta=np.empty((0, 0, 0, 0), dtype=np.float32))
         return out[0]
 
     # -------------------------------------------------------------- persistence
@@ -418,6 +433,14 @@ def _torch_threads(threads: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _mapper_on(mapper: Mapper, device: torch.device) -> Mapper:
+    """A copy of ``mapper`` on ``device`` (the original is left where it is)."""
+    fcn, head = _build(mapper.config)
+    fcn.load_state_dict(mapper.fcn.state_dict())
+    head.load_state_dict(mapper.head.state_dict())
+    return Mapper(mapper.config, fcn, head, device=device)
 
 
 def _aligned_chunks(chunks: tuple[int, ...], m: int, halo: int) -> tuple[int, ...]:

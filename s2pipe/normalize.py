@@ -7,6 +7,7 @@ reduction (bounded memory under Dask, no sort), refined until the bins are narro
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 import warnings
 from collections.abc import Mapping
@@ -32,6 +33,28 @@ _TOL = 5e-5
 _MAX_PASSES = 8
 _SLICE = 1 << 22
 """Values per histogram step inside one band of one block (bounds the float64 temporaries to ~100 MB)."""
+MAX_GRAPH_TASKS = 100_000
+"""Most Dask tasks per statistics graph: a larger lazy cube (a tile-year read from its COGs is ~500,000 tasks)
+is reduced strip by strip, one graph per strip of whole chunks, and the strips' statistics are merged exactly."""
+
+
+def _pieces(da: xr.DataArray, max_tasks: int, *, reductions: int = 1) -> list[xr.DataArray]:
+    """``da``, or strips of whole chunks along its most-chunked non-band dim whose graphs each hold at most
+    about ``max_tasks`` tasks (estimate: the input graph plus two tasks per chunk for each of ``reductions``)."""
+    import dask
+
+    if not dask.is_dask_collection(da.data):
+        return [da]
+    estimate = len(da.data.__dask_graph__()) + 2 * reductions * da.data.npartitions
+    dims = [d for d in da.dims if d != "band" and len(da.chunksizes.get(d, ())) > 1]
+    if estimate <= max_tasks or not dims:
+        return [da]
+    dim = max(dims, key=lambda d: len(da.chunksizes[d]))
+    chunks = da.chunksizes[dim]
+    per = max(1, len(chunks) // math.ceil(estimate / max_tasks))  # each strip <= 1/k of the graph
+    edges = np.cumsum((0,) + tuple(chunks))
+    return [da.isel({dim: slice(int(edges[i]), int(edges[min(i + per, len(chunks))]))})
+            for i in range(0, len(chunks), per)]
 
 
 @contextlib.contextmanager
@@ -126,14 +149,16 @@ def _hist(data, is_dask: bool, lo: np.ndarray, width: np.ndarray):
     return h.sum(axis=tuple(range(1, nd)), dtype=np.int64) if nd > 1 else h
 
 
-def band_percentile(da: xr.DataArray, percentile: float) -> np.ndarray:
+def band_percentile(da: xr.DataArray, percentile: float, *, max_graph_tasks: int = MAX_GRAPH_TASKS) -> np.ndarray:
     """Per-band percentile of the finite values (numpy 'linear' definition), float64 (B,), NaN if none.
 
     Fixed-bin histogram passes (65536 bins; the first on [-0.5, 2) plus min/max/count, then refined
-    around the target ranks), so the error is below 5e-5 data units and memory stays bounded.
+    around the target ranks), so the error is below 5e-5 data units and memory stays bounded. A Dask cube
+    whose graph exceeds ``max_graph_tasks`` is counted strip by strip (the histograms add up exactly).
     """
     _check_da(da, "band_percentile")
     p = _check_percentile(percentile)
+    pieces = [_band_first(piece)[0] for piece in _pieces(da, max_graph_tasks, reductions=4)]  # min, max, count, hist
     data, is_dask = _band_first(da)
     nb_bands = data.shape[0]
     nb = _NBINS
@@ -145,12 +170,17 @@ def band_percentile(da: xr.DataArray, percentile: float) -> np.ndarray:
         import dask
         import dask.array as dsa
 
-        fin = dsa.where(dsa.isfinite(data), data, np.nan)
         axes = tuple(range(1, data.ndim))
-        vmin, vmax, count, hist = dask.compute(
-            dsa.nanmin(fin, axis=axes), dsa.nanmax(fin, axis=axes), dsa.isfinite(data).sum(axis=axes),
-            _hist(data, True, lo, width),
-        )
+        parts = []
+        for piece in pieces:
+            fin = dsa.where(dsa.isfinite(piece), piece, np.nan)
+            with _quiet():
+                parts.append(dask.compute(dsa.nanmin(fin, axis=axes), dsa.nanmax(fin, axis=axes),
+                                          dsa.isfinite(piece).sum(axis=axes), _hist(piece, True, lo, width)))
+        vmin = np.fmin.reduce([np.asarray(q[0], np.float64) for q in parts])
+        vmax = np.fmax.reduce([np.asarray(q[1], np.float64) for q in parts])
+        count = sum(np.asarray(q[2], np.int64) for q in parts)
+        hist = sum(np.asarray(q[3], np.int64) for q in parts)
     else:
         fin = np.where(np.isfinite(data), data, np.nan)
         with np.errstate(all="ignore"), _quiet():
@@ -200,40 +230,48 @@ def band_percentile(da: xr.DataArray, percentile: float) -> np.ndarray:
         if done.all():
             break
         lo, width = nxt_lo, nxt_w
-        h = _hist(data, is_dask, lo, width)
-        hist = np.asarray(h.compute() if is_dask else h)
+        if is_dask:
+            hist = sum(np.asarray(_hist(piece, True, lo, width).compute(), np.int64) for piece in pieces)
+        else:
+            hist = np.asarray(_hist(data, False, lo, width))
     else:  # pragma: no cover - ranges shrink ~20000x per pass
         raise RuntimeError("band_percentile did not converge")
     return value[:, 0] + frac * (value[:, 1] - value[:, 0])
 
 
 # ------------------------------------------------------------------------------------------ public API
-def _band_max(da: xr.DataArray) -> np.ndarray:
+def _band_max(da: xr.DataArray, *, max_graph_tasks: int = MAX_GRAPH_TASKS) -> np.ndarray:
     other = [d for d in da.dims if d != "band"]
     if not other:
         return np.asarray(da.transpose("band").values, dtype=np.float64)
     with _quiet():
-        # fast path: one NaN-skipping reduction; ±inf (rare) then needs the masked pass
-        m = np.asarray(da.max(dim=other, skipna=True).transpose("band").values, dtype=np.float64)
-        if np.isinf(m).any():
-            m = np.asarray(da.where(np.isfinite(da)).max(dim=other, skipna=True).transpose("band").values, dtype=np.float64)
-        return m
+        return np.fmax.reduce([_finite_max(piece, other) for piece in _pieces(da, max_graph_tasks)])
+
+
+def _finite_max(da: xr.DataArray, dims: list[str]) -> np.ndarray:
+    # fast path: one NaN-skipping reduction; ±inf (rare) then needs the masked pass
+    m = np.asarray(da.max(dim=dims, skipna=True).transpose("band").values, dtype=np.float64)
+    if np.isinf(m).any():
+        m = np.asarray(da.where(np.isfinite(da)).max(dim=dims, skipna=True).transpose("band").values, dtype=np.float64)
+    return m
 
 
 def compute_scale(
-    da: xr.DataArray, *, method: Method = "global_max_by_resolution", percentile: float = 99.0
+    da: xr.DataArray, *, method: Method = "global_max_by_resolution", percentile: float = 99.0,
+    max_graph_tasks: int = MAX_GRAPH_TASKS,
 ) -> xr.DataArray:
     """Per-band divisor, float64 DataArray with dims ("band",) (computes Dask input; NaN ignored).
 
     method: "global_max_by_resolution" (max over all pixels, dates and bands of each resolution group,
     10 m and 20 m separately), "global_max" (one max), "per_band_max", "per_band_percentile"
-    (``percentile`` of each band, error < 5e-5).
+    (``percentile`` of each band, error < 5e-5). ``max_graph_tasks``: a Dask cube with a larger graph is
+    reduced in strips of whole chunks, one graph each (same result).
     """
     bands = _check_da(da, "compute_scale")
     _check_method(method)
     if method == "per_band_percentile":
         p = _check_percentile(percentile)
-        values = band_percentile(da, p)
+        values = band_percentile(da, p, max_graph_tasks=max_graph_tasks)
     else:
         if method == "global_max_by_resolution":
             unknown = [b for b in bands if b.upper() not in BANDS]
@@ -242,7 +280,7 @@ def compute_scale(
                     f"method='global_max_by_resolution' needs Sentinel-2 band names, got {unknown}; "
                     "rename the bands or pass method='global_max' / 'per_band_max'"
                 )
-        bmax = _band_max(da)
+        bmax = _band_max(da, max_graph_tasks=max_graph_tasks)
         if method == "per_band_max":
             values = bmax
         elif method == "global_max":

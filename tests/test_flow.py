@@ -76,7 +76,7 @@ def test_flow_writes_a_complete_cube(flow_run):
     assert Path(summary["run_summary"]) == out.with_name("cube.run.json")
     assert run["status"] == "completed" and len(run["scenes"]) == summary["scenes"] == len(attrs["stac_items"])
     assert run["regions"]["written_by_this_run"] == run["regions"]["total"] > 0 and run["regions"]["resumed"] == 0
-    assert set(run["stage_seconds"]) == {"search", "cube", "cloud_mask", "gap_fill", "normalize", "write", "quicklook"}
+    assert set(run["stage_seconds"]) == {"search", "check_assets", "cube", "cloud_mask", "gap_fill", "normalize", "write", "quicklook"}
     assert isinstance(run["warnings"], list) and run["parameters"]["gapfill"]["radius"] == "10D"
 
 

@@ -178,3 +178,26 @@ def test_percentile_in_several_slices(dask_, monkeypatch):
     da = cube(seed=9)
     ref = np.nanpercentile(per_band(da).astype(np.float64), 97.5, axis=1)
     np.testing.assert_allclose(band_percentile(maybe_chunk(da, dask_), 97.5), ref, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["global_max_by_resolution", "per_band_max", "per_band_percentile"])
+def test_large_graphs_are_reduced_in_strips_with_the_same_result(method):
+    """A Dask cube whose graph exceeds max_graph_tasks is reduced strip by strip: several small graphs, each far
+    below the limit's order, and exactly the statistics of one pass."""
+    from dask.callbacks import Callback
+
+    da = cube(seed=7).chunk({"time": 6, "band": 1, "y": 2, "x": 4})
+    sizes = []
+
+    class GraphSizes(Callback):
+        def _start_state(self, dsk, state):
+            sizes.append(len(dsk))
+
+    with GraphSizes():
+        whole = compute_scale(da, method=method, percentile=90.0)
+    limit = max(sizes) // 3
+    sizes.clear()
+    with GraphSizes():
+        split = compute_scale(da, method=method, percentile=90.0, max_graph_tasks=limit)
+    np.testing.assert_array_equal(split.values, whole.values)
+    assert len(sizes) >= 3 and max(sizes) <= limit
