@@ -97,7 +97,11 @@ def gpu_workers(client=None) -> list[str]:
     client = _current_client() if client is None else client
     if client is None:
         return []
-    return sorted(addr for addr, w in _workers(client).items() if float((w.get("resources") or {}).get(GPU, 0)) > 0)
+    return _gpu_addresses(_workers(client))
+
+
+def _gpu_addresses(workers: dict[str, dict]) -> list[str]:
+    return sorted(addr for addr, w in workers.items() if float((w.get("resources") or {}).get(GPU, 0)) > 0)
 
 
 def has_gpu_workers(client=None) -> bool:
@@ -125,7 +129,7 @@ def inference_placement(client=None, *, logger: logging.Logger | logging.LoggerA
         placement = Placement(gpu=False)
     else:
         workers = _workers(client)
-        gpus = tuple(sorted(a for a, w in workers.items() if float((w.get("resources") or {}).get(GPU, 0)) > 0))
+        gpus = tuple(_gpu_addresses(workers))
         placement = Placement(gpu=bool(gpus), gpu_workers=gpus, n_workers=len(workers))
     (logger or _log).info(placement.describe())
     token = _current.set(placement)
