@@ -435,3 +435,40 @@ def test_map_cli_train_predict_change(flow_run, tmp_path):
                               "--target", "2", "-o", str(tmp_path / "roads.tif"), "--min-pixels", "1"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "roads.tif").is_file() and (tmp_path / "roads.png").is_file()
+
+
+def test_scheduled_update_extends_the_cube_and_its_products(flow_run, tmp_path):
+    """regional-update: the first run builds the cube and the products of its last date; a later window appends
+    dates and makes a map and a forecast for each new date only; again with nothing new: nothing changes."""
+    from flows.forecast import forecast_train
+    from flows.mapping import map_train
+    from flows.update import regional_update
+
+    region, profile, full_out, _ = flow_run
+    labels = [{"data": str(region.mangroves_path), "class_id": 1, "name": "mangrove"}]
+    mapper = map_train(str(full_out), str(tmp_path / "mapper.pt"), labels, epochs=2, seq_len=2)["model"]
+    forecaster = forecast_train(str(full_out), str(tmp_path / "fc.pt"), mask=str(region.landcover_path), classes=[1, 2],
+                                max_pixels=100, epochs=1, hidden=8)["model"]
+    out, products = tmp_path / "weekly.zarr", tmp_path / "products"
+    kw = dict(mapper=mapper, forecaster=forecaster, products=str(products), forecast_steps=2)
+    first = regional_update(_config(region, profile, out, end="2022-01-20", quicklook=False), **kw)
+    assert first["cube"]["mode"] == "create" and first["maps"] == first["forecasts"] == first["due"]
+    assert len(first["due"]) == 1
+    made = {p: p.stat().st_mtime_ns for p in products.rglob("*") if p.is_file()}
+
+    second = regional_update(_config(region, profile, out, quicklook=False), **kw)
+    appended = second["cube"]["dates_appended"]
+    assert second["cube"]["mode"] == "append" and appended > 0
+    assert second["maps"] == second["forecasts"] == second["due"][1:] and len(second["due"]) == appended + 1
+    assert {p: p.stat().st_mtime_ns for p in made} == made, "products of earlier dates were recomputed"
+    with xr.open_zarr(out, consolidated=True) as cube:
+        last = str(cube.time.values[-1])[:10]
+    with rasterio.open(products / f"map-{last}" / "class_map.tif") as src:
+        assert src.read(1).shape == (cube.sizes["y"], cube.sizes["x"])
+    with xr.open_zarr(products / f"forecast-{last}.zarr", consolidated=True) as fc:
+        assert fc.attrs["forecast_from"] == last and fc.sizes["time"] == 2
+
+    every = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and "run.json" not in p.name}
+    third = regional_update(_config(region, profile, out, quicklook=False), **kw)
+    assert third["cube"]["mode"] == "up-to-date" and third["maps"] == third["forecasts"] == []
+    assert {p: p.stat().st_mtime_ns for p in every} == every
