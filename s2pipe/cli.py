@@ -84,6 +84,36 @@ def run(
 
 
 @app.command()
+def update(
+    config: Annotated[Path, typer.Argument(help="YAML run configuration of the cube to keep up to date.")],
+    mapper: Annotated[Optional[Path], typer.Option("--mapper", help="Trained land-cover mapper: a map per new date.")] = None,
+    forecaster: Annotated[Optional[Path], typer.Option("--forecaster", help="Trained forecast model: a forecast per new date.")] = None,
+    products: Annotated[Optional[Path], typer.Option("--products", help="Folder of the derived products (default: <output>-products beside the cube).")] = None,
+    end: Annotated[Optional[str], typer.Option("--end", help="Last day: YYYY-MM-DD or 'today' (UTC, the default for updates).")] = "today",
+    dask_address: Annotated[Optional[str], typer.Option("--dask-address", help="Existing Dask scheduler (default: a LocalCluster).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Scheduled update: append the acquisitions since the last run to CONFIG's cube (creating it the first
+    time), then map and forecast each new date. Nothing new acquired: nothing changes."""
+    _setup_logging(verbose)
+    from s2pipe.config import load_config
+
+    try:
+        cfg = load_config(config, dask_address=dask_address, end=end, append=True)
+        from flows.update import regional_update
+
+        result = regional_update(cfg, mapper=str(mapper) if mapper else None,
+                                 forecaster=str(forecaster) if forecaster else None,
+                                 products=str(products) if products else None)
+    except S2PipeError as exc:
+        raise _fail(exc) from None
+    _print_summary(result["cube"])
+    if result.get("due") is not None:
+        typer.echo(f"  products in {result['products']}: maps {result['maps'] or 'none new'}, "
+                   f"forecasts {result['forecasts'] or 'none new'}")
+
+
+@app.command()
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Zarr store to write.")] = Path("out/demo-cube.zarr"),
     dask_address: Annotated[Optional[str], typer.Option("--dask-address", help="Existing Dask scheduler (default: a LocalCluster).")] = None,
