@@ -32,6 +32,7 @@ from s2pipe.normalize import compute_scale, normalize
 from s2pipe.progress import ProgressLine
 from s2pipe.search import search_items
 from s2pipe.incremental import extended_attrs, new_output_dates, plan_append, stored_scale
+from s2pipe.storage import ObjectPath, is_url, location, storage_environment
 from s2pipe.store import append_cube, write_cube
 
 
@@ -76,9 +77,12 @@ def search_task(cfg: RunConfig, profile: CatalogProfile, url: str | None) -> lis
 
 @task(name="check-assets", cache_policy=NO_CACHE)
 def check_assets_task(items: list, cfg: RunConfig, client) -> AssetCheck:
-    """Header checks of every asset on the cluster; bad scenes are left out (``strict``: the run fails)."""
+    """Header checks of every asset on the cluster; bad scenes are left out (``strict``: the run fails).
+    ``s3://`` / ``gs://`` / ``az://`` hrefs are reached with ``cfg.storage`` (fsspec and GDAL settings applied
+    here and on the workers for the duration of the check)."""
     log = run_logger()
-    check = check_assets(items, [*cfg.bands, "SCL"], strict=cfg.strict, client=client)
+    with storage_environment(cfg.storage, client=client):
+        check = check_assets(items, [*cfg.bands, "SCL"], strict=cfg.strict, client=client)
     for d in check.dropped:
         log.warning(f"scene {d['id']} left out: asset {d['asset']} ({d['href']}) failed after {d['attempts']} "
                     f"attempts: {d['reason']}")
@@ -90,7 +94,7 @@ def check_assets_task(items: list, cfg: RunConfig, client) -> AssetCheck:
 def cube_task(items: list, cfg: RunConfig, profile: CatalogProfile) -> xr.DataArray:
     cube = build_cube(
         items, bands=cfg.bands, include_scl=True, bbox=_bbox(cfg), epsg=cfg.epsg, resolution=cfg.resolution,
-        chunk_size=cfg.chunk_size or _aligned_chunk(profile),
+        chunk_size=cfg.chunk_size or _aligned_chunk(profile), storage=cfg.storage,
     )
     cube.attrs.update(catalog=profile.name, catalog_url=profile.url)
     log = run_logger()
@@ -137,7 +141,7 @@ def normalize_task(reflectance: xr.DataArray, filled: xr.DataArray, cfg: RunConf
     """
     log = run_logger()
     n = cfg.normalize
-    scale = stored_scale(cfg.output, filled.band.values)
+    scale = stored_scale(cfg.output, filled.band.values, storage=cfg.storage)
     if scale is None:
         t0 = time.monotonic()
         log.info(f"normalisation statistics ({n.method}) over {reflectance.sizes['time']} dates ...")
@@ -166,30 +170,47 @@ class _RegionCount:
 
 
 @task(name="write-zarr", cache_policy=NO_CACHE)
-def write_task(ds: xr.Dataset, cfg: RunConfig, *, append: bool = False) -> tuple[Path, dict[str, int]]:
-    """Write (or, with ``append``, extend along time) the output store; returns it and its region counts."""
+def write_task(ds: xr.Dataset, cfg: RunConfig, *, append: bool = False) -> tuple[Path | str, dict[str, int]]:
+    """Write (or, with ``append``, extend along time) the output store (a path, or a URL through fsspec with
+    ``cfg.storage``); returns it and its region counts."""
     log = run_logger()
     counts = _RegionCount(ProgressLine("appending to cube" if append else "writing cube", unit="regions", logger=log))
     if append:
         log.info(f"appending {ds.sizes['time']} dates to {cfg.output} region by region")
-        return append_cube(ds, cfg.output, progress=counts), counts.summary()
+        return append_cube(ds, cfg.output, progress=counts, storage=cfg.storage), counts.summary()
     log.info(f"writing {cfg.output} ({dict(ds.sizes)}) region by region")
-    path = write_cube(ds, cfg.output, overwrite=cfg.overwrite, region_size=cfg.chunk_size, progress=counts)
+    path = write_cube(ds, cfg.output, overwrite=cfg.overwrite, region_size=cfg.chunk_size, progress=counts,
+                      storage=cfg.storage)
     return path, counts.summary()
 
 
 @task(name="quicklook", cache_policy=NO_CACHE)
-def quicklook_task(cube: xr.DataArray, path: Path) -> Path:
+def quicklook_task(cube: xr.DataArray, path: Path | str, storage=None) -> Path | str:
+    """The quick-look PNG beside the store ``path`` (an object-store URL: rendered locally, then uploaded)."""
+    import tempfile
+
     from s2pipe.quicklook import quicklook
     from s2pipe.store import open_cube
 
-    png = quicklook(cube, open_cube(path), path.with_suffix(".png"))
+    store = location(path, storage)
+    target = store.with_suffix(".png")
+    if isinstance(target, ObjectPath):
+        with tempfile.TemporaryDirectory(prefix="s2pipe-quicklook-") as tmp:
+            local = quicklook(cube, open_cube(store), Path(tmp) / target.name)
+            target.write_bytes(Path(local).read_bytes())
+        png: Path | str = target.url
+    else:
+        png = quicklook(cube, open_cube(store), target)
     run_logger().info(f"quick-look saved to {png}")
     return png
 
 
-def run_summary_path(output: str | Path) -> Path:
-    """The JSON run summary written beside an output store: ``out/x.zarr`` -> ``out/x.run.json``."""
+def run_summary_path(output: str | Path) -> Path | str:
+    """The JSON run summary written beside an output store: ``out/x.zarr`` -> ``out/x.run.json``
+    (an object-store URL gives a URL: ``s3://b/x.zarr`` -> ``s3://b/x.run.json``)."""
+    if is_url(output):
+        store = location(output)
+        return store.with_name(f"{store.stem}.run.json").url
     p = Path(output)
     return p.with_name(f"{p.stem}.run.json")
 
@@ -245,7 +266,7 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
         finally:
             stages[name] = round(time.monotonic() - t, 2)
 
-    plan = plan_append(cfg.output, cfg.parameters(), start=cfg.start) if cfg.append else None
+    plan = plan_append(cfg.output, cfg.parameters(), start=cfg.start, storage=cfg.storage) if cfg.append else None
     search_cfg = cfg if plan is None else cfg.model_copy(update={"start": plan.search_start})
     if plan is not None:
         record["append"] = {"store_last_date": str(plan.last_date.date()), "search_from": str(plan.search_start)}
@@ -256,7 +277,8 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
         record.update(status="completed", mode="up-to-date", reason=reason, seconds=round(time.monotonic() - t0, 1),
                       warnings=caught.messages)
         return {"output": str(cfg.output), "mode": "up-to-date", "reason": reason, "dates_appended": 0,
-                "seconds": record["seconds"], "run_summary": str(write_json(run_summary_path(cfg.output), record))}
+                "seconds": record["seconds"],
+                "run_summary": str(write_json(run_summary_path(cfg.output), record, storage=cfg.storage))}
 
     with _Warnings() as caught:
         try:
@@ -299,11 +321,13 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
                 path, regions = timed("write", write_task, ds, cfg, append=plan is not None)
                 record["regions"] = regions
                 record["mode"] = "append" if plan is not None else "resume" if regions["resumed"] else "create"
-                png = timed("quicklook", quicklook_task, cube, path) if cfg.quicklook else None
+                png = timed("quicklook", quicklook_task, cube, path, cfg.storage) if cfg.quicklook else None
         except BaseException as exc:
-            record.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:4000],
+            from s2pipe.assets import redact_href
+
+            record.update(status="failed", error=redact_href(f"{type(exc).__name__}: {exc}")[:4000],
                           seconds=round(time.monotonic() - t0, 1), warnings=caught.messages)
-            write_json(run_summary_path(cfg.output), record)
+            write_json(run_summary_path(cfg.output), record, storage=cfg.storage)
             raise
     summary = {
         "output": str(path),
@@ -319,7 +343,7 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
     record.update(status="completed", seconds=summary["seconds"], dates_in=summary["dates_in"],
                   dates_out=summary["dates_out"], shape=summary["shape"], quicklook=summary["quicklook"],
                   warnings=caught.messages)
-    summary["run_summary"] = str(write_json(run_summary_path(path), record))
+    summary["run_summary"] = str(write_json(run_summary_path(path), record, storage=cfg.storage))
     log.info(f"done: {summary}")
     return summary
 

@@ -63,7 +63,7 @@ def _run_flow(cfg) -> dict:
 def run(
     config: Annotated[Path, typer.Argument(help="YAML run configuration (see examples/*.yaml and `s2pipe.config.RunConfig`).")],
     dask_address: Annotated[Optional[str], typer.Option("--dask-address", help="Existing Dask scheduler, e.g. tcp://host:8786 (default: start a LocalCluster).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Override the config's output Zarr path.")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Override the config's output: a Zarr path or an s3://, gs://, az:// URL.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an output built from a different grid or inputs.")] = False,
     append: Annotated[bool, typer.Option("--append", help="Extend the existing output with the dates after its last one (scheduled runs); nothing new: nothing changes.")] = False,
     end: Annotated[Optional[str], typer.Option("--end", help="Override the config's last day: YYYY-MM-DD or 'today' (UTC).")] = None,

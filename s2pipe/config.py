@@ -82,10 +82,39 @@ class NormalizeConfig(BaseModel):
     percentile: float = Field(99.0, gt=0, le=100, description="per_band_percentile only: the percentile (0-100].")
 
 
+class StorageConfig(BaseModel):
+    """Object-store settings for ``s3://``, ``gs://``, ``az://`` outputs and inputs (s2pipe.storage). Not secret:
+    credentials come from the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN,
+    GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN, ...)
+    or the named profile, and are never stored in the config, the output or the run summary."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    profile: str | None = Field(None, description="s3:// only: AWS profile name (a section of ~/.aws/credentials / ~/.aws/config); None: the environment or the default profile.")
+    endpoint_url: str | None = Field(None, description="s3:// only: endpoint of an S3-compatible service, e.g. 'http://minio:9000' (also given to GDAL as AWS_S3_ENDPOINT, path-style addressing); gs://: a custom GCS endpoint. None: the provider's own.")
+    region: str | None = Field(None, description="s3:// only: bucket region, e.g. 'eu-central-1'; None: the environment (AWS_REGION / AWS_DEFAULT_REGION) or the profile.")
+    anon: bool = Field(False, description="Unsigned (anonymous) requests, for public buckets: no credentials are looked up.")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import urllib.parse
+
+        parts = urllib.parse.urlsplit(v if "://" in v else f"https://{v}")
+        if parts.username or parts.password or parts.query:
+            raise ValueError("storage.endpoint_url must not carry credentials or a query string; put credentials "
+                             "in the environment or a profile (storage.profile)")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("storage.endpoint_url must be an http(s)://host[:port] address, e.g. 'http://minio:9000'")
+        return v.rstrip("/")
+
+
 class RunConfig(BaseModel):
     """One regional datacube job: where, when, what, and where the Zarr store goes."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)  # inputs may hold secrets
 
     catalog: str = Field("local-demo", description="Catalog profile name (see `s2pipe catalogs`) or path to a profile YAML.")
     bbox: tuple[float, float, float, float] | None = Field(None, description="Region as (west, south, east, north) in degrees lon/lat.")
@@ -100,12 +129,28 @@ class RunConfig(BaseModel):
     clear_classes: tuple[int, ...] = Field(DEFAULT_CLEAR_CLASSES, description="SCL classes counted as clear (default 4 vegetation, 5 bare, 6 water, 7 unclassified; add 11 for snow).")
     gapfill: GapfillConfig = Field(default_factory=GapfillConfig, description="Cressman interpolation settings.")
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig, description="Normalisation settings.")
-    output: Path = Field(Path("out/cube.zarr"), description="Zarr store written (format 2, consolidated, GIS-readable).")
+    output: Path | str = Field(Path("out/cube.zarr"), description="Zarr store written (format 2, consolidated, GIS-readable): a local path, or an object-store URL (s3://bucket/cube.zarr, gs://..., az://container/...) read and written through fsspec with the storage settings.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Object-store settings (profile, endpoint, region, anonymous access) for URL outputs and s3://, gs://, az:// asset hrefs; no secrets (those come from the environment or the profile).")
     overwrite: bool = Field(False, description="Replace an existing store built from a different grid or inputs (otherwise: an error).")
     append: bool = Field(False, description="Extend an existing store with the acquisitions after its last date (scheduled runs) without rewriting it; its grid, bands and parameters must match (otherwise: an error). Creates the store when there is none.")
-    strict: bool = Field(False, description="Fail when an asset is missing, truncated or not a valid COG, instead of leaving its scene out (recorded in the store's dropped_scenes and the run summary).")
+    strict: bool = Field(False, description="Fail when an asset is missing, truncated or not a valid COG, instead of leaving its scene out (recorded in the store's dropped_items / dropped_assets attributes and the run summary).")
     quicklook: bool = Field(True, description="Also save a quick-look PNG beside the store.")
     dask: DaskConfig = Field(default_factory=DaskConfig, description="Dask cluster settings.")
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _output(cls, v: Any) -> Any:
+        """A local path stays a ``Path``; a URL is validated (never echoing credentials) and kept as text."""
+        from s2pipe.storage import check_url, is_url
+
+        if isinstance(v, (str, os.PathLike)) and is_url(v):
+            try:
+                return check_url(str(v), what="output")
+            except InputError as exc:
+                raise ValueError(str(exc)) from None
+        if isinstance(v, str):
+            return Path(v[len("file://"):] if v.startswith("file://") else v)
+        return v
 
     @field_validator("end", mode="before")
     @classmethod
@@ -155,7 +200,7 @@ class RunConfig(BaseModel):
         return json.loads(self.model_dump_json(exclude=set(RUN_POLICY)))
 
 
-RUN_POLICY = ("dask", "overwrite", "quicklook", "append", "strict")
+RUN_POLICY = ("dask", "overwrite", "quicklook", "append", "strict", "storage")
 """RunConfig fields that say how a run goes, not what the output holds: left out of ``parameters()``."""
 
 
@@ -195,5 +240,10 @@ def _describe(exc: ValidationError) -> str:
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "config"
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {where}: {msg} (got {err.get('input')!r})" if where != "config" else f"  {msg}")
+        got = err.get("input")
+        if isinstance(got, str):  # URLs may carry credentials (refused, never repeated)
+            from s2pipe.assets import redact_href
+
+            got = redact_href(got)
+        lines.append(f"  {where}: {msg} (got {got!r})" if where != "config" else f"  {msg}")
     return "\n".join(lines)

@@ -70,12 +70,17 @@ def build_cube(
     epsg: int | None = None,
     resolution: float = 10.0,
     chunk_size: int | None = None,
+    storage: Any = None,
 ) -> xr.DataArray:
     """Lazy raw cube ``"dn"`` (time, band, y, x) uint16, 0 = nodata, one date per solar day.
 
     ``items``: normalized items (docs/architecture.md). ``bbox``: (west, south, east, north) in degrees;
     None covers all items. ``epsg``: output CRS (default: the most common item EPSG). ``resolution``: pixel
     size in metres (CRS units). ``chunk_size``: spatial chunk in pixels (default ``DEFAULT_CHUNK_SIZE``).
+    ``storage``: non-secret object-store settings (``s2pipe.config.StorageConfig`` or a mapping) for ``s3://``,
+    ``gs://``, ``az://`` hrefs, given to GDAL as configuration options (``s2pipe.storage.gdal_options``: S3
+    endpoint, profile, region, unsigned requests) through stackstac's ``gdal_env``; credentials stay in the
+    environment.
     Coordinates: ``time`` (solar day 00:00), ``band`` (SCL last), ``x``/``y`` pixel centres, ``scale`` and
     ``offset`` (time, band) with reflectance = DN * scale + offset, ``spatial_ref``. Attributes: ``crs``,
     ``transform`` (6 floats, rasterio order), ``resolution``, ``stac_items``, ``catalog``, ``catalog_url``.
@@ -142,6 +147,10 @@ def build_cube(
         chunksize=(group_sizes, 1, y_chunks, x_chunks), dtype="uint16", fill_value=np.uint16(0), rescale=False,
         sortby_date=False, xy_coords="center", properties=False, band_coords=False, reader=PlainReadRioReader,
     )
+    from s2pipe.storage import gdal_options
+
+    if gdal_options(storage):
+        common["gdal_env"] = stackstac.DEFAULT_GDAL_ENV.updated(always=gdal_options(storage))
     parts = []
     with warnings.catch_warnings():  # stackstac 0.5.1 multiplies Affine * tuple, which affine >= 2.4 deprecates
         warnings.filterwarnings("ignore", message="Use `@` matmul", category=PendingDeprecationWarning)

@@ -20,6 +20,7 @@ import pandas as pd
 import xarray as xr
 
 from s2pipe.errors import OutputConflictError
+from s2pipe.storage import ObjectPath, location
 from s2pipe.store import STATE_DIR, store_state
 
 VARYING_PARAMETERS = frozenset({"start", "end", "output"})
@@ -30,8 +31,8 @@ VARYING_PARAMETERS = frozenset({"start", "end", "output"})
 class AppendPlan:
     """How a run extends the store at ``path``."""
 
-    path: Path
-    """The store."""
+    path: Path | str
+    """The store (a local path, or an object-store URL)."""
     last_date: pd.Timestamp
     """The store's last output date (t_K)."""
     search_start: dt.date
@@ -48,14 +49,15 @@ def reach_days(radius: str, kernel: str) -> float:
     return 3.0 * r if kernel == "gaussian" else r
 
 
-def plan_append(path: str | Path, parameters: dict[str, Any], *, start: dt.date) -> AppendPlan | None:
+def plan_append(path: str | Path, parameters: dict[str, Any], *, start: dt.date, storage: Any = None) -> AppendPlan | None:
     """The plan to extend the complete (or append-interrupted) store at ``path`` built with ``parameters``
     (``RunConfig.parameters()``), or None when there is no store yet or only an unfinished first write.
+    ``path``/``storage``: a local path, or an object-store URL and its non-secret settings (``StorageConfig``).
 
     Raises ``OutputConflictError`` naming each parameter that differs from the store's (region, bands,
     resolution, gap fill, normalisation, catalog, ...), before anything is read or written.
     """
-    path = Path(path)
+    path = location(path, storage)
     state = store_state(path)
     if state is None:
         return None
@@ -75,7 +77,7 @@ def plan_append(path: str | Path, parameters: dict[str, Any], *, start: dt.date)
     g = parameters["gapfill"]
     reach = pd.Timedelta(days=reach_days(g["radius"], g["kernel"]))
     search_start = max(start, (last - reach - pd.Timedelta(days=1)).date())  # a day more: solar vs UTC days
-    return AppendPlan(path=path, last_date=last, search_start=search_start,
+    return AppendPlan(path=path.url if isinstance(path, ObjectPath) else path, last_date=last, search_start=search_start,
                       pending_dates=tuple(pending["times"]) if pending else None, attrs=attrs)
 
 
@@ -109,11 +111,12 @@ def extended_attrs(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def stored_scale(path: str | Path, bands) -> xr.DataArray | None:
-    """Normalisation factors recorded in the store at ``path`` (reflectance attributes) for ``bands``, or None."""
+def stored_scale(path: str | Path, bands, *, storage: Any = None) -> xr.DataArray | None:
+    """Normalisation factors recorded in the store at ``path`` (reflectance attributes) for ``bands``, or None.
+    ``path``/``storage``: a local path, or an object-store URL and its settings."""
     from s2pipe.store import open_cube
 
-    path = Path(path)
+    path = location(path, storage)
     if not path.is_dir():
         return None
     try:

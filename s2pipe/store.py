@@ -20,6 +20,11 @@ keep the Dask workers busy; memory stays bounded by the regions in flight, never
 finished region is recorded as ``<store>/.s2pipe/done/<iy>_<ix>`` (GDAL and xarray ignore that folder).
 Started again on the same grid and inputs, ``write_cube`` writes only the regions not recorded; a different
 grid or different inputs raise ``OutputConflictError`` before anything is written.
+
+Object stores: ``path`` may also be an ``s3://``, ``gs://``, ``az://`` (``abfs://``) or ``memory://`` URL
+(``s2pipe.storage``): the arrays go through zarr's fsspec store, the bookkeeping (``.s2pipe/``, the lock) through
+the URL's fsspec filesystem, with the non-secret ``storage`` settings (``StorageConfig``: profile, endpoint_url,
+region, anon); credentials come from the environment or the profile and are never written to the store.
 """
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ from affine import Affine
 
 from s2pipe.cube import grid_of
 from s2pipe.errors import InputError, OutputConflictError, StoreLockedError
+from s2pipe.storage import ObjectPath, location, rmtree, zarr_store, zarr_target
 
 STATE_DIR = ".s2pipe"
 """Hidden folder inside the store: ``state.json`` (signature, layout), ``done/<iy>_<ix>``, ``complete``."""
@@ -69,8 +75,9 @@ def write_cube(
     overwrite: bool = False,
     region_size: int | None = None,
     progress: Progress | None = None,
-) -> Path:
-    """Write ``ds`` to the Zarr store ``path`` region by region; return the path.
+    storage: Any = None,
+) -> Path | str:
+    """Write ``ds`` to the Zarr store ``path`` region by region; return the path (the URL for object stores).
 
     ``ds``: Dataset (or one DataArray) of lazily computed variables with ``y``/``x`` dims (e.g. reflectance
     (time, band, y, x) float32, weight (time, y, x) float32, observed (time, y, x) uint8), ``x``/``y``/
@@ -82,15 +89,24 @@ def write_cube(
     grid or inputs raises ``OutputConflictError`` and is left untouched, unless ``overwrite=True`` replaces it.
     One writer at a time: while a run writes ``path`` it holds ``lock_path(path)``; a second run raises
     ``StoreLockedError`` and touches nothing (a lock left by a dead process on this host is taken over).
+
+    ``path`` may be an object-store URL (``s3://bucket/cube.zarr``); ``storage``: its non-secret settings
+    (``s2pipe.config.StorageConfig`` or a mapping with ``profile``/``endpoint_url``/``region``/``anon``).
     """
-    path = Path(path)
+    path = location(path, storage)
     with store_lock(path):
-        return _write_cube(ds, path, overwrite=overwrite, region_size=region_size, progress=progress)
+        out = _write_cube(ds, path, overwrite=overwrite, region_size=region_size, progress=progress)
+    return _public(out)
 
 
-def lock_path(path: str | os.PathLike) -> Path:
+def _public(path: Path | ObjectPath) -> Path | str:
+    """What the public functions return: the local ``Path``, or the URL text of an object store."""
+    return path.url if isinstance(path, ObjectPath) else path
+
+
+def lock_path(path: str | os.PathLike, *, storage: Any = None) -> Path | ObjectPath:
     """The lock file of the store ``path``: ``.<name>.lock`` beside it (outside, so replacing the store keeps it)."""
-    path = Path(path)
+    path = location(path, storage)
     return path.with_name(f".{path.name}.lock")
 
 
@@ -107,10 +123,16 @@ def _pid_alive(pid: int) -> bool:
 class store_lock:
     """Exclusive write lock of a store (context manager): an ``O_EXCL`` lock file holding the owner's host,
     pid and start time. Stale locks (owner pid dead on this host) are replaced; a live owner's lock raises
-    ``StoreLockedError`` naming it. Not for network file systems without ``O_EXCL`` semantics."""
+    ``StoreLockedError`` naming it. Not for network file systems without ``O_EXCL`` semantics.
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    Object stores: the lock object is created with a conditional write (``pipe_file(mode="create")``: S3
+    ``If-None-Match: *``, GCS ``ifGenerationMatch=0``, Azure ``overwrite=False``), exclusive on AWS S3, GCS,
+    Azure and S3-compatible servers that honour ``If-None-Match`` (MinIO, moto); on other fsspec filesystems
+    (``memory://``, servers ignoring the condition) it is advisory. A lock left by a crash on another host is
+    never taken over: delete the object named in the error."""
+
+    def __init__(self, path: str | os.PathLike | ObjectPath, *, storage: Any = None):
+        self.path = location(path, storage)
         self.lock = lock_path(self.path)
         self._token = uuid.uuid4().hex
 
@@ -122,7 +144,7 @@ class store_lock:
               "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         for _ in range(3):
             try:
-                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                fd = self._create(me)
             except FileExistsError:
                 owner = self._owner()
                 if owner is not None and owner.get("host") == me["host"] and not _pid_alive(int(owner.get("pid", -1))):
@@ -141,10 +163,19 @@ class store_lock:
                     f"the store {self.path} is being written by another run (pid {owner.get('pid')} on "
                     f"{owner.get('host')} since {owner.get('started')}); wait for it to finish, or, if that run is "
                     f"dead, delete {self.lock} and run again (the write resumes)") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
+            if fd is not None:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(me, f)
             return self
         raise StoreLockedError(f"could not lock {self.path} ({self.lock} keeps reappearing); another run is starting")
+
+    def _create(self, me: dict) -> int | None:
+        """Create the lock exclusively (``FileExistsError`` if it exists): the open file descriptor of a local
+        lock (its content is written next), None for an object store (written with its content at once)."""
+        if isinstance(self.lock, ObjectPath):
+            self.lock.create(json.dumps(me).encode())
+            return None
+        return os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
 
     def _owner(self) -> dict | None:
         try:
@@ -158,7 +189,8 @@ class store_lock:
             self.lock.unlink(missing_ok=True)
 
 
-def _write_cube(ds, path: Path, *, overwrite: bool, region_size: int | None, progress: Progress | None) -> Path:
+def _write_cube(ds, path: Path | ObjectPath, *, overwrite: bool, region_size: int | None,
+                progress: Progress | None) -> Path | ObjectPath:
     ds = _prepare(ds)
     grid, inputs = _describe(ds)
     signature = _hash({"grid": grid, "inputs": inputs})
@@ -182,7 +214,7 @@ def _write_cube(ds, path: Path, *, overwrite: bool, region_size: int | None, pro
     return path
 
 
-def _write_regions(ds: xr.Dataset, path: Path, *, region: int, chunk: int, done_dir: Path,
+def _write_regions(ds: xr.Dataset, path: Path | ObjectPath, *, region: int, chunk: int, done_dir: Path | ObjectPath,
                    progress: Progress | None, time_offset: int | None = None) -> int:
     """Compute and write the spatial variables of ``ds`` region by region into the existing arrays of ``path``,
     recording each finished region in ``done_dir``; regions recorded there are skipped. ``time_offset``: the
@@ -190,7 +222,11 @@ def _write_regions(ds: xr.Dataset, path: Path, *, region: int, chunk: int, done_
     ny, nx = ds.sizes["y"], ds.sizes["x"]
     regions = [(iy, ix) for iy in range(math.ceil(ny / region)) for ix in range(math.ceil(nx / region))]
     done_dir.mkdir(parents=True, exist_ok=True)
-    todo = [r for r in regions if not (done_dir / f"{r[0]}_{r[1]}").exists()]
+    if isinstance(done_dir, ObjectPath):  # one listing instead of a request per region
+        recorded = {p.name for p in done_dir.iterdir()}
+        todo = [r for r in regions if f"{r[0]}_{r[1]}" not in recorded]
+    else:
+        todo = [r for r in regions if not (done_dir / f"{r[0]}_{r[1]}").exists()]
     total, n_done = len(regions), len(regions) - len(todo)
     if progress is not None:
         progress(n_done, total)
@@ -202,6 +238,7 @@ def _write_regions(ds: xr.Dataset, path: Path, *, region: int, chunk: int, done_
               for dim in data.dims}
     data = _chunked(data, target)
     time_region = None if time_offset is None else slice(time_offset, time_offset + ds.sizes["time"])
+    target, storage_options = zarr_target(path)
 
     def delayed_region(r: tuple[int, int]):
         iy, ix = r
@@ -210,7 +247,8 @@ def _write_regions(ds: xr.Dataset, path: Path, *, region: int, chunk: int, done_
         if time_region is not None:
             sel["time"] = time_region
         full = {dim: sel.get(dim, slice(None)) for dim in sub.dims}
-        return sub.to_zarr(path, region=full, mode="r+", zarr_format=2, consolidated=False, compute=False)
+        return sub.to_zarr(target, region=full, mode="r+", zarr_format=2, consolidated=False, compute=False,
+                           storage_options=storage_options)
 
     def finished(r: tuple[int, int]) -> None:
         nonlocal n_done
@@ -239,7 +277,8 @@ def append_cube(
     path: str | os.PathLike,
     *,
     progress: Progress | None = None,
-) -> Path:
+    storage: Any = None,
+) -> Path | str:
     """Append the dates of ``ds`` to the end of the complete store ``path`` without rewriting what is there.
 
     ``ds`` holds only the new dates (all after the store's last date) on the store's grid: same CRS,
@@ -249,21 +288,23 @@ def append_cube(
     ``ds``'s (the caller merges provenance such as ``stac_items``). While it runs the store is incomplete
     (``open_cube`` refuses it); an interrupted append is finished by calling again with the same ``ds``
     (the same dates), and ``write_cube``/``append_cube`` with other dates are refused until then.
+    ``path``/``storage``: a local path, or an object-store URL and its settings (as in ``write_cube``).
     """
-    path = Path(path)
+    path = location(path, storage)
     with store_lock(path), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is not recognized as a component of a Zarr hierarchy")
-        return _append_cube(ds, path, progress=progress)
+        return _public(_append_cube(ds, path, progress=progress))
 
 
-def store_state(path: str | os.PathLike) -> dict | None:
+def store_state(path: str | os.PathLike | ObjectPath, *, storage: Any = None) -> dict | None:
     """The bookkeeping of an s2pipe store (grid incl. ``time`` as ISO strings, ``band``, inputs, layout,
-    ``append`` while an append is pending, ``appends`` history), or None when ``path`` holds no s2pipe store."""
-    state_file = Path(path) / STATE_DIR / "state.json"
+    ``append`` while an append is pending, ``appends`` history), or None when ``path`` holds no s2pipe store.
+    ``path``/``storage``: a local path, or an object-store URL and its settings."""
+    state_file = location(path, storage) / STATE_DIR / "state.json"
     return json.loads(state_file.read_text()) if state_file.is_file() else None
 
 
-def _append_cube(ds, path: Path, *, progress: Progress | None) -> Path:
+def _append_cube(ds, path: Path | ObjectPath, *, progress: Progress | None) -> Path | ObjectPath:
     ds = _prepare(ds)
     grid, inputs = _describe(ds)
     if "time" not in ds.dims or any("time" not in ds[v].dims for v in _spatial_data(ds).data_vars):
@@ -315,7 +356,7 @@ def _append_cube(ds, path: Path, *, progress: Progress | None) -> Path:
     write_json(path / STATE_DIR / "state.json", state)
     _consolidate(path)
     complete.touch()
-    shutil.rmtree(done_dir, ignore_errors=True)
+    rmtree(done_dir)
     return path
 
 
@@ -343,7 +384,7 @@ def _append_conflicts(state: dict, grid: dict, inputs: dict) -> list[str]:
     return out
 
 
-def _grow_time(path: Path, ds: xr.Dataset, *, n_old: int, n_new: int) -> None:
+def _grow_time(path: Path | ObjectPath, ds: xr.Dataset, *, n_old: int, n_new: int) -> None:
     """Resize every array with a ``time`` dim from ``n_old`` to ``n_old + n_new`` dates (idempotent) and write
     the new dates into the time coordinate with its stored CF encoding, and any non-spatial time variables."""
     from xarray.coding.times import decode_cf_datetime, encode_cf_datetime
@@ -372,15 +413,18 @@ def _grow_time(path: Path, ds: xr.Dataset, *, n_old: int, n_new: int) -> None:
     other = [v for v in ds.data_vars if "time" in ds[v].dims and not {"y", "x"} <= set(ds[v].dims)]
     if other:
         part = ds[other].drop_vars(list(ds[other].coords))
-        part.to_zarr(path, region={"time": slice(n_old, n_old + n_new)}, mode="r+", zarr_format=2, consolidated=False)
+        target, storage_options = zarr_target(path)
+        part.to_zarr(target, region={"time": slice(n_old, n_old + n_new)}, mode="r+", zarr_format=2, consolidated=False,
+                     storage_options=storage_options)
 
 
-def open_cube(path: str | os.PathLike, *, allow_incomplete: bool = False) -> xr.Dataset:
+def open_cube(path: str | os.PathLike | ObjectPath, *, allow_incomplete: bool = False, storage: Any = None) -> xr.Dataset:
     """Open a store written by ``write_cube`` lazily (``decode_coords="all"``: ``spatial_ref`` is a coordinate).
 
+    ``path``/``storage``: a local path, or an object-store URL and its non-secret settings (as in ``write_cube``).
     Raises ``InputError`` if ``path`` is missing, or holds an unfinished write (unless ``allow_incomplete``).
     """
-    path = Path(path)
+    path = location(path, storage)
     if not path.exists():
         raise InputError(f"no Zarr store at {path}; write one with write_cube / `s2pipe run` (argument: path)")
     state_dir = path / STATE_DIR
@@ -392,7 +436,8 @@ def open_cube(path: str | os.PathLike, *, allow_incomplete: bool = False) -> xr.
         )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is not recognized as a component of a Zarr hierarchy")
-        return xr.open_zarr(path, consolidated=True if complete else None, decode_coords="all")
+        return xr.open_zarr(zarr_store(path, read_only=True), consolidated=True if complete else None,
+                            decode_coords="all")
 
 
 def chunk_for(region_size: int) -> int:
@@ -557,7 +602,7 @@ def _spatial_data(ds: xr.Dataset) -> xr.Dataset:
     return out.drop_vars(list(out.coords))
 
 
-def _write_template(ds: xr.Dataset, path: Path, *, signature: str, chunk: int) -> None:
+def _write_template(ds: xr.Dataset, path: Path | ObjectPath, *, signature: str, chunk: int) -> None:
     """Metadata, coordinates, attributes and non-spatial variables; spatial variables stay unwritten."""
     tmpl = ds.copy()
     tmpl.attrs["s2pipe_signature"] = signature
@@ -577,16 +622,24 @@ def _write_template(ds: xr.Dataset, path: Path, *, signature: str, chunk: int) -
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, message=".*(Consolidated metadata|vlen-utf8).*")
-        tmpl.to_zarr(path, mode="w", zarr_format=2, consolidated=False, compute=False, encoding=encoding)
+        target, storage_options = zarr_target(path)
+        tmpl.to_zarr(target, mode="w", zarr_format=2, consolidated=False, compute=False, encoding=encoding,
+                     storage_options=storage_options)
     (path / STATE_DIR).mkdir(exist_ok=True)
 
 
-def _existing_state(path: Path, signature: str, grid: dict, inputs: dict, *, overwrite: bool) -> dict | None:
+def _existing_state(path: Path | ObjectPath, signature: str, grid: dict, inputs: dict, *, overwrite: bool) -> dict | None:
     """The stored state to resume from, or None to (re)create the store; OutputConflictError otherwise."""
     fix = "pass overwrite=True (CLI: --overwrite) to replace it, or write to a new path"
     if not path.exists() and not path.is_symlink():
         return None
     if overwrite:
+        if isinstance(path, ObjectPath):  # check_url refused bucket roots: the prefix is the store alone
+            if path.is_dir():
+                path.rmtree()
+            else:
+                path.unlink(missing_ok=True)
+            return None
         if path.resolve() in (Path("/").resolve(), Path.home().resolve(), Path.cwd().resolve()):
             raise InputError(f"refusing to overwrite {path}: it is the root, home or current folder; choose a store path")
         if path.is_dir() and not path.is_symlink():
@@ -658,18 +711,20 @@ def _short(value: Any, n: int = 120) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
-def _open_group(path: Path):
+def _open_group(path: Path | ObjectPath):
     import zarr
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is not recognized as a component of a Zarr hierarchy")
-        return zarr.open_group(str(path), mode="r+", zarr_format=2)
+        return zarr.open_group(zarr_store(path), mode="r+", zarr_format=2)
 
 
-def _consolidate(path: Path) -> None:
+def _consolidate(path: Path | ObjectPath) -> None:
     import zarr
 
-    zarr.consolidate_metadata(str(path), zarr_format=2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is not recognized as a component of a Zarr hierarchy")
+        zarr.consolidate_metadata(zarr_store(path), zarr_format=2)
 
 
 def _distributed_client():
@@ -723,10 +778,16 @@ def _run_distributed(client, todo, delayed_region, finished, *, window: int) -> 
             f.cancel()
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
+def write_json(path: str | os.PathLike | ObjectPath, obj: Any, *, storage: Any = None) -> Path | ObjectPath:
     """Write ``obj`` as JSON under a unique temporary name beside ``path`` and rename it: readers never see a
-    half-written file, and concurrent writers never share a temporary file. Returns ``path``."""
-    path = Path(path)
+    half-written file, and concurrent writers never share a temporary file. Returns ``path``.
+
+    Object-store URLs (``storage``: their settings) are written with one PUT, which replaces the object
+    atomically (readers see the old or the new one)."""
+    path = location(path, storage)
+    if isinstance(path, ObjectPath):
+        path.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part-{uuid.uuid4().hex[:8]}")
     try:
