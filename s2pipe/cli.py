@@ -40,7 +40,7 @@ def _setup_logging(verbose: bool) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    for noisy in ("distributed", "httpx", "rasterio", "urllib3", "asyncio"):
+    for noisy in ("distributed", "httpx", "rasterio", "urllib3", "asyncio", "botocore", "aiobotocore", "s3fs", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
