@@ -376,11 +376,11 @@ def assemble_output(normalized: xr.DataArray, weight: xr.DataArray, clear: xr.Da
         "catalog": cube.attrs.get("catalog"),
         "catalog_url": cube.attrs.get("catalog_url"),
         "stac_items": list(cube.attrs.get("stac_items", [])),
-        "dropped_items": list(cube.attrs.get("dropped_items", [])),
-        "dropped_assets": cube.attrs.get("dropped_assets", "[]"),
         "parameters": cfg.parameters(),
         "source": "contains modified Copernicus Sentinel data",
     }
+    if cube.attrs.get("dropped_items"):  # only then: a store written before the asset check resumes unchanged
+        ds.attrs.update(dropped_items=list(cube.attrs["dropped_items"]), dropped_assets=cube.attrs["dropped_assets"])
     return ds
 
 

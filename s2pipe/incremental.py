@@ -101,9 +101,11 @@ def extended_attrs(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, Any
     out["stac_items"] = used
     assets = [*json.loads(stored.get("dropped_assets") or "[]"), *json.loads(new.get("dropped_assets") or "[]")]
     kept = {json.dumps(a, sort_keys=True): a for a in assets if a.get("id") not in set(used)}
-    out["dropped_assets"] = json.dumps(list(kept.values()))
-    out["dropped_items"] = [i for i in dict.fromkeys([*stored.get("dropped_items", []), *new.get("dropped_items", [])])
-                            if i not in set(used)]
+    dropped = [i for i in dict.fromkeys([*stored.get("dropped_items", []), *new.get("dropped_items", [])])
+               if i not in set(used)]
+    out.pop("dropped_items", None), out.pop("dropped_assets", None)
+    if dropped:  # the attributes exist only when a scene was left out
+        out.update(dropped_items=dropped, dropped_assets=json.dumps(list(kept.values())))
     params = dict(new.get("parameters") or {})
     if "start" in (stored.get("parameters") or {}):
         params["start"] = stored["parameters"]["start"]
