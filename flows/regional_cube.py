@@ -23,7 +23,7 @@ from s2pipe import __version__
 from s2pipe.assets import AssetCheck, check_assets
 from s2pipe.catalog import CatalogProfile, load_profile
 from s2pipe.cloudmask import clear_mask, mask_clouds
-from s2pipe.cluster import dask_client  # noqa: F401  (flows.mapping/forecast import it from here)
+from s2pipe.cluster import dask_client
 from s2pipe.config import RunConfig, load_config
 from s2pipe.cube import build_cube
 from s2pipe.errors import NoScenesError, TransientError
@@ -205,6 +205,11 @@ def quicklook_task(cube: xr.DataArray, path: Path | str, storage=None) -> Path |
     return png
 
 
+def _ids(items: list) -> list[str]:
+    """Ids of STAC items given as pystac Items or dicts."""
+    return [it.id if hasattr(it, "id") else it["id"] for it in items]
+
+
 def run_summary_path(output: str | Path) -> Path | str:
     """The JSON run summary written beside an output store: ``out/x.zarr`` -> ``out/x.run.json``
     (an object-store URL gives a URL: ``s3://b/x.zarr`` -> ``s3://b/x.run.json``)."""
@@ -298,12 +303,12 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
                     if plan is None:
                         raise
                     return up_to_date(f"no scenes in {plan.search_start}..{cfg.end}")
-            record["scenes"] = [getattr(it, "id", str(it)) for it in items]
+            record["scenes"] = _ids(items)
             with dask_client(cfg.dask) as client:
                 log.info(f"dask cluster: {client.scheduler.address} with {len(client.scheduler_info().get('workers', {}))} workers")
                 check = timed("check_assets", check_assets_task, items, cfg, client)
                 record["assets"] = check.summary()
-                record["scenes"] = [it.id if hasattr(it, "id") else it["id"] for it in check.items]
+                record["scenes"] = _ids(check.items)
                 record["scenes_dropped"] = check.dropped_ids
                 cube = timed("cube", cube_task, check.items, cfg, profile)
                 cube.attrs.update(check.provenance())
