@@ -1,6 +1,7 @@
 """Land-cover mapping inference throughput: ``Mapper.predict`` vs the bare U-Net forward, and the cost of the halo.
 
-A mapper with the default architecture (U-Net base 16, depth 3; ConvLSTM head, hidden max(8, K); seq_len 5)
+A mapper with the default architecture (U-Net base 16, depth 3; ConvLSTM head on the inputs, 1×1
+kernels, hidden max(16, K); seq_len 5; ``--architecture paper``: the paper's head on the U-Net's maps)
 is trained in a few seconds (1 torch thread) on a 128 x 128 crop of a synthetic scene (4 classes from a smooth random field,
 10 bands, per-class spectra + noise + a per-date gain, a few NaN cloud discs); one or two epochs only, since
 throughput does not depend on accuracy. ``--model PATH`` loads a saved mapper instead. Prediction runs on a
@@ -11,12 +12,14 @@ Cases (each warmed up once at full size, then ``--repeats`` interleaved rounds; 
 
 * baseline ``fcn``: ``mapper.fcn(z)`` in ``torch.inference_mode`` on the already standardised, padded tensor
   ``z`` already on the device: the last date (1 date) and the seq_len dates in batches of ``--batch-size``;
-* ``head``: ``mapper.head`` on precomputed softmax maps of the seq_len dates (to split the temporal cost);
+* ``head``: ``mapper.head`` on its precomputed input sequence (the inputs, and/or the U-Net's softmax maps of the
+  seq_len dates; to split the temporal cost);
 * ``predict single``: ``predict(img, temporal=False)`` on the NumPy-backed scene (one whole-image pass);
 * ``predict temporal``: ``predict(img, temporal=True)``, seq_len dates then the ConvLSTM head;
 * ``dask halo`` / ``dask halo=0``: the same scene Dask-chunked ``--chunk`` x ``--chunk`` (time and band whole),
   ``predict(...).compute()`` with the default halo (receptive radius rounded up to 8 px) and with ``halo=0``,
-  Dask's synchronous scheduler by default (``--scheduler threads`` for the threaded one, ``--workers``).
+  Dask's synchronous scheduler by default (``--scheduler threads`` for the threaded one, ``--workers``). The
+  default head (1×1 kernels on the inputs) has a temporal halo of 0: both cases are then the same.
 
 Throughput is Mpix-dates/s = pixels x dates read / s. Ratios printed: each case's time / its ``fcn``
 baseline's time (same dates, same run), halo overhead = time(halo) / time(halo=0) beside the pixel ratios
@@ -43,7 +46,7 @@ import torch
 import xarray as xr
 
 from s2pipe.forecast import resolve_device
-from s2pipe.mapping import Mapper, _aligned_chunks, load_mapper, train_mapper
+from s2pipe.mapping import ARCHITECTURES, Mapper, _aligned_chunks, _head_sequence, load_mapper, train_mapper
 
 BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
 
@@ -91,7 +94,7 @@ def get_mapper(args) -> Mapper:
     t0 = time.perf_counter()
     try:
         mapper = train_mapper(img, lab, seq_len=5, fcn_epochs=args.epochs, temporal_epochs=max(1, args.epochs // 2),
-                              patch=min(64, n // 8 * 8), device="cpu", seed=args.seed)
+                              patch=min(64, n // 8 * 8), device="cpu", seed=args.seed, architecture=args.architecture)
     finally:
         torch.set_num_threads(threads)  # inference runs with torch's default threads
     print(f"trained on {n}x{n} x 6 dates x {len(BANDS)} bands in {time.perf_counter() - t0:.1f} s "
@@ -121,7 +124,7 @@ def bench_device(mapper: Mapper, img: xr.DataArray, dev: torch.device, args) -> 
     pad = (-size) % m
     z = torch.from_numpy(np.ascontiguousarray(np.pad(z, ((0, 0), (0, 0), (0, pad), (0, pad))))).to(dev)
     with torch.inference_mode():
-        maps = torch.cat([torch.softmax(mapper.fcn(z[i:i + bs]), 1) for i in range(0, n, bs)])[:, None]
+        maps = _head_sequence(mapper, z, batch_size=bs)  # what the head reads, (n, 1, C, H, W)
 
     def fcn_1():
         with torch.inference_mode():
@@ -223,6 +226,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="a mapper saved by Mapper.save (default: train a small one)")
     ap.add_argument("--train-size", type=int, default=128, help="side of the training crop (default 128)")
     ap.add_argument("--epochs", type=int, default=2, help="U-Net epochs of the quick training (head: half)")
+    ap.add_argument("--architecture", default="inputs", choices=ARCHITECTURES, help="train_mapper architecture")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = ap.parse_args()

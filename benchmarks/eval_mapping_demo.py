@@ -72,7 +72,9 @@ def parse_args(argv=None):
     p.add_argument("--bands", nargs="+", default=None, help="bands to use (default all; the paper: B02 B03 B04)")
     p.add_argument("--patch", type=int, default=None, help="train_mapper patch (default: library default)")
     p.add_argument("--lr", type=float, default=None, help="train_mapper lr (default: library default)")
-    p.add_argument("--temporal-lr", type=float, default=None, help="train_mapper temporal_lr (default: 10 x lr)")
+    p.add_argument("--temporal-lr", type=float, default=None, help="train_mapper temporal_lr (default: lr)")
+    p.add_argument("--architecture", default=None, choices=["inputs", "inputs+probabilities", "paper"],
+                   help="train_mapper architecture (default: the library's, 'inputs'; 'paper': the paper's head)")
     p.add_argument("--alpha", type=float, default=None, help="train_mapper alpha (default: library default)")
     p.add_argument("--device", default=None, help="torch device (default: library default)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: os.cpu_count())")
@@ -213,6 +215,8 @@ def main(argv=None) -> int:
             kw["temporal_lr"] = args.temporal_lr
         if args.alpha is not None:
             kw["alpha"] = args.alpha
+        if args.architecture is not None:
+            kw["architecture"] = args.architecture
         for seed in args.seeds:
             t0 = time.perf_counter()
             mapper = train_mapper(images, train_lab, seq_len=L, epochs=args.epochs, seed=seed, device=args.device, **kw)

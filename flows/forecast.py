@@ -59,11 +59,15 @@ def pixels_task(cube_path: str, variable: str, start: str | None, end: str | Non
 
 @task(name="fit-dynamics", cache_policy=NO_CACHE)
 def fit_task(pixels: xr.DataArray, scheme: str, hidden: int, epochs: int | None, seed: int, device: str | None,
-             model_out: str) -> Path:
+             model_out: str, baseline: str | None = None) -> Path:
     t0 = time.monotonic()
-    model = fit_dynamics(as_yx(pixels), scheme=scheme, hidden=hidden, epochs=epochs, seed=seed, device=device)
+    model = fit_dynamics(as_yx(pixels), scheme=scheme, hidden=hidden, epochs=epochs, seed=seed, device=device,
+                         baseline=baseline)
     path = model.save(model_out)
-    run_logger().info(f"trained {scheme} ({model.config.epochs} epochs) in {time.monotonic() - t0:.1f} s -> {path}")
+    cal = (f"intervals calibrated on {model.calibration.shape[0]} horizons" if model.calibration.shape[0]
+           else "no interval calibration")
+    run_logger().info(f"trained {scheme} ({model.config.epochs} epochs, {model.config.baseline} baseline, {cal}) "
+                      f"in {time.monotonic() - t0:.1f} s -> {path}")
     return path
 
 
@@ -84,29 +88,38 @@ def forecast_train(
     epochs: int | None = None,
     seed: int = 0,
     device: str | None = None,
+    baseline: Literal["auto", "seasonal", "none"] = "auto",
 ) -> dict[str, Any]:
-    """Train a spectral-dynamics model on the pixels of ``cube`` chosen by ``mask``/``classes``/``bbox``."""
+    """Train a spectral-dynamics model on the pixels of ``cube`` chosen by ``mask``/``classes``/``bbox``
+    (``baseline``: see ``fit_dynamics``; "auto" blends with the pixels' seasonal reference when the window
+    spans a year, and calibrates intervals when it spans more)."""
     px = pixels_task(cube, variable, start, end, mask, classes, bbox, neighbours, max_pixels, seed)
-    path = fit_task(px, scheme, hidden, epochs, seed, device, model_out)
+    path = fit_task(px, scheme, hidden, epochs, seed, device, model_out, baseline)
     return {"model": str(path), "pixels": int(px.sizes["pixel"]), "dates": int(px.sizes["time"])}
 
 
 @task(name="forecast-write", cache_policy=NO_CACHE)
 def predict_task(cube_path: str, model_path: str, output: str, steps: int, history_end: str | None,
-                 variable: str, overwrite: bool) -> Path:
+                 variable: str, overwrite: bool, level: float | None = None) -> Path:
     ds = open_cube(cube_path)
     model = load_dynamics(model_path)
     history = ds[variable].sel(time=slice(None, history_end))
     log = run_logger()
     with inference_placement(logger=log):  # forecast tasks on GPU workers when the cluster has some
-        fc = forecast_cube(model, history, steps=steps).astype("float32").rename("forecast")
-        out = fc.to_dataset()
+        fc = forecast_cube(model, history, steps=steps, level=level)
+        if level is None:
+            out = fc.astype("float32").rename("forecast").to_dataset()
+        else:  # forecast, forecast_lower, forecast_upper: the calibrated central interval
+            out = xr.Dataset({"forecast": fc["mean"], "forecast_lower": fc["lower"],
+                              "forecast_upper": fc["upper"]}).astype("float32")
         out.attrs = {
             "title": f"s2pipe {model.config.scheme} spectral forecast",
             "crs": ds.attrs["crs"], "transform": ds.attrs["transform"],
             "source_cube": str(Path(cube_path).resolve()), "model": str(Path(model_path).resolve()),
             "forecast_from": str(history["time"].values[-1])[:10], "steps": int(steps),
         }
+        if level is not None:
+            out.attrs["interval_level"] = float(level)
         log.info(f"forecasting {steps} steps after {out.attrs['forecast_from']} for {history.sizes['y']} x "
                  f"{history.sizes['x']} px")
         return write_cube(out, output, overwrite=overwrite,
@@ -123,8 +136,10 @@ def forecast_predict(
     variable: str = "reflectance",
     overwrite: bool = False,
     dask: DaskConfig = DaskConfig(),
+    level: float | None = None,
 ) -> dict[str, Any]:
-    """Forecast every pixel of ``cube`` ``steps`` dates past ``history_end`` and write a forecast Zarr store."""
+    """Forecast every pixel of ``cube`` ``steps`` dates past ``history_end`` and write a forecast Zarr store
+    (with ``level``, e.g. 0.9, also ``forecast_lower``/``forecast_upper``: the calibrated interval)."""
     with dask_client(dask):
-        path = predict_task(cube, model, output, steps, history_end, variable, overwrite)
+        path = predict_task(cube, model, output, steps, history_end, variable, overwrite, level)
     return {"output": str(path), "steps": steps}

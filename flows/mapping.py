@@ -1,10 +1,13 @@
 """Prefect flows for land-cover mapping on a cube written by ``regional-cube``.
 
 ``map-train``: vector labels (roads, mangroves, any class; any CRS) rasterized onto the cube's grid -> a
-spatial hold-out split -> ``train_mapper`` (U-Net, then ConvLSTM) -> a saved mapper and a JSON report with the
-held-out scores of the single-date U-Net and of the date sequence.
-``map-predict``: a mapper -> class probabilities of the cube's dates up to ``end`` (chunk by chunk on the Dask
-cluster) -> ``probability.zarr``, ``class_map.tif`` (COG), ``map.png`` and ``summary.json`` in an output folder.
+spatial hold-out split -> ``train_mapper`` (``model``: the U-Net, then ConvLSTM; or a per-pixel random forest
+or LightGBM) -> a saved mapper and a JSON report with the held-out scores (U-Net: of the single-date U-Net and
+of the date sequence; trees: of their one mode, the window's dates).
+``map-predict``: a mapper (any kind, ``load_mapper``) -> class probabilities of the cube's dates up to ``end``
+(chunk by chunk on the Dask cluster), optionally smoothed -> ``probability.zarr`` (with the ``entropy`` and
+``margin`` layers), ``class_map.tif``, ``entropy.tif``, ``margin.tif`` (COGs), ``map.png`` and ``summary.json``
+in an output folder.
 ``map-change``: two class-map COGs -> the change of target classes as a COG and GeoPackage polygons.
 ``demo-maps``: the three on the demo region (roads and mangroves, and the road built in 2022).
 Thin orchestration: the work lives in ``s2pipe.labels``, ``s2pipe.mapping``, ``s2pipe.maps``, ``s2pipe.metrics``.
@@ -25,9 +28,10 @@ from s2pipe.cluster import dask_client
 from s2pipe.config import DaskConfig
 from s2pipe.errors import InputError
 from s2pipe.labels import LabelSource, rasterize_labels, spatial_split
-from s2pipe.mapping import available_cores, load_mapper, train_mapper
+from s2pipe.mapping import MAPPER_KINDS, available_cores, load_mapper, train_mapper
 from s2pipe.maps import (
-    class_map, detect_change, read_class_map, write_change, write_class_map, write_probabilities,
+    class_map, detect_change, read_class_map, smooth_probabilities, write_change, write_class_map,
+    write_probabilities, write_uncertainty,
 )
 from s2pipe.metrics import score_map
 from s2pipe.placement import inference_placement
@@ -91,28 +95,44 @@ def labels_task(cube_path: str, labels: list, background: int) -> xr.DataArray:
 @task(name="train-mapper", cache_policy=NO_CACHE)
 def train_task(cube_path: str, variable: str, start: str | None, end: str | None, labels: xr.DataArray,
                model_out: str, options: dict) -> dict:
-    images = _window(open_cube(cube_path), variable, start, end, min_dates=options["seq_len"], cube_path=cube_path)
+    kind = options.get("model", "unet-convlstm")
+    images = _window(open_cube(cube_path), variable, start, end,
+                     min_dates=options.get("seq_len") or (5 if kind == "unet-convlstm" else 1), cube_path=cube_path)
     log = run_logger()
-    log.info(f"training the mapper on {images.sizes['time']} dates x {images.sizes['band']} bands x "
+    log.info(f"training a {kind} mapper on {images.sizes['time']} dates x {images.sizes['band']} bands x "
              f"{images.sizes['y']} x {images.sizes['x']} px")
     mapper = train_mapper(images.load(), labels, **options)
     path = mapper.save(model_out)
-    log.info(f"trained ({mapper.config.fcn_epochs} U-Net + {mapper.config.temporal_epochs} ConvLSTM epochs) in "
-             f"{mapper.train_seconds:.1f} s -> {path}")
-    return {"model": str(path), "train_seconds": round(mapper.train_seconds, 1), "classes": mapper.config.classes,
-            "names": mapper.config.names, "dates": int(images.sizes["time"]),
+    cfg = mapper.config
+    what = (f"{cfg.fcn_epochs} U-Net + {cfg.temporal_epochs} ConvLSTM epochs" if kind == "unet-convlstm" else
+            f"{cfg.options.get('n_estimators')} {'trees' if kind == 'random-forest' else 'boosting rounds'} on "
+            f"{cfg.train_pixels} pixels x {cfg.n_features} features")
+    log.info(f"trained ({what}) in {mapper.train_seconds:.1f} s -> {path}")
+    return {"model": str(path), "kind": kind, "train_seconds": round(mapper.train_seconds, 1), "classes": cfg.classes,
+            "names": cfg.names, "dates": int(images.sizes["time"]), "seq_len": int(cfg.seq_len),
             "period": [str(images["time"].values[0])[:10], str(images["time"].values[-1])[:10]]}
+
+
+def _modes(mapper) -> tuple[tuple[str, bool], ...]:
+    """(report key, temporal) of the prediction modes a mapper has: the U-Net + ConvLSTM has a single date and
+    a sequence; a tree mapper one mode, its ``seq_len`` dates ("single_date" when that is 1)."""
+    from s2pipe.trees import TreeMapper
+
+    if isinstance(mapper, TreeMapper):
+        return (("sequence" if mapper.config.seq_len > 1 else "single_date", True),)
+    return (("single_date", False), ("sequence", True))
 
 
 @task(name="evaluate-mapper", cache_policy=NO_CACHE)
 def evaluate_task(cube_path: str, variable: str, start: str | None, end: str | None, model_path: str,
                   test: xr.DataArray) -> dict:
-    """Held-out scores of the single-date U-Net and of the date sequence at the window's last date."""
+    """Held-out scores at the window's last date: of the single-date U-Net and of the date sequence, or of a
+    tree mapper's one mode."""
     mapper = load_mapper(model_path)
     images = _window(open_cube(cube_path), variable, start, end, min_dates=mapper.config.seq_len,
                      cube_path=cube_path).isel(time=slice(-mapper.config.seq_len, None)).load()
     out = {}
-    for mode, temporal in (("single_date", False), ("sequence", True)):
+    for mode, temporal in _modes(mapper):
         scores = score_map(class_map(mapper.predict(images, temporal=temporal)), test, classes=mapper.config.classes,
                            names={int(k): v for k, v in mapper.config.names.items()} or None)
         out[mode] = scores.to_dict()
@@ -135,12 +155,18 @@ def map_train(
     split: Literal["half", "blocks", "none"] = "half",
     split_axis: Literal["x", "y"] = "x",
     gap: int = 16,
-    seq_len: int = 5,
+    seq_len: int | None = None,
     epochs: int | None = None,
     seed: int = 0,
     device: str | None = None,
+    model: Literal["unet-convlstm", "random-forest", "lightgbm"] = "unet-convlstm",
+    tree_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train a U-Net + ConvLSTM mapper on the cube's dates ``start..end`` from vector ``labels``.
+    """Train a land-cover mapper on the cube's dates ``start..end`` from vector ``labels``.
+
+    ``model``: "unet-convlstm" (U-Net + ConvLSTM; ``seq_len`` None: 5 dates; ``epochs``, ``device``), or a
+    per-pixel "random-forest" / "lightgbm" (``seq_len`` None: all the window's dates; ``tree_options``: the
+    keywords of ``s2pipe.trees.train_tree_mapper``, e.g. {"n_estimators": 300, "n_jobs": 2}).
 
     ``labels``: label sources (see ``label_sources``), burned in order (later wins) over ``background`` (0 =
     an "other" class, -1 = unlabelled). ``split``: hold out ``test_fraction`` of the labelled pixels spatially
@@ -150,13 +176,29 @@ def map_train(
     """
     if split not in ("half", "blocks", "none"):
         raise InputError(f"split={split!r} must be 'half', 'blocks' or 'none'")
+    if model not in MAPPER_KINDS:
+        raise InputError(f"model={model!r} is not a mapper kind; pass one of {list(MAPPER_KINDS)}")
+    if model == "unet-convlstm":
+        if tree_options:
+            raise InputError(f"tree_options={tree_options!r} are for model='random-forest'/'lightgbm'; leave them out "
+                             "for the U-Net + ConvLSTM")
+        options = {"seq_len": seq_len, "epochs": epochs, "seed": seed, "device": device, "bands": bands}
+    else:
+        for name, value in (("epochs", epochs), ("device", device)):
+            if value is not None:
+                raise InputError(f"{name}={value!r} is an option of model='unet-convlstm', not of model={model!r}; "
+                                 "leave it out (tree options go in tree_options)")
+        options = {"model": model, "seq_len": seq_len, "seed": seed, "bands": bands}
+        clash = sorted(set(tree_options or {}) & (set(options) | {"progress", "images", "labels"}))
+        if clash:
+            raise InputError(f"tree_options sets {clash}, which are parameters of map-train itself; pass them as such")
+        options.update(tree_options or {})
     t0 = time.monotonic()
     raster = labels_task(cube, labels, background)
     if split == "none":
         train, test = raster, None
     else:
         train, test = spatial_split(raster, test_fraction=test_fraction, axis=split_axis, gap=gap, mode=split, seed=seed)
-    options = {"seq_len": seq_len, "epochs": epochs, "seed": seed, "device": device, "bands": bands}
     trained = train_task(cube, variable, start, end, train, model_out, options)
     scores = evaluate_task(cube, variable, start, end, trained["model"], test) if test is not None else None
     report = {
@@ -171,7 +213,8 @@ def map_train(
 
 @task(name="predict-map", cache_policy=NO_CACHE)
 def predict_task(cube_path: str, model_path: str, output: str, end: str | None, temporal: bool, variable: str,
-                 overwrite: bool, labels: list | None, background: int, threads: int | None) -> dict:
+                 overwrite: bool, labels: list | None, background: int, threads: int | None,
+                 smoothing: dict | None = None) -> dict:
     t0 = time.monotonic()
     cube = open_cube(cube_path)
     mapper = load_mapper(model_path)
@@ -184,18 +227,29 @@ def predict_task(cube_path: str, model_path: str, output: str, end: str | None, 
     with inference_placement(logger=log):  # chunk tasks on GPU workers when the cluster has some
         proba = mapper.predict(images, temporal=temporal, threads=threads).astype("float32")
         proba.attrs = {k: v for k, v in proba.attrs.items() if k in ("crs", "transform", "classes", "mapping_mode",
-                                                                      "mapping_dates", "mapping_last_date")}
+                                                                      "mapping_model", "mapping_dates",
+                                                                      "mapping_last_date")}
+        if smoothing is not None:
+            proba = smooth_probabilities(proba, **smoothing)
+            log.info(f"probabilities smoothed: {proba.attrs['smoothing']}")
         proba.attrs.update(source_cube=str(Path(cube_path).resolve()), model=str(Path(model_path).resolve()))
         zarr_path = write_probabilities(proba, out / "probability.zarr", overwrite=overwrite)
-    written = open_cube(zarr_path)["probability"]
-    classes = class_map(written.load())
+    written = open_cube(zarr_path)
+    classes = class_map(written["probability"].load())
     classes.attrs.update({k: proba.attrs[k] for k in ("classes", "mapping_mode") if k in proba.attrs})
     tif = write_class_map(classes, out / "class_map.tif")
+    layers = write_uncertainty(written[["entropy", "margin"]].load(), out)
     raster = rasterize_labels(label_sources(labels), cube, background=background) if labels else None
+    kind = proba.attrs.get("mapping_model", "unet-convlstm")
     png = map_quicklook(images.isel(time=slice(-1, None)), classes, out / "map.png", labels=raster,
-                        title=f"{Path(model_path).name}: {proba.attrs['mapping_mode']} map, {n} date(s) up to {last}")
+                        title=f"{Path(model_path).name} ({kind}): {proba.attrs['mapping_mode']} map, {n} date(s) "
+                              f"up to {last}")
+    entropy = written["entropy"].values
     summary = {"output": str(out), "probability": str(zarr_path), "class_map": str(tif), "png": str(png),
+               "entropy": str(layers["entropy"]), "margin": str(layers["margin"]), "model_kind": kind,
                "last_date": last, "mode": proba.attrs["mapping_mode"], "dates": n,
+               "smoothing": proba.attrs.get("smoothing"),
+               "mean_entropy": round(float(np.nanmean(entropy)), 4) if np.isfinite(entropy).any() else None,
                "pixels_per_class": {str(k): int(v) for k, v in zip(*np.unique(classes.values, return_counts=True))},
                "seconds": round(time.monotonic() - t0, 1)}
     if raster is not None:
@@ -203,7 +257,7 @@ def predict_task(cube_path: str, model_path: str, output: str, end: str | None, 
         summary["scores_vs_labels"] = scores.to_dict()
         log.info(f"agreement with the labels (training area included): OA {scores.overall_accuracy:.1%}")
     write_json(out / "summary.json", summary)
-    log.info(f"map written to {out}: {tif.name}, {zarr_path.name}, {png.name}")
+    log.info(f"map written to {out}: {tif.name}, {zarr_path.name}, entropy.tif, margin.tif, {png.name}")
     return summary
 
 
@@ -219,18 +273,28 @@ def map_predict(
     background: int = 0,
     overwrite: bool = False,
     dask: DaskConfig = DaskConfig(),
+    smoothing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Map the cube with a trained mapper from its dates up to ``end`` (the last ``seq_len`` of them, or the last
-    one with ``temporal=False``) and write ``probability.zarr``, ``class_map.tif``, ``map.png`` and
-    ``summary.json`` into the folder ``output``. ``labels`` (optional, as for ``map-train``) are drawn in the PNG
-    and compared with the map."""
+    """Map the cube with a trained mapper (U-Net + ConvLSTM or tree mapper, ``load_mapper``) from its dates up
+    to ``end`` (the last ``seq_len`` of them, or the last one with ``temporal=False``, U-Net only) and write
+    ``probability.zarr`` (with ``entropy`` and ``margin``), ``class_map.tif``, ``entropy.tif``, ``margin.tif``,
+    ``map.png`` and ``summary.json`` into the folder ``output``. ``labels`` (optional, as for ``map-train``) are
+    drawn in the PNG and compared with the map. ``smoothing``: None (off, the default), or the keywords of
+    ``s2pipe.maps.smooth_probabilities`` ({} for its defaults: Bayesian, 7 x 7 window) applied before writing."""
     if not Path(model).is_file():
         raise InputError(f"model {model} does not exist; train one with `s2pipe map train`")
+    if smoothing is not None and not isinstance(smoothing, Mapping):
+        raise InputError(f"smoothing={smoothing!r} must be None or a dict of smooth_probabilities keywords, e.g. "
+                         "{'window': 7}")
+    allowed = {"window", "method", "smoothness", "sigma"}
+    if smoothing is not None and set(smoothing) - allowed:
+        raise InputError(f"smoothing has unknown keys {sorted(set(smoothing) - allowed)}; allowed: {sorted(allowed)}")
     threads = None
     if not dask.address:  # a LocalCluster: share this machine's cores between its worker threads
         threads = max(1, available_cores() // (dask.n_workers * dask.threads_per_worker))
     with dask_client(dask):
-        return predict_task(cube, model, output, end, temporal, variable, overwrite, labels, background, threads)
+        return predict_task(cube, model, output, end, temporal, variable, overwrite, labels, background, threads,
+                            dict(smoothing) if smoothing is not None else None)
 
 
 @task(name="detect-change", cache_policy=NO_CACHE)
@@ -285,14 +349,18 @@ def map_change(
 
 @flow(name="demo-maps")
 def demo_maps(cube: str, roads: str, mangroves: str, output: str = "out/demo-maps", built_after: str = "2022-03-01",
-              epochs: int | None = None, seed: int = 0, dask: DaskConfig = DaskConfig()) -> dict[str, Any]:
+              epochs: int | None = None, seed: int = 0, dask: DaskConfig = DaskConfig(),
+              model: Literal["unet-convlstm", "random-forest", "lightgbm"] = "unet-convlstm",
+              seq_len: int | None = None) -> dict[str, Any]:
     """The demo region's roads and mangroves: train on the dates after the new road was built (``built_after``
     onwards, when every road of ``roads`` exists), map the region at the end of 2021 and of 2022, and find the
-    road that appeared in between."""
+    road that appeared in between. ``model``: the mapper kind (a tree mapper maps each year end from the same
+    number of dates, ``seq_len``, as it was trained on)."""
     out = Path(output)
     labels = [{"data": mangroves, "class_id": 1, "name": "mangrove"},
               {"data": roads, "class_id": 2, "name": "road", "width_column": "width_m"}]
-    trained = map_train(cube, str(out / "mapper.pt"), labels, start=built_after, epochs=epochs, seed=seed)
+    trained = map_train(cube, str(out / "mapper.pt"), labels, start=built_after, epochs=epochs, seed=seed, model=model,
+                        seq_len=seq_len)
     year_end = {}
     for year in (2021, 2022):
         year_end[year] = map_predict(cube, trained["model"], str(out / f"map-{year}"), end=f"{year}-12-31",

@@ -298,6 +298,7 @@ def forecast_train_cmd(
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: the library's choice).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 (default: CUDA when available).")] = None,
+    baseline: Annotated[str, typer.Option(help="auto, seasonal (blend with each pixel's seasonal reference) or none (the paper's network alone).")] = "auto",
 ) -> None:
     """Train a spectral-dynamics model on chosen pixels of a cube."""
     _setup_logging(False)
@@ -310,7 +311,7 @@ def forecast_train_cmd(
 
         summary = forecast_train(str(cube), str(model_out), start=start, end=end, mask=str(mask) if mask else None,
                                  classes=cls, bbox=box, neighbours=neighbours, max_pixels=max_pixels, scheme=scheme,
-                                 hidden=hidden, epochs=epochs, seed=seed, device=device)
+                                 hidden=hidden, epochs=epochs, seed=seed, device=device, baseline=baseline)
     except ValueError as exc:
         raise _fail(exc if isinstance(exc, S2PipeError) else InputError(str(exc))) from None
     except S2PipeError as exc:
@@ -327,6 +328,7 @@ def forecast_predict_cmd(
     history_end: Annotated[Optional[str], typer.Option(help="Forecast from this date (default: the cube's last).")] = None,
     dask_address: Annotated[Optional[str], typer.Option("--dask-address", help="Existing Dask scheduler.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    level: Annotated[Optional[float], typer.Option(help="Also write the calibrated central interval of this coverage (e.g. 0.9): forecast_lower, forecast_upper.")] = None,
 ) -> None:
     """Forecast every pixel of a cube, chunk by chunk, into a GIS-readable Zarr store."""
     _setup_logging(False)
@@ -336,14 +338,15 @@ def forecast_predict_cmd(
         from flows.forecast import forecast_predict
 
         summary = forecast_predict(str(cube), str(model), str(output), steps=steps, history_end=history_end,
-                                   overwrite=overwrite, dask=DaskConfig(address=dask_address))
+                                   overwrite=overwrite, dask=DaskConfig(address=dask_address), level=level)
     except S2PipeError as exc:
         raise _fail(exc) from None
     typer.echo(f"forecast written to {summary['output']} ({steps} steps)")
 
 
 map_app = typer.Typer(
-    help="Land-cover mapping (U-Net per date + ConvLSTM over a date sequence) on a cube written by `s2pipe run`/`demo`.",
+    help="Land-cover mapping (U-Net per date + ConvLSTM over a date sequence, or per-pixel random forest / LightGBM) "
+         "on a cube written by `s2pipe run`/`demo`.",
     no_args_is_help=True,
 )
 app.add_typer(map_app, name="map")
@@ -373,11 +376,28 @@ def _label_specs(labels: list[str] | None, *, line_width: float, width_column: s
     return specs
 
 
+_MODEL_HELP = ("Mapper kind: unet-convlstm (U-Net per date + ConvLSTM, the paper's model), random-forest or "
+               "lightgbm (per-pixel trees on all bands x dates of the window).")
+
+
+def _mapper_kind(model: str) -> str:
+    """The ``--model`` of ``map train``: a mapper kind; a path (the option's meaning before) is refused."""
+    from s2pipe.mapping import MAPPER_KINDS
+
+    if model in MAPPER_KINDS:
+        return model
+    if model.endswith(".pt") or "/" in model or os.sep in model:
+        raise InputError(f"--model {model!r} looks like a file path: --model is the mapper kind now "
+                         f"({', '.join(MAPPER_KINDS)}); pass the output path with --output/-o {model}")
+    raise InputError(f"--model {model!r} is not a mapper kind; pass one of {', '.join(MAPPER_KINDS)}")
+
+
 @map_app.command("train")
 def map_train_cmd(
     cube: Annotated[Path, typer.Argument(help="Zarr cube written by s2pipe.")],
     label: Annotated[list[str], typer.Option("--label", "-l", help=_LABEL_HELP)],
-    model_out: Annotated[Path, typer.Option("--model", "-m", help="Where to save the mapper (.pt); a JSON report goes beside it.")] = Path("out/mapper.pt"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to save the mapper (.pt); a JSON report goes beside it.")] = Path("out/mapper.pt"),
+    model: Annotated[str, typer.Option("--model", "-m", help=_MODEL_HELP)] = "unet-convlstm",
     start: Annotated[Optional[str], typer.Option(help="First training date (YYYY-MM-DD); pick dates the labels are true for.")] = None,
     end: Annotated[Optional[str], typer.Option(help="Last training date.")] = None,
     line_width: Annotated[float, typer.Option(help="Width (m) lines and points are widened to.")] = 20.0,
@@ -385,45 +405,57 @@ def map_train_cmd(
     background: Annotated[int, typer.Option(help="Class of pixels no label covers (0 = other; -1 = unlabelled).")] = 0,
     split: Annotated[str, typer.Option(help="Spatial hold-out for the report: half, blocks or none.")] = "half",
     test_fraction: Annotated[float, typer.Option(help="Share of labelled pixels held out.")] = 0.3,
-    seq_len: Annotated[int, typer.Option(help="Dates the ConvLSTM reads (the paper: 5).")] = 5,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs, U-Net and ConvLSTM together (default: the library's choice).")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Dates the mapper reads (default: 5 for unet-convlstm, as the paper; all the window's dates for the trees).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="unet-convlstm: training epochs, U-Net and ConvLSTM together (default: the library's choice).")] = None,
+    n_estimators: Annotated[Optional[int], typer.Option(help="random-forest: trees (default 300); lightgbm: boosting rounds (default 400).")] = None,
+    n_jobs: Annotated[Optional[int], typer.Option(help="Trees: training threads (default: all cores).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 (default: CUDA when available).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="unet-convlstm: cpu, cuda, cuda:1 (default: CUDA when available).")] = None,
 ) -> None:
     """Train a land-cover mapper from vector labels on a cube; print its held-out scores."""
     _setup_logging(False)
     try:
+        kind = _mapper_kind(model)
+        tree_options = {k: v for k, v in (("n_estimators", n_estimators), ("n_jobs", n_jobs)) if v is not None}
+        if kind == "unet-convlstm" and tree_options:
+            raise InputError("--n-estimators/--n-jobs are options of the tree mappers; pass --model random-forest "
+                             "or lightgbm, or leave them out")
         specs = _label_specs(label, line_width=line_width, width_column=width_column)
         from flows.mapping import label_sources, map_train
 
         label_sources(specs)  # bad labels fail here, before Prefect starts or anything is written
-        report = map_train(str(cube), str(model_out), specs, start=start, end=end, background=background,
+        report = map_train(str(cube), str(output), specs, start=start, end=end, background=background,
                            split=split, test_fraction=test_fraction, seq_len=seq_len, epochs=epochs, seed=seed,
-                           device=device)
+                           device=device, model=kind, tree_options=tree_options or None)
     except ValueError as exc:
         raise _fail(exc if isinstance(exc, S2PipeError) else InputError(str(exc))) from None
     except S2PipeError as exc:
         raise _fail(exc) from None
-    typer.echo(f"mapper saved to {report['model']} ({report['dates']} dates, {report['train_seconds']} s); report {report['report']}")
+    typer.echo(f"{report['kind']} mapper saved to {report['model']} ({report['dates']} dates, "
+               f"{report['train_seconds']} s); report {report['report']}")
     for mode, scores in (report.get("held_out") or {}).items():
         ious = _ious(scores)
-        typer.echo(f"  held out, {mode.replace('_', ' ')}: OA {scores['overall_accuracy']:.1%}, IoU {ious}")
+        typer.echo(f"  held out, {mode.replace('_', ' ')}: OA {scores['overall_accuracy']:.1%}, "
+                   f"macro F1 {scores['macro_f1']:.3f}, IoU {ious}")
 
 
 @map_app.command("predict")
 def map_predict_cmd(
     cube: Annotated[Path, typer.Argument(help="Zarr cube written by s2pipe.")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="Mapper saved by `s2pipe map train`.")] = Path("out/mapper.pt"),
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for probability.zarr, class_map.tif, map.png, summary.json.")] = Path("out/map"),
+    model: Annotated[Path, typer.Option("--model", "-m", help="Mapper saved by `s2pipe map train` (any kind).")] = Path("out/mapper.pt"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for probability.zarr, class_map.tif, entropy.tif, margin.tif, map.png, summary.json.")] = Path("out/map"),
     end: Annotated[Optional[str], typer.Option(help="Map the dates up to this day (default: the cube's last).")] = None,
-    single_date: Annotated[bool, typer.Option("--single-date", help="The U-Net on the last date only (no ConvLSTM).")] = False,
+    single_date: Annotated[bool, typer.Option("--single-date", help="unet-convlstm: the U-Net on the last date only (no ConvLSTM).")] = False,
+    smooth: Annotated[bool, typer.Option("--smooth", help="Smooth the probabilities spatially first (Bayesian, as sits_smooth; off by default).")] = False,
+    smooth_window: Annotated[int, typer.Option(help="Window (odd, px) of --smooth.")] = 7,
     label: Annotated[Optional[list[str]], typer.Option("--label", "-l", help="Labels to draw in the PNG and compare with (as for `map train`).")] = None,
     line_width: Annotated[float, typer.Option(help="Width (m) of label lines.")] = 20.0,
     width_column: Annotated[Optional[str], typer.Option(help="Attribute with each line's width in metres.")] = None,
     dask_address: Annotated[Optional[str], typer.Option("--dask-address", help="Existing Dask scheduler.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing probability store.")] = False,
 ) -> None:
-    """Map a cube chunk by chunk: class probabilities (Zarr), class map (COG) and a PNG."""
+    """Map a cube chunk by chunk: class probabilities and their entropy/margin (Zarr), class map and uncertainty
+    layers (COGs) and a PNG."""
     _setup_logging(False)
     from s2pipe.config import DaskConfig
 
@@ -434,11 +466,13 @@ def map_predict_cmd(
         if specs:
             label_sources(specs)
         summary = map_predict(str(cube), str(model), str(output), end=end, temporal=not single_date, labels=specs,
-                              overwrite=overwrite, dask=DaskConfig(address=dask_address))
+                              overwrite=overwrite, dask=DaskConfig(address=dask_address),
+                              smoothing={"window": smooth_window} if smooth else None)
     except S2PipeError as exc:
         raise _fail(exc) from None
     typer.echo(f"map of {summary['last_date']} ({summary['mode']}) written to {summary['output']}: "
-               f"{Path(summary['class_map']).name}, {Path(summary['probability']).name}, {Path(summary['png']).name}")
+               f"{Path(summary['class_map']).name}, {Path(summary['probability']).name}, "
+               f"{Path(summary['entropy']).name}, {Path(summary['margin']).name}, {Path(summary['png']).name}")
 
 
 @map_app.command("change")

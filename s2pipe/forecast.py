@@ -35,6 +35,7 @@ import json
 import math
 import time as _time
 from dataclasses import dataclass
+from statistics import NormalDist
 from pathlib import Path
 from typing import Literal
 
@@ -49,14 +50,17 @@ from s2pipe.weights import read_payload
 from s2pipe.models.dynamics import SCHEMES, Scheme, build_dynamics
 
 __all__ = ["DynamicsConfig", "DynamicsModel", "fit_dynamics", "load_dynamics", "annual_phase", "rmse_by_lead",
-           "spectral_angle_by_lead", "resolve_device", "TRAINING_MODES"]
+           "spectral_angle_by_lead", "resolve_device", "TRAINING_MODES", "seasonal_reference", "hindcast",
+           "forecast_cube", "fit_ensemble", "coverage", "interval_coverage"]
 
 Training = Literal["rollout", "one_step"]
 TRAINING_MODES: tuple[str, ...] = ("rollout", "one_step")
 Normalize = Literal["block", "none"]
 Season = Literal["auto", "annual", "none"]
+Baseline = Literal["auto", "seasonal", "none"]
 Precision = Literal["float32", "tf32", "bfloat16"]
-_FORMAT = "s2pipe.dynamics/1"
+_FORMAT = "s2pipe.dynamics/2"
+_FORMAT_V1 = "s2pipe.dynamics/1"  # before blend/calibration: still readable
 _YEAR_NS = 365.2425 * 86400e9
 _SEASON_MIN_SPAN_DAYS = 350
 """``season="auto"`` turns the annual clock on when the training series spans at least this many days."""
@@ -92,6 +96,10 @@ class DynamicsConfig:
         bands: band coordinate of the training series (JSON-able values).
         warmup: history steps the LSTM reads before forecasting (0 for ResNets).
         season: harmonics of the annual clock (day of year) fed to δ; 0: autonomous dynamics (the paper).
+        baseline: "seasonal" (the network's forecast is blended with each pixel's own seasonal reference
+            computed from its history) or "none" (the network alone, the paper).
+        steps_per_year: sampling steps in a year (round(365.2425 d / step)); 0 without a seasonal baseline.
+        history: history dates the seasonal reference reads (0: only what the network needs).
     """
 
     scheme: str
@@ -112,6 +120,9 @@ class DynamicsConfig:
     bands: list
     warmup: int
     season: int = 0
+    baseline: str = "none"
+    steps_per_year: int = 0
+    history: int = 0
 
     @property
     def dim(self) -> int:
@@ -202,6 +213,82 @@ def spectral_angle_by_lead(pred, truth) -> np.ndarray:
     return np.arccos(np.clip(cos, -1.0, 1.0)).mean(axis=1)
 
 
+# ------------------------------------------------------------------------------------------ seasonal reference
+_REF_HARMONICS = 4
+"""Annual harmonics of the per-pixel seasonal fit (periods 1 year … 3 months)."""
+_REF_YEAR_WEIGHT = 0.3
+"""Weight of each older year in the harmonic fit (1 for the last year, 0.3 the year before, 0.09, …)."""
+_REF_YEARS = 3
+"""Years of history the seasonal reference reads."""
+_REF_LAST_YEAR = 0.5
+"""Share of last year's value (same date a year earlier) in the reference; the rest is the harmonic fit."""
+_DEFAULT_BLEND = 0.5
+"""Weight of the network against the seasonal reference. Measured (4 Romania series, 2018 -> 2019, the
+default network): 0.3 / 0.5 / 0.7 gave 0.886-0.913 / 0.877-0.911 / 0.893-0.926 x climatology in the mean
+RMSE. Weights fitted by least squares on the training hindcasts came out near 1 (mean 0.96: the network is
+in-sample there) and scored worse on the held-out year (0.902 vs 0.862 x climatology, 10 m forest,
+2016-2018 -> 2019), so the default is this fixed mix."""
+
+
+def _harmonics(times, n: int) -> np.ndarray:
+    """(T, 1 + 2n) design matrix [1, cos φ, sin φ, …, cos nφ, sin nφ] of the annual phase φ of ``times``."""
+    ph = annual_phase(times)
+    cols = [np.ones_like(ph)]
+    for h in range(1, n + 1):
+        cols += [np.cos(h * ph), np.sin(h * ph)]
+    return np.stack(cols, axis=1)
+
+
+def seasonal_reference(values: np.ndarray, times, future, *, steps_per_year: int) -> np.ndarray:
+    """Each pixel's own seasonal expectation at the ``future`` dates, from its history alone.
+
+    ``0.5 · (value one year earlier, the last year repeated) + 0.5 · (annual harmonic fit)``, the fit with
+    4 harmonics over the last ≤ 3 years, years weighted 1, 0.3, 0.09 from the most recent (the cycle may
+    change: a clearing, a new crop). Both halves beat the one-year climatology in different places (the
+    last year keeps sharp, pixel-specific transitions; the fit averages out a single year's noise), and
+    their mean beat either alone on the Romania series (``benchmarks/bench_forecast_real.py``).
+
+    Args:
+        values: (T, P, L) history, T ≥ ``steps_per_year``, no NaN.
+        times: (T,) datetime64 dates of ``values``.
+        future: (S,) datetime64 dates to predict, after ``times[-1]`` on the same grid.
+        steps_per_year: sampling steps in one year.
+    Returns:
+        (S, P, L) float64 in the units of ``values``.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    T, P, L = v.shape
+    n = int(steps_per_year)
+    if T < n:
+        raise InputError(f"the seasonal reference needs at least {n} history dates (one year), got {T}; "
+                         "pass a longer history")
+    v = v[-min(T, _REF_YEARS * n):]
+    times = np.asarray(times, dtype="datetime64[ns]")[-len(v):]
+    S = len(future)
+    j = np.arange(S)
+    last_year = v[len(v) - n + (j % n)]  # (S, P, L): the date one (or k) years earlier on the grid
+    age = np.floor((times[-1] - times).astype(np.int64) / _YEAR_NS)
+    w = np.sqrt(_REF_YEAR_WEIGHT ** age)[:, None]
+    X = _harmonics(times, _REF_HARMONICS)
+    coef, *_ = np.linalg.lstsq(X * w, v.reshape(len(v), -1) * w, rcond=None)
+    fit = (_harmonics(future, _REF_HARMONICS) @ coef).reshape(S, P, L)
+    return _REF_LAST_YEAR * last_year + (1 - _REF_LAST_YEAR) * fit
+
+
+def _per_step(table: np.ndarray, steps: int) -> np.ndarray:
+    """Rows 0..steps-1 of a per-horizon table (H, …), the last row repeated beyond H."""
+    table = np.asarray(table)
+    idx = np.minimum(np.arange(steps), table.shape[0] - 1)
+    return table[idx]
+
+
+def _check_level(level) -> None:
+    if isinstance(level, bool) or not isinstance(level, (float, int, np.floating, np.integer)) \
+            or not np.isfinite(level) or not 0 < level < 1:
+        raise InputError(f"level={level!r} must be a probability strictly between 0 and 1 (the central "
+                         "interval's coverage); pass e.g. level=0.9")
+
+
 # ------------------------------------------------------------------------------------------ model
 class DynamicsModel:
     """A fitted spectral-dynamics model: the torch module plus the state encoding (projection, scaling).
@@ -209,13 +296,18 @@ class DynamicsModel:
     Attributes:
         config: the ``DynamicsConfig``.
         module: the torch module (``ResNetDynamics`` or ``LSTMDynamics``) on ``device``.
+        blend: (H, L) weight of the network against the seasonal reference at horizon 1..H, per band
+            (``config.baseline == "seasonal"``; the last row is used beyond H); ``fit_dynamics`` sets 0.5.
+        calibration: (12, H, L) float32 RMS of hindcast residuals (truth − forecast) per calendar month
+            of the forecast origin, horizon and band (data units); H = 0 when uncalibrated.
         device: torch device it runs on.
         losses: training loss per epoch (scaled-state MSE), empty after ``load_dynamics``.
         train_seconds: wall time of training (s), 0 after loading.
     """
 
     def __init__(self, config: DynamicsConfig, module: torch.nn.Module, *, mean: np.ndarray, basis: np.ndarray,
-                 offset: np.ndarray, scale: np.ndarray, device: torch.device, losses=(), train_seconds=0.0):
+                 offset: np.ndarray, scale: np.ndarray, device: torch.device, losses=(), train_seconds=0.0,
+                 blend=None, calibration=None):
         self.config = config
         self.module = module.to(device).eval()
         self.device = device
@@ -225,6 +317,13 @@ class DynamicsModel:
         self.scale = np.asarray(scale, dtype=np.float64)  # (D,) state divided by it
         self.losses = list(losses)
         self.train_seconds = float(train_seconds)
+        L = config.n_bands
+        # (H, L) weight of the network against the seasonal reference per horizon and band (last row reused)
+        self.blend = (np.full((1, L), _DEFAULT_BLEND) if blend is None
+                      else np.asarray(blend, dtype=np.float64).reshape(-1, L))
+        # (12, H, L) hindcast residual RMS per origin month, horizon and band; H = 0: none
+        self.calibration = (np.zeros((_SEASON_BINS, 0, L), dtype=np.float32) if calibration is None
+                            else np.asarray(calibration, dtype=np.float32).reshape(_SEASON_BINS, -1, L))
 
     # -------------------------------------------------------------- encoding
     def _project(self, s: np.ndarray) -> np.ndarray:
@@ -244,55 +343,33 @@ class DynamicsModel:
         return self._unproject(z)
 
     # -------------------------------------------------------------- forecast
-    def forecast(self, history: xr.DataArray, *, steps: int = 120, batch_size: int = 65536,
-                 device=None, precision: Precision = "float32") -> xr.DataArray:
-        """Forecast ``steps`` dates after the last date of ``history``.
-
-        Args:
-            history: (time, band) or (time, band, y, x), same bands and time step as the training series,
-                at least ``order + 1`` dates (the LSTM reads up to ``warmup`` of them); only those last dates
-                are loaded and they must hold no NaN.
-            steps: number of future dates (each one sampling interval after the previous).
-            batch_size: pixels per batch on the device.
-            device: torch device; None keeps the model's.
-            precision: arithmetic of the network: "float32" (default), "tf32" (CUDA TensorFloat-32 matmuls;
-                float32 elsewhere) or "bfloat16" (autocast on CPU or CUDA). The state is carried in float32
-                between steps either way; benchmarks/bench_forecast_synthetic.py measures speed and error.
-        Returns:
-            (time=steps, band[, y, x]) in the units of ``history``, band/y/x coords kept, the time coordinate
-            continuing with the series' spacing; float32 unless ``history`` is float64.
-        """
+    def _read_steps(self) -> int:
+        """History dates a forecast reads: the network's state (and LSTM warm-up), and the seasonal window."""
         cfg = self.config
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-            raise InputError(f"steps={steps!r} must be a positive integer; pass e.g. steps=120")
         need = cfg.order + (cfg.warmup if cfg.scheme == "lstm" else 1)
-        v, times, spatial, da = _check_series(history, argument="history", min_steps=cfg.order + 1, last=need)
-        if v.shape[2] != cfg.n_bands:
-            raise InputError(f"history has {v.shape[2]} bands but the model was trained on {cfg.n_bands}; "
-                             "select the training bands in history")
-        if len(times) > 1:
-            dt = int(times[1].astype(np.int64) - times[0].astype(np.int64))
-            if dt != cfg.step_ns:
-                raise InputError(f"history is spaced {pd.Timedelta(dt)} but the model was trained at "
-                                 f"{pd.Timedelta(cfg.step_ns)}; resample history to that step")
-        if precision not in ("float32", "tf32", "bfloat16"):
-            raise InputError(f"precision={precision!r}; pass 'float32', 'tf32' or 'bfloat16'")
-        dev = self.device if device is None else resolve_device(device)
-        if dev != self.device:
-            self.module.to(dev)
-            self.device = dev
+        return max(need, cfg.history) if cfg.baseline == "seasonal" else need
+
+    def _net_values(self, v: np.ndarray, phase0, steps: int, *, batch_size: int, dev, precision: str,
+                    dtype) -> np.ndarray:
+        """The network's free run: recent spectra ``v`` (T, P, L) → (steps, L, P) in ``dtype``.
+
+        ``phase0``: annual phase (radians) of the last date of ``v``, a scalar or (P,) per pixel."""
+        cfg = self.config
         T, P, L = v.shape
-        dtype = np.float64 if history.dtype == np.float64 else np.float32
         tdtype = torch.float64 if dtype == np.float64 else torch.float32
         out = np.empty((steps, L, P), dtype=dtype)
         k = cfg.components
         # decoding on the device: s = mean + (x[:k]·scale + offset) @ basisᵀ (+ held residual)
         lin = torch.as_tensor(self.basis.T * self.scale[:k, None], dtype=tdtype, device=dev)  # (k, L)
         const = torch.as_tensor(self.offset[:k] @ self.basis.T + self.mean, dtype=tdtype, device=dev)  # (L,)
-        phase = torch.tensor(annual_phase(times[-1:])[0]) if cfg.season else None
+        ph_all = None
+        if cfg.season:
+            ph_all = torch.as_tensor(np.broadcast_to(np.asarray(phase0, dtype=np.float64), (P,)).copy(),
+                                     dtype=torch.float32)
         for p0 in range(0, P, batch_size):
             vb = v[:, p0:p0 + batch_size]
             x = torch.as_tensor(self.encode(vb), dtype=torch.float32, device=dev)
+            phase = None if ph_all is None else ph_all[p0:p0 + batch_size].to(dev)
             with torch.no_grad(), _precision(dev, precision):
                 y = (self.module.rollout(x, steps) if cfg.scheme == "lstm"
                      else self.module.rollout(x[-1], steps, phase=phase)).float()
@@ -303,13 +380,99 @@ class DynamicsModel:
                                                     device=dev)
                 s = torch.matmul(y[..., :k].to(tdtype), lin) + shift  # (steps, Pb, L)
                 out[:, :, p0:p0 + batch_size] = s.transpose(1, 2).cpu().numpy()
+        return out
+
+    def _blend(self, net: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        """``ref + w_h (net − ref)``: net, ref (steps, L, P) → (steps, L, P), ``w`` per horizon and band."""
+        w = _per_step(self.blend, net.shape[0])  # (steps, L)
+        return ref + w[:, :, None] * (net - ref)
+
+    def _bounds(self, mean: np.ndarray, level: float, origin) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated ``level`` interval around ``mean`` (steps, L, P) for a forecast from the date
+        ``origin``: ± z · (hindcast RMS of the origins near that calendar month, per horizon and band), z
+        the standard normal quantile of (1 + level) / 2."""
+        table = self.calibration[int(_month_bin(np.asarray([origin]))[0])]  # (H, L)
+        half = NormalDist().inv_cdf((1 + level) / 2) * _per_step(table, mean.shape[0])  # (steps, L)
+        return mean - half[:, :, None], mean + half[:, :, None]
+
+    def forecast(self, history: xr.DataArray, *, steps: int = 120, level: float | None = None,
+                 batch_size: int = 65536, device=None, precision: Precision = "float32"):
+        """Forecast ``steps`` dates after the last date of ``history``.
+
+        Args:
+            history: (time, band) or (time, band, y, x), same bands and time step as the training series,
+                at least ``order + 1`` dates (the LSTM reads up to ``warmup`` of them); with the seasonal
+                baseline (``config.baseline == "seasonal"``, the default when the training series spans a
+                year) the last ``config.history`` dates (up to 3 years) are read and a history of at least
+                one year (``config.steps_per_year`` dates) is needed for the blend (shorter: the network
+                alone). The dates read must hold no NaN.
+            steps: number of future dates (each one sampling interval after the previous).
+            level: None (default) returns the point forecast; a probability in (0, 1), e.g. 0.9, returns
+                an ``xr.Dataset`` with ``mean`` (the point forecast), ``lower`` and ``upper``: the central
+                ``level`` interval ``mean ± z·σ``, σ the RMS of hindcast residuals inside the training series
+                for forecasts from the same season, per horizon and band (see ``fit_dynamics``). Horizons
+                beyond the calibrated ones (``attrs["calibrated_steps"]``) reuse the last calibrated one.
+            batch_size: pixels per batch on the device.
+            device: torch device; None keeps the model's.
+            precision: arithmetic of the network: "float32" (default), "tf32" (CUDA TensorFloat-32 matmuls;
+                float32 elsewhere) or "bfloat16" (autocast on CPU or CUDA). The state is carried in float32
+                between steps either way; benchmarks/bench_forecast_synthetic.py measures speed and error.
+        Returns:
+            (time=steps, band[, y, x]) in the units of ``history``, band/y/x coords kept, the time coordinate
+            continuing with the series' spacing; float32 unless ``history`` is float64. With ``level``: a
+            Dataset of three such arrays (``mean``, ``lower``, ``upper``).
+        """
+        cfg = self.config
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise InputError(f"steps={steps!r} must be a positive integer; pass e.g. steps=120")
+        if level is not None:
+            _check_level(level)
+            if self.calibration.shape[1] == 0:
+                raise InputError(
+                    f"level={level!r}: this model holds no interval calibration (it needs a seasonal baseline and "
+                    f"a training series of at least {_CALIBRATION_YEARS} years, "
+                    f"{_CALIBRATION_YEARS * cfg.steps_per_year if cfg.steps_per_year else 'three years of'} dates, "
+                    f"for hindcasts); refit with fit_dynamics(series of {_CALIBRATION_YEARS} years or more) or pass "
+                    "level=None")
+        v, times, spatial, da = _check_series(history, argument="history", min_steps=cfg.order + 1,
+                                              last=self._read_steps())
+        if v.shape[2] != cfg.n_bands:
+            raise InputError(f"history has {v.shape[2]} bands but the model was trained on {cfg.n_bands}; "
+                             "select the training bands in history")
+        if len(times) > 1:
+            dt = int(times[1].astype(np.int64) - times[0].astype(np.int64))
+            if dt != cfg.step_ns:
+                raise InputError(f"history is spaced {pd.Timedelta(dt)} but the model was trained at "
+                                 f"{pd.Timedelta(cfg.step_ns)}; resample history to that step")
+        if precision not in ("float32", "tf32", "bfloat16"):
+            raise InputError(f"precision={precision!r}; pass 'float32', 'tf32' or 'bfloat16'")
+        seasonal = cfg.baseline == "seasonal" and v.shape[0] >= cfg.steps_per_year
+        if level is not None and not seasonal:
+            raise InputError(f"level={level!r} needs a history of at least {cfg.steps_per_year} dates (one year) "
+                             f"for the calibrated seasonal blend, got {v.shape[0]}; pass a longer history")
+        dev = self.device if device is None else resolve_device(device)
+        if dev != self.device:
+            self.module.to(dev)
+            self.device = dev
+        T, P, L = v.shape
+        dtype = np.float64 if history.dtype == np.float64 else np.float32
+        need = cfg.order + (cfg.warmup if cfg.scheme == "lstm" else 1)
+        phase = annual_phase(times[-1:])[0] if cfg.season else None
+        out = self._net_values(v[-need:], phase, steps, batch_size=batch_size, dev=dev, precision=precision,
+                               dtype=dtype)
         new_t = times[-1] + np.arange(1, steps + 1, dtype=np.int64) * np.timedelta64(cfg.step_ns, "ns")
+        bounds = None
+        if seasonal:
+            ref = seasonal_reference(v, times[-T:], new_t, steps_per_year=cfg.steps_per_year)  # (steps, P, L)
+            mean = self._blend(out.astype(np.float64), ref.transpose(0, 2, 1))
+            if level is not None:
+                bounds = self._bounds(mean, float(level), times[-1])
+            out = mean.astype(dtype)
         coords = {"time": new_t, "band": da["band"].values}
         shape = (steps, L)
         if spatial:
             ny, nx = da.sizes["y"], da.sizes["x"]
-            out = out.reshape(steps, L, ny, nx)
-            shape = out.shape
+            shape = (steps, L, ny, nx)
             for name, c in da.coords.items():
                 if name not in ("time", "band") and "time" not in c.dims:
                     coords[name] = c
@@ -317,10 +480,19 @@ class DynamicsModel:
             for name, c in da.coords.items():
                 if name not in ("time", "band") and "time" not in c.dims and set(c.dims) <= {"band"}:
                     coords[name] = c
-        res = xr.DataArray(out.reshape(shape), dims=("time", "band", *spatial), coords=coords,
-                           name=history.name, attrs=dict(history.attrs))
-        res.attrs.update({"forecast_scheme": cfg.scheme, "forecast_from": str(pd.Timestamp(times[-1]))})
-        return res
+        attrs = {**history.attrs, "forecast_scheme": cfg.scheme, "forecast_from": str(pd.Timestamp(times[-1]))}
+
+        def wrap(a, name):
+            return xr.DataArray(np.asarray(a, dtype=dtype).reshape(shape), dims=("time", "band", *spatial),
+                                coords=coords, name=name, attrs=dict(attrs))
+
+        res = wrap(out, history.name)
+        if level is None:
+            return res
+        lower, upper = bounds
+        return xr.Dataset({"mean": res.rename("mean"), "lower": wrap(lower, "lower"), "upper": wrap(upper, "upper")},
+                          attrs={**attrs, "level": float(level), "calibrated_steps": int(self.calibration.shape[1]),
+                                 "interval": "mean ± z·RMS of hindcast residuals in the training series (same season, horizon, band)"})
 
     # -------------------------------------------------------------- persistence
     def save(self, path) -> Path:
@@ -334,6 +506,8 @@ class DynamicsModel:
             "basis": torch.from_numpy(self.basis),
             "offset": torch.from_numpy(self.offset),
             "scale": torch.from_numpy(self.scale),
+            "blend": torch.from_numpy(self.blend),
+            "calibration": torch.from_numpy(self.calibration),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(payload, path)
@@ -347,14 +521,16 @@ class DynamicsModel:
 
 def load_dynamics(path, *, device=None) -> DynamicsModel:
     """Load a model written by ``DynamicsModel.save`` (``torch.load(weights_only=True)``: no code runs)."""
-    payload = read_payload(path, fmt=_FORMAT, what="dynamics model", owner="model")
+    payload = read_payload(path, fmt=(_FORMAT, _FORMAT_V1), what="dynamics model", owner="model")
     cfg = DynamicsConfig(**json.loads(payload["config"]))
     module = build_dynamics(scheme=cfg.scheme, dim=cfg.dim, hidden=cfg.hidden, activation=cfg.activation,
                             forcing=cfg.season, step_phase=_step_phase(cfg.step_ns))
     module.load_state_dict(payload["state_dict"])
     return DynamicsModel(cfg, module, mean=payload["mean"].numpy(), basis=payload["basis"].numpy(),
                          offset=payload["offset"].numpy(), scale=payload["scale"].numpy(),
-                         device=resolve_device(device))
+                         device=resolve_device(device),
+                         blend=payload["blend"].numpy() if "blend" in payload else None,
+                         calibration=payload["calibration"].numpy() if "calibration" in payload else None)
 
 
 class _precision:
@@ -438,6 +614,8 @@ def fit_dynamics(
     batch_size: int | None = None,
     activation: Literal["tanh", "gelu", "silu"] = "tanh",
     season: Season | None = None,
+    baseline: Baseline | None = None,
+    observed: xr.DataArray | None = None,
     verbose: bool = False,
 ) -> DynamicsModel:
     """Fit one dynamics model shared by all pixels of ``series``.
@@ -466,9 +644,28 @@ def fit_dynamics(
             the dynamics become non-autonomous, so a winter state is not mistaken for an autumn one; "none" is
             the paper's autonomous model; None ("auto"): "annual" for ResNets with rollout training when the
             series spans at least 350 days (it needs a whole cycle to learn from), else "none".
+        baseline: "seasonal" blends the network's forecast with each pixel's own seasonal reference
+            (``seasonal_reference``: last year's value and a harmonic fit of the last ≤ 3 years of the
+            history), ``ref + 0.5 (net − ref)``; "none" is the network alone (the paper). None ("auto"):
+            "seasonal" for rollout training when the series spans at least 350 days, else "none". When the
+            series spans at least 3 years, rolling-origin hindcasts inside it (``hindcast``: every origin
+            with a year of history before it, up to one year ahead, 128 training pixels) calibrate
+            ``forecast(..., level=)``: the RMS of their residuals per calendar month of the origin (± 2),
+            horizon (± 2 steps) and band, and a normal interval ± z · RMS (no data after the series' end).
+            Empirical residual quantiles were tried first: the hindcast residuals are sharply peaked (the
+            network is in-sample there) with heavy tails, and their 90 % quantile covered only 61-70 % of
+            the held-out 2019 values at 50-100 d (Romania 10 m forest); the RMS-based interval held 85-95 %.
+            Shorter series get no calibration (point forecasts only): with 2 years, every hindcast of a
+            winter origin targets the same single year, and the intervals held only 57-60 % of the held-out
+            2018 values at 0-100 d (10 m forest, 2016-2017 -> 2018).
+        observed: optional bool array like ``series`` (the band dim may be left out): True where a value is
+            an observation (e.g. the short-radius Cressman estimate), False where it was gap-filled from
+            far away. Hindcast targets that are not observed are left out of the interval
+            calibration, so that intervals are calibrated against real observations, not against smooth
+            interpolation (which would make winter intervals too narrow). None: every value counts.
         verbose: print the loss every 10 % of the epochs.
     Returns:
-        The fitted ``DynamicsModel`` (``losses`` per epoch, ``train_seconds``).
+        The fitted ``DynamicsModel`` (``losses`` per epoch, ``train_seconds``, ``blend``, ``calibration``).
     """
     if scheme not in SCHEMES:
         raise InputError(f"unknown scheme {scheme!r}; pass scheme= one of {', '.join(map(repr, SCHEMES))}")
@@ -491,6 +688,17 @@ def fit_dynamics(
     if season == "annual" and scheme == "lstm":
         raise InputError("season='annual' is implemented for scheme='rk4' or 'euler'; pass season='none' for the LSTM")
     harmonics = 1 if season == "annual" else 0
+    baseline = "auto" if baseline is None else baseline
+    if baseline not in ("auto", "seasonal", "none"):
+        raise InputError(f"baseline={baseline!r}; pass 'seasonal', 'none' or 'auto' (None)")
+    if baseline == "auto":
+        baseline = "seasonal" if training == "rollout" and span_days >= _SEASON_MIN_SPAN_DAYS else "none"
+    step_ns = int(np.diff(times.astype(np.int64))[0])
+    steps_per_year = int(round(_YEAR_NS / step_ns)) if baseline == "seasonal" else 0
+    if baseline == "seasonal" and (T < steps_per_year or steps_per_year < 2 * _REF_HARMONICS + 1):
+        raise InputError(f"baseline='seasonal' needs a series of at least one year ({steps_per_year} dates at "
+                         f"{pd.Timedelta(step_ns)}, and at least {2 * _REF_HARMONICS + 1} dates a year), got {T}; "
+                         "pass a longer series or baseline='none'")
     d = _DEFAULTS[training]
     reduce = ("auto" if training == "rollout" else "none") if reduce is None else reduce
     normalize = ("block" if training == "rollout" else "none") if normalize is None else normalize
@@ -518,14 +726,14 @@ def fit_dynamics(
     if not lr > 0:
         raise InputError(f"lr={lr!r} must be positive; pass e.g. lr=1e-3")
     dev = resolve_device(device)
-
-    step_ns = int(np.diff(times.astype(np.int64))[0])
     # encoding (offset/scale fitted on the training states)
     tmp = DynamicsModel(
         DynamicsConfig(scheme=scheme, hidden=int(hidden), order=int(order), n_bands=L, components=k, reduced=reduced,
                        normalize=normalize, training=training, rollout=horizon, epochs=0, lr=lr, batch_size=0,
                        seed=int(seed), activation=activation, step_ns=step_ns,
-                       bands=np.asarray(series["band"].values).tolist(), warmup=0, season=harmonics),
+                       bands=np.asarray(series["band"].values).tolist(), warmup=0, season=harmonics,
+                       baseline=baseline, steps_per_year=steps_per_year,
+                       history=_REF_YEARS * steps_per_year),
         torch.nn.Identity(), mean=mean, basis=basis, offset=np.zeros((order + 1) * k), scale=np.ones((order + 1) * k),
         device=torch.device("cpu"))
     raw = _differences(tmp._project(v), order)  # (n_states, P, D)
@@ -628,20 +836,141 @@ def fit_dynamics(
         torch.set_num_threads(threads)
     cfg = dataclasses.replace(tmp.config, epochs=int(epochs), batch_size=bs,
                               warmup=int(length if scheme == "lstm" else 0))
-    return DynamicsModel(cfg, module, mean=mean, basis=basis, offset=offset, scale=scale, device=dev,
-                         losses=losses, train_seconds=seconds)
+    model = DynamicsModel(cfg, module, mean=mean, basis=basis, offset=offset, scale=scale, device=dev,
+                          losses=losses, train_seconds=seconds)
+    if baseline == "seasonal" and T >= _CALIBRATION_YEARS * steps_per_year:
+        hc = hindcast(model, v, times, seed=seed, observed=_observed_mask(observed, series, v.shape))
+        if hc:
+            model.calibration = _calibrate(hc, model.blend).astype(np.float32)
+    return model
+
+
+# ------------------------------------------------------------------------------------------ hindcasts
+_HINDCAST_PIXELS = 128
+_HINDCAST_ORIGINS = 160
+_HINDCAST_POOL = 2
+"""Residual quantiles at horizon h pool the hindcasts of horizons h − 2 … h + 2."""
+_SEASON_BINS = 12
+_CALIBRATION_YEARS = 3
+"""Years a training series needs for interval calibration (hindcast targets in at least 2 years)."""
+_ORIGIN_WINDOW = 2
+"""Calibration of a forecast from month m pools the hindcast origins of months m − 2 … m + 2."""
+_MIN_RESIDUALS = 200
+
+
+def _month_bin(times) -> np.ndarray:
+    """Calendar-month bin 0..11 of datetime64 ``times`` (any shape), from the annual phase."""
+    t = np.asarray(times, dtype="datetime64[ns]")
+    return np.minimum((annual_phase(t.ravel()) / (2 * np.pi) * _SEASON_BINS).astype(int),
+                      _SEASON_BINS - 1).reshape(t.shape)
+
+
+def _observed_mask(observed, series: xr.DataArray, shape) -> np.ndarray | None:
+    """``observed`` (like ``series``, band optional) as a (T, P, L) bool array, or None."""
+    if observed is None:
+        return None
+    if not isinstance(observed, xr.DataArray):
+        raise InputError(f"observed must be a bool xarray.DataArray like series, got {type(observed).__name__}")
+    extra = set(observed.dims) - set(series.dims)
+    if extra:
+        raise InputError(f"observed has dims {observed.dims} not in series {series.dims}; pass a mask on the "
+                         "series' dims (the band dim may be left out)")
+    try:
+        full = observed.astype(bool).broadcast_like(series).transpose(*series.dims)
+    except (ValueError, KeyError) as e:
+        raise InputError(f"observed {observed.dims} {observed.shape} does not match series {series.dims} "
+                         f"{series.shape} ({e}); pass a mask on the series' grid") from None
+    full = full.transpose("time", "band", *[d for d in series.dims if d not in ("time", "band")])
+    m = np.asarray(full.values)
+    if m.shape[:2] != (shape[0], shape[2]) or m.size != int(np.prod(shape)):
+        raise InputError(f"observed has shape {observed.shape}; it needs the series' shape {series.shape}")
+    T, L = m.shape[:2]
+    return m.reshape(T, L, -1).transpose(0, 2, 1)
+
+
+def hindcast(model: DynamicsModel, values: np.ndarray, times, *, pixels: int = _HINDCAST_PIXELS,
+             origins: int = _HINDCAST_ORIGINS, seed: int = 0, observed: np.ndarray | None = None) -> dict:
+    """Rolling-origin hindcasts inside a series: the network and the seasonal reference from each origin.
+
+    Every origin ``o`` (at least one year of history before it, at most ``origins`` of them evenly spread)
+    forecasts the next ``H = min(steps_per_year, T − steps_per_year)`` dates from ``values[:o]`` only, for a
+    random subset of ``pixels`` pixels. Used by ``fit_dynamics`` for the interval calibration; nothing after the origin enters the reference or the network's start state.
+
+    Args:
+        model: a fitted model with ``config.steps_per_year`` > 0.
+        values: (T, P, L) training spectra; ``times`` (T,) datetime64 dates.
+        observed: optional (T, P, L) bool: truth values that are False are set to NaN (not scored).
+    Returns:
+        dict with ``net``, ``ref``, ``truth``: (O, H, p, L) float64 (truth NaN past the series' end), or an
+        empty dict when the series is too short (T ≤ steps_per_year).
+    """
+    cfg = model.config
+    n = cfg.steps_per_year
+    T, P, L = values.shape
+    H = min(n, T - n)
+    if n <= 0 or H < 1:
+        return {}
+    rng = np.random.default_rng(seed)
+    px = np.sort(rng.choice(P, size=min(P, int(pixels)), replace=False))
+    vp = np.asarray(values[:, px], dtype=np.float64)
+    orig = np.arange(n, T)
+    if len(orig) > origins:
+        orig = orig[np.unique(np.linspace(0, len(orig) - 1, int(origins)).round().astype(int))]
+    need = cfg.order + (cfg.warmup if cfg.scheme == "lstm" else 1)
+    need = min(need, n)
+    stack = np.concatenate([vp[o - need:o] for o in orig], axis=1)  # (need, O·p, L)
+    phases = np.repeat(annual_phase(times[orig - 1]), len(px))
+    net = model._net_values(stack, phases, H, batch_size=65536, dev=model.device, precision="float32",
+                            dtype=np.float64)  # (H, L, O·p)
+    net = net.reshape(H, L, len(orig), len(px)).transpose(2, 0, 3, 1)  # (O, H, p, L)
+    step = np.timedelta64(cfg.step_ns, "ns")
+    ref = np.stack([seasonal_reference(vp[:o], times[:o], times[o - 1] + np.arange(1, H + 1) * step,
+                                       steps_per_year=n) for o in orig])
+    truth = np.full_like(ref, np.nan)
+    for i, o in enumerate(orig):
+        m = min(H, T - o)
+        truth[i, :m] = vp[o:o + m] if observed is None else np.where(observed[o:o + m][:, px], vp[o:o + m], np.nan)
+    return {"net": net, "ref": ref, "truth": truth, "origins": orig, "pixels": px,
+            "origin_month": _month_bin(times[orig - 1])}
+
+
+def _calibrate(hc: dict, blend: np.ndarray) -> np.ndarray:
+    """RMS (12, H, L) of the hindcast residuals ``truth − forecast`` of the blended forecast.
+
+    Row ``m`` uses the origins whose last history date falls within ``_ORIGIN_WINDOW`` calendar months
+    of month ``m`` (errors depend on the season a forecast starts in: one from late December crosses the
+    winter first), pooled over horizons ``h ± 2``; a cell with fewer than ``_MIN_RESIDUALS`` residuals
+    uses every origin."""
+    w = _per_step(blend, hc["net"].shape[1])[None, :, None, :]  # (1, H, 1, L)
+    e2 = (hc["truth"] - (hc["ref"] + w * (hc["net"] - hc["ref"]))) ** 2  # (O, H, p, L)
+    O, H, p, L = e2.shape
+    month = hc["origin_month"]  # (O,)
+    ok = np.isfinite(e2)
+    e2 = np.where(ok, e2, 0.0)
+    cal = np.empty((_SEASON_BINS, H, L))
+    for m in range(_SEASON_BINS):
+        near = np.minimum(np.abs(month - m), _SEASON_BINS - np.abs(month - m)) <= _ORIGIN_WINDOW
+        for h in range(H):
+            hs = slice(max(0, h - _HINDCAST_POOL), h + _HINDCAST_POOL + 1)
+            n = ok[near, hs].sum(axis=(0, 1, 2))  # (L,)
+            s2 = e2[near, hs].sum(axis=(0, 1, 2))
+            if n.min() < _MIN_RESIDUALS:
+                n, s2 = ok[:, hs].sum(axis=(0, 1, 2)), e2[:, hs].sum(axis=(0, 1, 2))
+            cal[m, h] = np.sqrt(s2 / np.maximum(n, 1))
+    return cal
 
 
 # ------------------------------------------------------------------------------------------ whole cubes
-def forecast_cube(model: DynamicsModel, history: xr.DataArray, *, steps: int = 120,
-                  batch_size: int = 65536) -> xr.DataArray:
+def forecast_cube(model: DynamicsModel, history: xr.DataArray, *, steps: int = 120, level: float | None = None,
+                  batch_size: int = 65536):
     """Forecast every pixel of a ``(time, band, y, x)`` cube, chunk by chunk when it is Dask-backed.
 
     Pixels are independent, so each spatial block is forecast on its own (``xr.map_blocks``; time and band
-    are made whole, y/x keep their chunks). Only the last dates the model needs are read. A pixel with a
-    NaN in those dates (a gap left after interpolation) gets NaN in the forecast instead of failing the
-    whole cube. Returns ``(time=steps, band, y, x)``, lazy for Dask input, equal to ``model.forecast`` on
-    the pixels without gaps.
+    are made whole, y/x keep their chunks). Only the last dates the model reads are loaded (the network's
+    state and, with the seasonal baseline, up to 3 years). A pixel with a NaN in those dates (a gap left
+    after interpolation) gets NaN in the forecast instead of failing the whole cube. Returns
+    ``(time=steps, band, y, x)``, lazy for Dask input, equal to ``model.forecast`` on the pixels without
+    gaps; with ``level`` (see ``DynamicsModel.forecast``) a Dataset of ``mean``, ``lower``, ``upper``.
 
     Inside a GPU ``s2pipe.placement.inference_placement`` block, the forecast tasks of Dask input (keys
     ``forecast_block-…``) ask for a ``GPU`` worker resource and each runs on its worker's device (CUDA when
@@ -650,28 +979,35 @@ def forecast_cube(model: DynamicsModel, history: xr.DataArray, *, steps: int = 1
     if set(history.dims) != {"time", "band", "y", "x"}:
         raise InputError(f"forecast_cube needs dims (time, band, y, x), got {history.dims}; "
                          "use model.forecast for (time, band) series")
+    if level is not None:
+        _check_level(level)
     cfg = model.config
-    need = cfg.order + (cfg.warmup if cfg.scheme == "lstm" else 1)
+    need = model._read_steps()
     recent = history.transpose("time", "band", "y", "x").isel(time=slice(-max(need, 2), None))
     times = recent["time"].values
     new_t = times[-1] + np.arange(1, steps + 1, dtype=np.int64) * np.timedelta64(cfg.step_ns, "ns")
     dtype = np.float64 if history.dtype == np.float64 else np.float32
+    names = ("mean", "lower", "upper") if level is not None else (None,)
 
     placement = current_placement()
     per_worker = recent.chunks is not None and placement is not None and placement.gpu
 
-    def forecast_block(b: xr.DataArray) -> xr.DataArray:
+    def forecast_block(b: xr.DataArray):
         m = on_device(model, resolve_device(None), _model_on) if per_worker else model
         v = np.asarray(b.values)
         n_t, n_b, ny, nx = v.shape
-        out = np.full((steps, n_b, ny * nx), np.nan, dtype=dtype)
+        out = {k: np.full((steps, n_b, ny * nx), np.nan, dtype=dtype) for k in names}
         ok = np.isfinite(v[-need:]).all(axis=(0, 1)).ravel()
         if ok.any():
             flat = v.reshape(n_t, n_b, ny * nx)[:, :, ok][:, :, None, :]  # (time, band, y=1, x=valid pixels)
             sub = xr.DataArray(flat, dims=("time", "band", "y", "x"), coords={"time": b["time"].values, "band": b["band"].values})
-            out[:, :, ok] = m.forecast(sub, steps=steps, batch_size=batch_size).values[:, :, 0, :]
-        return xr.DataArray(out.reshape(steps, n_b, ny, nx), dims=("time", "band", "y", "x"),
-                            coords={"time": new_t, "band": b["band"].values, "y": b["y"].values, "x": b["x"].values})
+            f = m.forecast(sub, steps=steps, level=level, batch_size=batch_size)
+            for k in names:
+                out[k][:, :, ok] = (f if k is None else f[k]).values[:, :, 0, :]
+        coords = {"time": new_t, "band": b["band"].values, "y": b["y"].values, "x": b["x"].values}
+        arrays = {k: xr.DataArray(a.reshape(steps, n_b, ny, nx), dims=("time", "band", "y", "x"), coords=coords)
+                  for k, a in out.items()}
+        return arrays[None] if level is None else xr.Dataset(arrays)
 
     if recent.chunks is None:
         result = forecast_block(recent)
@@ -680,17 +1016,27 @@ def forecast_cube(model: DynamicsModel, history: xr.DataArray, *, steps: int = 1
 
         recent = recent.chunk({"time": -1, "band": -1})
         _, _, ychunks, xchunks = recent.chunks
-        template = xr.DataArray(
-            dsa.empty((steps, recent.sizes["band"], recent.sizes["y"], recent.sizes["x"]), dtype=dtype,
-                      chunks=((steps,), (recent.sizes["band"],), ychunks, xchunks)),
-            dims=("time", "band", "y", "x"),
-            coords={"time": new_t, "band": recent["band"].values, "y": recent["y"].values, "x": recent["x"].values},
-        )
+
+        def empty():
+            return xr.DataArray(
+                dsa.empty((steps, recent.sizes["band"], recent.sizes["y"], recent.sizes["x"]), dtype=dtype,
+                          chunks=((steps,), (recent.sizes["band"],), ychunks, xchunks)),
+                dims=("time", "band", "y", "x"),
+                coords={"time": new_t, "band": recent["band"].values, "y": recent["y"].values,
+                        "x": recent["x"].values})
+
+        template = empty() if level is None else xr.Dataset({k: empty() for k in names})
         with inference_tasks():  # resources={"GPU": 1} under GPU placement
             result = xr.map_blocks(forecast_block, recent.drop_vars([c for c in recent.coords if c not in recent.dims]),
                                    template=template)
-    result.name = history.name
-    result.attrs = {**history.attrs, "forecast_scheme": cfg.scheme, "forecast_from": str(pd.Timestamp(times[-1]))}
+    attrs = {**history.attrs, "forecast_scheme": cfg.scheme, "forecast_from": str(pd.Timestamp(times[-1]))}
+    if level is None:
+        result.name = history.name
+        result.attrs = attrs
+    else:
+        for k in names:
+            result[k].attrs = dict(attrs)
+        result.attrs = {**attrs, "level": float(level), "calibrated_steps": int(model.calibration.shape[1])}
     return result
 
 
@@ -701,7 +1047,7 @@ def _model_on(model: DynamicsModel, device: torch.device) -> DynamicsModel:
                             forcing=cfg.season, step_phase=_step_phase(cfg.step_ns))
     module.load_state_dict(model.module.state_dict())
     return DynamicsModel(model.config, module, mean=model.mean, basis=model.basis, offset=model.offset,
-                         scale=model.scale, device=device)
+                         scale=model.scale, device=device, blend=model.blend, calibration=model.calibration)
 
 
 # ------------------------------------------------------------------------------------------ ensembles
@@ -709,7 +1055,8 @@ class DynamicsEnsemble:
     """``n`` independently seeded models of one configuration: a forecast mean and its spread.
 
     The spread reflects how much the fitted dynamics depend on the initialisation (model variance), not
-    the observation noise; check its calibration with ``coverage`` on held-out data before trusting it.
+    the forecast error: on Romania 2018 -> 2019 (5 members) ``mean ± 2·std`` held only 12.5 % of the truth.
+    For calibrated intervals use ``DynamicsModel.forecast(..., level=0.9)``.
     """
 
     def __init__(self, members: list[DynamicsModel]):
@@ -749,9 +1096,35 @@ def load_ensemble(path, *, device=None) -> DynamicsEnsemble:
 
 
 def coverage(forecast: xr.Dataset, truth: xr.DataArray, *, k: float = 2.0) -> float:
-    """Fraction of finite ``truth`` values within ``mean ± k·std`` of an ensemble forecast."""
-    mean, std = forecast["mean"], forecast["std"]
-    truth = truth.sel(time=mean["time"])
-    inside = (abs(truth - mean) <= k * std) & np.isfinite(truth)
+    """Fraction of finite ``truth`` values inside a forecast's interval.
+
+    ``forecast``: a Dataset with ``lower``/``upper`` (``DynamicsModel.forecast(..., level=)``: the
+    calibrated interval) or with ``mean``/``std`` (an ensemble: ``mean ± k·std``, model spread only, which
+    is not a calibrated interval; on Romania 2018 → 2019 it held 12.5 % of the truth at k = 2).
+    """
+    if "lower" in forecast and "upper" in forecast:
+        lo, hi = forecast["lower"], forecast["upper"]
+    else:
+        lo, hi = forecast["mean"] - k * forecast["std"], forecast["mean"] + k * forecast["std"]
+    truth = truth.sel(time=lo["time"])
+    inside = (truth >= lo) & (truth <= hi) & np.isfinite(truth)
     n = int(np.isfinite(truth).sum())
     return float(inside.sum()) / n if n else float("nan")
+
+
+def interval_coverage(lower, upper, truth, *, lead_days, buckets=((0, 50), (50, 100), (100, 200), (200, 366))):
+    """Coverage of an interval per lead-time bucket: arrays (time, …) and ``lead_days`` (time,) in days.
+
+    Returns ``{(lo, hi): (fraction of finite truth values with lower ≤ truth ≤ upper, count)}`` for the
+    leads in ``(lo, hi]`` days."""
+    lower, upper, truth = (np.asarray(a, dtype=np.float64) for a in (lower, upper, truth))
+    lead = np.asarray(lead_days, dtype=np.float64)
+    out = {}
+    for lo, hi in buckets:
+        sel = (lead > lo) & (lead <= hi)
+        t = truth[sel]
+        ok = np.isfinite(t)
+        inside = (t >= lower[sel]) & (t <= upper[sel]) & ok
+        n = int(ok.sum())
+        out[(lo, hi)] = (float(inside.sum()) / n if n else float("nan"), n)
+    return out

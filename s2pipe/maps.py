@@ -4,7 +4,12 @@
 * ``write_class_map``: a Cloud-Optimized GeoTIFF with an embedded colour table, class names in the metadata
   (``CLASS_<id>`` band tags and a JSON ``CLASSES`` dataset tag) and internal overviews;
 * ``write_probabilities``: the probabilities as a GIS-readable Zarr store (``s2pipe.store.write_cube``;
-  GDAL: ``ZARR:"path":/probability``, one band per class);
+  GDAL: ``ZARR:"path":/probability``, one band per class), with the uncertainty layers ``entropy`` and
+  ``margin`` beside them;
+* ``uncertainty``: per-pixel entropy (normalised to 0..1 by log K) and margin (top-1 minus top-2 probability)
+  of the class probabilities; ``write_uncertainty``: both as float32 COGs (``entropy.tif``, ``margin.tif``);
+* ``smooth_probabilities``: optional spatial smoothing of the probabilities (Bayesian smoothing of the
+  logits over a window, as ``sits_smooth``, or a Gaussian filter), NaN-aware, chunk by chunk with a halo;
 * ``detect_change``: pixels where a target class appeared (1) or disappeared (2) between two class maps,
   small groups removed;
 * ``write_change``: the change map as a COG and its regions as polygons in a GeoPackage.
@@ -21,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+import dask.array as da
 import numpy as np
 import xarray as xr
 from affine import Affine
@@ -30,8 +36,8 @@ from s2pipe.cube import Grid, grid_of
 from s2pipe.errors import InputError
 
 __all__ = [
-    "class_map", "write_class_map", "read_class_map", "write_probabilities", "detect_change", "write_change", "change_polygons",
-    "ChangeFiles",
+    "class_map", "write_class_map", "read_class_map", "write_probabilities", "uncertainty", "write_uncertainty",
+    "smooth_probabilities", "detect_change", "write_change", "change_polygons", "ChangeFiles",
     "NODATA", "NO_CHANGE", "APPEARED", "DISAPPEARED", "CLASS_COLORS",
 ]
 
@@ -177,26 +183,208 @@ def read_class_map(path: str | os.PathLike) -> xr.DataArray:
     return xr.DataArray(values, dims=("y", "x"), coords={"y": ys, "x": xs}, name="class_map", attrs=attrs)
 
 
-def write_probabilities(proba: xr.DataArray, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write probabilities (class, y, x) as the variable ``probability`` of a GIS-readable Zarr store.
+def write_probabilities(proba: xr.DataArray, path: str | os.PathLike, *, overwrite: bool = False,
+                        uncertainty_layers: bool = True) -> Path:
+    """Write probabilities (class, y, x) as the variable ``probability`` of a GIS-readable Zarr store, with the
+    uncertainty layers ``entropy`` and ``margin`` (y, x) beside it (``uncertainty``; ``uncertainty_layers=False``:
+    the probabilities only).
 
     Through ``s2pipe.store.write_cube`` (CF grid mapping + GDAL ``_CRS``; resumable, ``OutputConflictError`` on
     a different existing store unless ``overwrite``). GDAL/QGIS: ``ZARR:"<path>":/probability``, one band per class
-    in the order of the ``class`` coordinate (stored as a coordinate, and as ``classes`` names when known).
+    in the order of the ``class`` coordinate (stored as a coordinate, and as ``classes`` names when known);
+    ``ZARR:"<path>":/entropy`` and ``ZARR:"<path>":/margin``, one band each.
     """
     from s2pipe.store import write_cube
 
+    proba = _check_proba(proba)
+    if "class" not in proba.coords:
+        proba = proba.assign_coords({"class": np.arange(proba.sizes["class"])})
+    ds = proba.to_dataset(name="probability", promote_attrs=True)
+    ds["probability"].attrs = {"long_name": "class probability", "units": "1"}
+    if uncertainty_layers:
+        unc = uncertainty(proba)
+        for name in ("entropy", "margin"):
+            ds[name] = unc[name]
+    return write_cube(ds, path, overwrite=overwrite)
+
+
+def _check_proba(proba) -> xr.DataArray:
     if not isinstance(proba, xr.DataArray) or set(proba.dims) != {"class", "y", "x"}:
         raise InputError(f"proba must be an xarray.DataArray with dims (class, y, x), got {type(proba).__name__} "
                          f"{getattr(proba, 'dims', '')}")
     if proba.dtype.kind != "f":
         raise InputError(f"proba has dtype {proba.dtype}; probabilities are floats (e.g. .astype('float32'))")
-    proba = proba.transpose("class", "y", "x")
-    if "class" not in proba.coords:
-        proba = proba.assign_coords({"class": np.arange(proba.sizes["class"])})
-    ds = proba.to_dataset(name="probability", promote_attrs=True)
-    ds["probability"].attrs = {"long_name": "class probability", "units": "1"}
-    return write_cube(ds, path, overwrite=overwrite)
+    return proba.transpose("class", "y", "x")
+
+
+# ---------------------------------------------------------------------------------------------- uncertainty
+
+UNCERTAINTY_ATTRS = {
+    "entropy": {"long_name": "normalised entropy of the class probabilities", "units": "1",
+                "description": "-sum_k p_k ln p_k / ln K: 0 = one class certain, 1 = all K classes equally likely"},
+    "margin": {"long_name": "margin of the class probabilities", "units": "1",
+               "description": "top-1 minus top-2 class probability: 0 = a tie, 1 = one class certain"},
+}
+
+
+def uncertainty(proba: xr.DataArray) -> xr.Dataset:
+    """Per-pixel uncertainty of class probabilities (class, y, x): a Dataset of two (y, x) float32 layers.
+
+    * ``entropy``: Shannon entropy of the probabilities divided by its maximum ``ln K`` (K = the classes), so
+      that it lies in 0..1 for any K: 0 where one class has probability 1, 1 where all are equal (1/K);
+    * ``margin``: the largest probability minus the second largest, 0..1: 0 at a tie between the two most
+      probable classes, 1 where one class is certain. (1 − margin is the "margin uncertainty".)
+
+    Probabilities are renormalised to sum 1 first; pixels with a NaN probability are NaN in both layers.
+    Lazy (Dask) input stays lazy, chunk by chunk. Keeps the x/y/spatial_ref coordinates and the ``crs`` /
+    ``transform`` attributes.
+    """
+    proba = _check_proba(proba)
+    K = proba.sizes["class"]
+    if K < 2:
+        raise InputError(f"proba has {K} class; uncertainty needs at least 2 classes")
+    ent, mar = xr.apply_ufunc(_uncertainty_kernel, proba, input_core_dims=[["class"]], output_core_dims=[[], []],
+                              dask="parallelized", output_dtypes=[np.float32, np.float32])
+    keep = [c for c in ent.coords if c not in ("y", "x", "spatial_ref")]
+    attrs = {k: v for k, v in proba.attrs.items() if k in ("crs", "transform")}
+    ds = xr.Dataset({"entropy": ent.drop_vars(keep), "margin": mar.drop_vars(keep)}, attrs=attrs)
+    for name, a in UNCERTAINTY_ATTRS.items():
+        ds[name].attrs = dict(a)
+    return ds
+
+
+def _uncertainty_kernel(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., K) probabilities -> (normalised entropy, margin), float32, NaN where any probability is NaN."""
+    p = np.asarray(p, dtype=np.float64)
+    K = p.shape[-1]
+    bad = np.isnan(p).any(axis=-1)
+    q = np.clip(np.where(np.isnan(p), 0.0, p), 0.0, None)
+    total = q.sum(axis=-1, keepdims=True)
+    q = q / np.where(total > 0, total, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0)), 0.0)
+    ent = np.clip(-terms.sum(axis=-1) / math.log(K), 0.0, 1.0)
+    top2 = np.sort(q, axis=-1)[..., -2:]
+    mar = top2[..., 1] - top2[..., 0]
+    ent[bad] = np.nan
+    mar[bad] = np.nan
+    return ent.astype(np.float32), mar.astype(np.float32)
+
+
+def write_uncertainty(unc: xr.Dataset | xr.DataArray, folder: str | os.PathLike, *,
+                      blocksize: int | None = None) -> dict[str, Path]:
+    """Write the layers of ``uncertainty(proba)`` as float32 COGs ``<folder>/entropy.tif`` and
+    ``<folder>/margin.tif`` (NaN nodata, DEFLATE with the floating-point predictor, internal overviews by
+    averaging, band description and ``long_name``/``description`` metadata); ``unc`` may also be the
+    probabilities (class, y, x), whose uncertainty is then computed. Returns {layer: path}."""
+    from s2pipe.cog import write_cog
+
+    if isinstance(unc, xr.DataArray):
+        unc = uncertainty(unc)
+    if not isinstance(unc, xr.Dataset) or not {"entropy", "margin"} <= set(unc.data_vars):
+        raise InputError(f"unc must be the Dataset of uncertainty(proba) (variables entropy, margin), got "
+                         f"{type(unc).__name__}; pass uncertainty(proba)")
+    out = {}
+    for name in ("entropy", "margin"):
+        layer = unc[name]
+        if set(layer.dims) != {"y", "x"}:
+            raise InputError(f"unc[{name!r}] has dims {layer.dims}; select one date so it is (y, x)")
+        if "crs" not in layer.attrs and "crs" in unc.attrs:
+            layer = layer.assign_attrs(crs=unc.attrs["crs"], transform=unc.attrs.get("transform"))
+        grid = grid_of(layer)
+        values = np.asarray(layer.transpose("y", "x").values, dtype=np.float32)
+        size = _auto_blocksize(values.shape) if blocksize is None else blocksize
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 16 or size % 16:
+            raise InputError(f"blocksize={blocksize!r} must be a multiple of 16 pixels; pass e.g. blocksize=512")
+        a = UNCERTAINTY_ATTRS[name]
+        out[name] = write_cog(Path(folder) / f"{name}.tif", values, transform=Affine(*list(grid.transform)[:6]),
+                              crs=f"EPSG:{grid.epsg}" if grid.epsg else grid.crs, nodata=float("nan"),
+                              blocksize=int(size), overviews=True, overview_resampling="average",
+                              description=name, tags={"LONG_NAME": a["long_name"], "DESCRIPTION": a["description"]})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- smoothing
+
+SmoothMethod = Literal["bayes", "gaussian"]
+
+
+def smooth_probabilities(proba: xr.DataArray, *, window: int = 7, method: SmoothMethod = "bayes",
+                         smoothness: float = 10.0, sigma: float | None = None) -> xr.DataArray:
+    """Spatially smoothed class probabilities (class, y, x), an optional post-processing of a map.
+
+    ``method="bayes"`` (as ``sits_smooth``, Camara et al. 2023): with the logits ``x = ln(p / (1 − p))`` of
+    each class (p clipped to 1e-4..1 − 1e-4) and their mean ``m`` and variance ``s²`` over the ``window`` ×
+    ``window`` neighbourhood (the pixel included), the smoothed logit is the posterior mean
+    ``(s² · x + smoothness · m) / (s² + smoothness)``: ``smoothness`` (logit², the prior variance of the
+    classifier's noise) large → the neighbourhood mean wins; where the neighbourhood varies a lot (class
+    borders) the pixel keeps its own value. Back to probabilities by the logistic function, renormalised over
+    the classes. ``method="gaussian"``: a Gaussian filter of the probabilities (``sigma`` px, default
+    ``window / 4``; the kernel is cut at the window), renormalised.
+
+    NaN pixels (nodata) are left out of every neighbourhood and stay NaN; the image border is handled the same
+    way (no padding values). Dask input stays lazy (``map_overlap`` with a halo of ``window // 2``, equal to
+    the in-memory result). Coordinates and attributes are kept; ``attrs["smoothing"]`` records the method.
+    Opt-in: it changes held-out scores by a measured amount (README, land-cover section), not always for the
+    better.
+    """
+    proba = _check_proba(proba)
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 3 or window % 2 == 0:
+        raise InputError(f"window={window!r} must be an odd number of pixels >= 3; pass e.g. window=7")
+    if method not in ("bayes", "gaussian"):
+        raise InputError(f"method={method!r} must be 'bayes' or 'gaussian'")
+    if not (isinstance(smoothness, (int, float, np.floating)) and smoothness > 0):
+        raise InputError(f"smoothness={smoothness!r} must be a positive number (logit variance); pass e.g. 10")
+    sigma = window / 4 if sigma is None else sigma
+    if not (isinstance(sigma, (int, float, np.floating)) and sigma > 0):
+        raise InputError(f"sigma={sigma!r} must be a positive number of pixels")
+    r = int(window) // 2
+    kernel = np.ones(window) if method == "bayes" else np.exp(-0.5 * (np.arange(-r, r + 1) / float(sigma)) ** 2)
+    kwargs = {"kernel": kernel, "method": method, "smoothness": float(smoothness)}
+    arr = proba.data
+    if isinstance(arr, da.Array):
+        arr = arr.rechunk({0: -1})
+        depth = {0: 0, 1: r if len(arr.chunks[1]) > 1 else 0, 2: r if len(arr.chunks[2]) > 1 else 0}
+        data = da.map_overlap(_smooth_kernel, arr, depth=depth, boundary="none", dtype=np.float32,
+                              meta=np.empty((0, 0, 0), dtype=np.float32), **kwargs)
+    else:
+        data = _smooth_kernel(np.asarray(arr), **kwargs)
+    out = proba.copy(data=data)
+    out.attrs = {**proba.attrs, "smoothing": {"method": method, "window": int(window),
+                                              **({"smoothness": float(smoothness)} if method == "bayes"
+                                                 else {"sigma": float(sigma)})}}
+    return out
+
+
+_EPS = 1e-4
+
+
+def _smooth_kernel(p: np.ndarray, *, kernel: np.ndarray, method: str, smoothness: float) -> np.ndarray:
+    """(K, y, x) probabilities -> smoothed (K, y, x) float32; NaN pixels excluded and kept NaN."""
+    p = np.asarray(p, dtype=np.float64)
+    bad = np.isnan(p).any(axis=0)
+    valid = (~bad).astype(np.float64)
+
+    def filt(a: np.ndarray) -> np.ndarray:  # separable correlation, zero outside: an exact sum per pixel
+        a = ndimage.correlate1d(a, kernel, axis=-2, mode="constant", cval=0.0)
+        return ndimage.correlate1d(a, kernel, axis=-1, mode="constant", cval=0.0)
+
+    w = filt(valid)
+    w = np.where(w > 0, w, 1.0)
+    if method == "gaussian":
+        q = np.where(bad, 0.0, p)
+        out = filt(q) / w
+    else:
+        q = np.clip(np.where(bad, 0.5, p), _EPS, 1 - _EPS)
+        x = np.log(q / (1 - q)) * valid
+        m = filt(x) / w
+        s2 = np.clip(filt(x * x) / w - m * m, 0.0, None)
+        post = (s2 * x + smoothness * m) / (s2 + smoothness)
+        out = 1.0 / (1.0 + np.exp(-post))
+    total = out.sum(axis=0, keepdims=True)
+    out = out / np.where(total > 0, total, 1.0)
+    out[:, bad] = np.nan
+    return out.astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------- change
@@ -434,37 +622,19 @@ def _colormap(ids: Sequence[int], names: Mapping[int, str], colors: Mapping[int,
 def _write_cog_uint8(values: np.ndarray, path: str | os.PathLike, *, grid: Grid, nodata: int,
                      colormap: Mapping[int, tuple[int, ...]], description: str, tags: Mapping[str, str],
                      band_tags: Mapping[str, str], overviews: bool, blocksize: int, resampling: str) -> Path:
-    """A uint8 COG with colour table and metadata, written to a temporary name and renamed."""
-    import rasterio
-
+    """A uint8 COG with colour table and metadata (``s2pipe.cog.write_cog``: temporary name, then renamed)."""
     if isinstance(blocksize, bool) or not isinstance(blocksize, (int, np.integer)) or blocksize < 16 or blocksize % 16:
         raise InputError(f"blocksize={blocksize!r} must be a multiple of 16 pixels; pass e.g. blocksize=512")
     if resampling not in ("nearest", "mode"):
         raise InputError(f"resampling={resampling!r} must be 'nearest' or 'mode' (class maps are categorical)")
     if values.size and (values.min() < 0 or values.max() > 255):
         raise InputError(f"values span {values.min()}..{values.max()}; a class map COG holds uint8 ids in 0..255")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part-{uuid.uuid4().hex[:8]}")
-    crs = f"EPSG:{grid.epsg}" if grid.epsg else grid.crs
-    profile = dict(
-        driver="COG", width=values.shape[1], height=values.shape[0], count=1, dtype="uint8", crs=crs,
-        transform=Affine(*list(grid.transform)[:6]), nodata=nodata, blocksize=int(blocksize), compress="DEFLATE",
-        predictor=2, overviews="AUTO" if overviews else "NONE", overview_resampling=resampling.upper(),
-        BIGTIFF="IF_SAFER",
-    )
-    try:
-        with rasterio.Env(GDAL_NUM_THREADS="1"):
-            with rasterio.open(tmp, "w", **profile) as dst:
-                dst.write(values.astype(np.uint8, copy=False), 1)
-                dst.write_colormap(1, dict(colormap))
-                dst.set_band_description(1, description)
-                dst.update_tags(**tags)
-                dst.update_tags(1, **band_tags)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    from s2pipe.cog import write_cog
+
+    return write_cog(path, values.astype(np.uint8, copy=False), transform=Affine(*list(grid.transform)[:6]),
+                     crs=f"EPSG:{grid.epsg}" if grid.epsg else grid.crs, nodata=nodata, blocksize=int(blocksize),
+                     overviews=overviews, overview_resampling=resampling, colormap=colormap,
+                     description=description, tags=tags, band_tags=band_tags)
 
 
 def _auto_blocksize(shape: tuple[int, ...]) -> int:

@@ -100,11 +100,27 @@ def test_map_train_bad_labels_exit_2_and_write_nothing(tmp_path, args, words):
     roads.write_text('{"type": "FeatureCollection", "features": []}')
     args = [a.format(missing=tmp_path / "nope.gpkg", roads=roads) for a in args]
     model = tmp_path / "m.pt"
-    result = runner.invoke(app, ["map", "train", str(tmp_path / "cube.zarr"), *args, "-m", str(model)])
+    result = runner.invoke(app, ["map", "train", str(tmp_path / "cube.zarr"), *args, "-o", str(model)])
     assert result.exit_code == EXIT_INPUT, result.output
     for w in words:
         assert w in result.output
     assert not model.exists()
+
+
+@pytest.mark.parametrize("model, words", [("out/mapper.pt", ["looks like a file path", "--output", "out/mapper.pt"]),
+                                          ("xgboost", ["not a mapper kind", "random-forest", "lightgbm"])])
+def test_map_train_model_is_the_kind_not_the_path(tmp_path, model, words):
+    """`--model` of `map train` is the mapper kind since the tree mappers came; the output path is --output/-o."""
+    roads = tmp_path / "roads.geojson"
+    roads.write_text('{"type": "FeatureCollection", "features": []}')
+    result = runner.invoke(app, ["map", "train", str(tmp_path / "cube.zarr"), "--label", f"{roads}:2:road",
+                                 "--model", model])
+    assert result.exit_code == EXIT_INPUT, result.output
+    for w in words:
+        assert w in result.output
+    result = runner.invoke(app, ["map", "train", str(tmp_path / "cube.zarr"), "--label", f"{roads}:2:road",
+                                 "--n-estimators", "10"])  # a tree option with the default U-Net
+    assert result.exit_code == EXIT_INPUT and "tree mappers" in result.output
 
 
 def test_map_change_missing_map_exits_2(tmp_path):

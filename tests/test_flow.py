@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 import xarray as xr
@@ -114,6 +115,76 @@ def test_gdal_reads_the_flow_output_georeferenced_and_equal_to_source_cogs(flow_
         assert src.count == ds.sizes["time"] * ds.sizes["band"] or src.count >= 1
     got = float(ds.reflectance.sel(band=band).values[ti, yi, xi]) * scale
     assert got == pytest.approx(expected[0], abs=1e-4)
+
+
+def test_flow_store_equals_an_independent_numpy_reference_chain(flow_run):
+    """Every value of the flow's store against tests/helpers.reference_chain: the source COGs read with rasterio
+    (20 m bands cubic on read, SCL nearest), solar days mosaicked, SCL-masked in NumPy, gap-filled with the
+    brute-force loop, divided by the NumPy maximum of each band group; plus the store's metadata."""
+    from shapely.geometry import box, shape
+
+    from s2pipe.catalog import load_profile
+    from tests.helpers import reference_chain, snapped_grid
+
+    region, profile, out, _ = flow_run
+    cfg = _config(region, profile, out)
+    ds = xr.open_zarr(out, consolidated=True, decode_coords="all").load()
+    start, end = str(cfg.start), str(cfg.end)
+    items = [it for it in json.loads(Path(region.items_path).read_text())["features"]
+             if start <= it["properties"]["datetime"][:10] <= end and shape(it["geometry"]).intersects(box(*cfg.bbox))
+             and it["properties"]["eo:cloud_cover"] <= cfg.max_cloud]
+    transform, grid_shape = snapped_grid(cfg.bbox, region.epsg, cfg.resolution)
+    ref = reference_chain(items, assets=dict(load_profile(str(profile)).assets), bands=list(cfg.bands),
+                          transform=transform, shape=grid_shape, clear_classes=cfg.clear_classes,
+                          radius_days=pd.Timedelta(cfg.gapfill.radius) / pd.Timedelta(days=1),
+                          kernel=cfg.gapfill.kernel, freq=cfg.gapfill.times)
+    # metadata: scenes, grid, time axis, bands, factors
+    assert list(ds.attrs["stac_items"]) == ref["items"] and len(ref["time_in"]) < len(items)  # solar days merged
+    assert ds.attrs["crs"] == f"EPSG:{region.epsg}" and tuple(ds.attrs["transform"]) == transform
+    assert (ds.sizes["y"], ds.sizes["x"]) == grid_shape
+    np.testing.assert_array_equal(ds.x.values, transform[2] + 10.0 * (np.arange(grid_shape[1]) + 0.5))
+    np.testing.assert_array_equal(ds.y.values, transform[5] - 10.0 * (np.arange(grid_shape[0]) + 0.5))
+    np.testing.assert_array_equal(ds.time.values, ref["time"])
+    assert list(ds.band.values) == list(cfg.bands) == list(ds.reflectance.attrs["normalize_bands"])
+    assert ds.reflectance.attrs["normalize_method"] == cfg.normalize.method == "global_max_by_resolution"
+    np.testing.assert_allclose(ds.reflectance.attrs["normalize_scale"], ref["scale"], rtol=1e-7)
+    assert len(set(ref["scale"].tolist())) == 2  # one factor per band group
+    # every value (measured: equal within 2 float32 ulp; the direct read is the same resampling on read)
+    for name in ("reflectance", "weight", "observed"):
+        assert ds[name].shape == ref[name].shape and ds[name].dtype == ref[name].dtype, name
+    np.testing.assert_array_equal(ds.observed.values, ref["observed"])
+    assert 0 < ds.observed.values.mean() < 1
+    got, want = ds.reflectance.values, ref["reflectance"]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(ds.weight.values, ref["weight"], rtol=2e-6, atol=1e-7)
+    assert np.isnan(want).mean() < 0.5 and np.nanmax(want) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_streaming_branch_writes_the_same_store_as_the_in_memory_path(flow_run, tmp_path, monkeypatch):
+    """A raw cube larger than the memory budget is not persisted but streamed (read once for the statistics and
+    once for the write): forced here with a tiny budget, it gives the same store as the persisted run."""
+    import dask.utils
+
+    import flows.regional_cube as rc
+    from s2pipe.config import DaskConfig
+
+    region, profile, out, summary = flow_run
+    ref = xr.open_zarr(out, consolidated=True).load()
+    raw_bytes = summary["dates_in"] * (ref.sizes["band"] + 1) * ref.sizes["y"] * ref.sizes["x"] * 2
+    assert raw_bytes <= rc.PERSIST_FRACTION * dask.utils.parse_bytes(DaskConfig().memory_limit)  # flow_run persisted
+
+    persisted = []
+    real_persist = xr.DataArray.persist
+    monkeypatch.setattr(xr.DataArray, "persist", lambda self, **kw: persisted.append(self.name) or real_persist(self, **kw))
+    monkeypatch.setattr(rc, "PERSIST_FRACTION", 0.1 * raw_bytes / dask.utils.parse_bytes(DaskConfig().memory_limit))
+    streamed = rc.regional_cube(_config(region, profile, tmp_path / "streamed.zarr", quicklook=False))
+    assert persisted == [], "the cube was persisted although it exceeds the budget"
+    got = xr.open_zarr(streamed["output"], consolidated=True).load()
+    # the output path is part of the parameters, and so of the store signature that hashes them
+    assert got.attrs.pop("parameters") == {**ref.attrs.pop("parameters"), "output": str(tmp_path / "streamed.zarr")}
+    got.attrs.pop("s2pipe_signature"), ref.attrs.pop("s2pipe_signature")
+    xr.testing.assert_identical(got, ref)  # every value, coordinate and other attribute
 
 
 def test_rerun_resumes_and_changes_nothing(flow_run):
@@ -264,15 +335,38 @@ def test_a_killed_run_resumes_only_the_missing_regions(flow_run, tmp_path):
 
 
 def test_flow_on_an_existing_dask_scheduler(flow_run, tmp_path):
-    """`--dask-address`: the array work runs on a separately started cluster of worker processes."""
-    from distributed import LocalCluster
+    """`--dask-address`: the array work runs on a separately started cluster of worker processes. Its scheduler's
+    task stream shows every read, mask, gap-fill and write task executed on that cluster's worker processes."""
+    import os
+    from collections import Counter
+
+    from dask.utils import key_split
+    from distributed import Client, LocalCluster, get_task_stream
 
     from flows.regional_cube import regional_cube
 
-    region, profile, out, _ = flow_run
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    region, profile, out, summary = flow_run
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster.scheduler_address, set_as_default=False) as observer:
+        workers = set(observer.scheduler_info()["workers"])
+        pids = observer.run(os.getpid)
         cfg = _config(region, profile, tmp_path / "remote.zarr", quicklook=False, dask={"address": cluster.scheduler_address})
-        regional_cube(cfg)
+        with get_task_stream(client=observer) as stream:
+            regional_cube(cfg)
+        per_worker = Counter(rec["worker"] for rec in stream.data)
+        prefixes = Counter(key_split(rec["key"]) for rec in stream.data)
+        assert set(observer.scheduler_info()["workers"]) == workers  # the same two processes all along
+    assert len(workers) == 2 and os.getpid() not in pids.values() and set(pids) == workers  # worker processes
+    assert set(per_worker) == workers and sum(per_worker.values()) == len(stream.data)  # both ran tasks, only they
+    # every stage's tasks ran there: stackstac's asset tables (one per date and band), the reads (fused into the
+    # raw cube's chunks, each merged into its solar day), cloud mask, Cressman blocks, statistics, normalisation,
+    # Zarr writes (measured: ~3900 tasks, ~1900 per worker)
+    n_tables = summary["dates_in"] * (len(cfg.bands) + 1)
+    assert prefixes["asset-table"] == n_tables, prefixes
+    assert prefixes["merge-solar-day"] >= n_tables and prefixes["merge-solar-day"] % n_tables == 0, prefixes
+    for prefix in ("check_asset_task", "mask_array", "fill_block", "nanmax_skip", "truediv"):
+        assert prefixes[prefix] > 0, (prefix, prefixes)
+    assert any(p.endswith("store-map") for p in prefixes), prefixes
     a = xr.open_zarr(out, consolidated=True).load()
     b = xr.open_zarr(tmp_path / "remote.zarr", consolidated=True).load()
     xr.testing.assert_allclose(a.reflectance, b.reflectance)
@@ -394,6 +488,9 @@ def test_mapping_flows_train_predict_change(flow_run, tmp_path):
             assert src.count == 3 and src.crs.to_epsg() == int(cube.attrs["crs"].split(":")[1])
             proba = src.read()
         assert np.allclose(proba.sum(axis=0), 1, atol=1e-4)
+        for name in ("entropy", "margin"):  # uncertainty layers: in the store and as COGs
+            with rasterio.open(f'ZARR:"{product["probability"]}":/{name}') as src, rasterio.open(product[name]) as cog:
+                assert np.array_equal(src.read(1), cog.read(1), equal_nan=True) and 0 <= np.nanmin(cog.read(1)) <= 1
         with rasterio.open(product["class_map"]) as src:
             assert src.crs == rasterio.crs.CRS.from_string(cube.attrs["crs"])
             assert src.overviews(1) or max(src.shape) <= 128  # small maps: one 128 px block, no overview needed
@@ -423,7 +520,7 @@ def test_map_cli_train_predict_change(flow_run, tmp_path):
     runner = CliRunner()
     model = tmp_path / "m.pt"
     labels = ["--label", f"{region.mangroves_path}:1:mangrove", "--label", f"{region.roads_path}:2:road"]
-    res = runner.invoke(app, ["map", "train", str(out), *labels, "-m", str(model), "--epochs", "2", "--seq-len", "2",
+    res = runner.invoke(app, ["map", "train", str(out), *labels, "-o", str(model), "--epochs", "2", "--seq-len", "2",
                               "--width-column", "width_m"])
     assert res.exit_code == 0, res.output
     assert model.is_file() and "held out, sequence: OA" in res.output
@@ -436,6 +533,42 @@ def test_map_cli_train_predict_change(flow_run, tmp_path):
                               "--target", "2", "-o", str(tmp_path / "roads.tif"), "--min-pixels", "1"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "roads.tif").is_file() and (tmp_path / "roads.png").is_file()
+
+
+def test_map_cli_random_forest_train_predict_with_uncertainty(flow_run, tmp_path):
+    """`s2pipe map train --model random-forest` then `map predict` (smoothed) on the tiny cube: held-out scores of
+    its one mode, probabilities with entropy/margin in the Zarr store, class map and uncertainty COGs."""
+    from typer.testing import CliRunner
+
+    from s2pipe.cli import app
+    from s2pipe.maps import uncertainty
+
+    region, _, out, _ = flow_run
+    runner = CliRunner()
+    model = tmp_path / "rf.pt"
+    labels = ["--label", f"{region.mangroves_path}:1:mangrove", "--label", f"{region.roads_path}:2:road"]
+    res = runner.invoke(app, ["map", "train", str(out), *labels, "--model", "random-forest", "-o", str(model),
+                              "--seq-len", "4", "--n-estimators", "30", "--n-jobs", "1", "--width-column", "width_m"])
+    assert res.exit_code == 0, res.output
+    assert "random-forest mapper saved" in res.output and "held out, sequence: OA" in res.output
+    report = json.loads(model.with_suffix(".json").read_text())
+    assert report["kind"] == "random-forest" and report["seq_len"] == 4 and list(report["held_out"]) == ["sequence"]
+    assert report["held_out"]["sequence"]["overall_accuracy"] > 0.5
+    res = runner.invoke(app, ["map", "predict", str(out), "-m", str(model), "-o", str(tmp_path / "map"), "--smooth",
+                              "--smooth-window", "3"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "map" / "summary.json").read_text())
+    assert summary["model_kind"] == "random-forest" and summary["dates"] == 4
+    assert summary["smoothing"] == {"method": "bayes", "window": 3, "smoothness": 10.0}
+    store = xr.open_zarr(summary["probability"], consolidated=True)
+    assert set(store.data_vars) >= {"probability", "entropy", "margin"}
+    np.testing.assert_allclose(store["entropy"].values, uncertainty(store["probability"]).entropy.values, atol=1e-6)
+    for name in ("entropy", "margin"):
+        with rasterio.open(tmp_path / "map" / f"{name}.tif") as src:
+            assert src.crs.to_epsg() == int(store.attrs["crs"].split(":")[1]) and src.dtypes == ("float32",)
+            np.testing.assert_array_equal(src.read(1), store[name].values)
+    with rasterio.open(summary["class_map"]) as src:
+        assert np.array_equal(src.read(1), store["probability"].values.argmax(axis=0))
 
 
 def test_scheduled_update_extends_the_cube_and_its_products(flow_run, tmp_path):

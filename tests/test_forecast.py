@@ -8,8 +8,8 @@ import torch
 import xarray as xr
 
 from s2pipe.errors import InputError
-from s2pipe.forecast import (DynamicsModel, fit_dynamics, load_dynamics, rmse_by_lead, spectral_angle_by_lead,
-                             _differences)
+from s2pipe.forecast import (DynamicsModel, annual_phase, fit_dynamics, forecast_cube, load_dynamics,
+                             rmse_by_lead, spectral_angle_by_lead, _differences)
 from s2pipe.models.dynamics import Delta, LSTMDynamics, ResNetDynamics, lstm_hidden_for
 from s2pipe.synthetic import TRAIN_STEPS, albedo_spectra, hapke_reflectance, hapke_series
 
@@ -297,3 +297,134 @@ def test_bfloat16_and_tf32_precision(cube_model):
     assert 0 < err < 0.02 * float(np.abs(ref.values).max())
     with pytest.raises(InputError, match="precision"):
         model.forecast(cube, steps=2, precision="float16")
+
+
+# ------------------------------------------------------------------------------------------ seasonal blend, intervals
+def _seasonal_cube(years=4, ny=3, nx=4, L=3, seed=0):
+    """An annual cycle (5-day grid) per pixel with a random amplitude, plus AR(1) noise: (time, band, y, x)."""
+    rng = np.random.default_rng(seed)
+    times = pd.date_range("2016-01-02", periods=73 * years, freq="5D")
+    ph = annual_phase(times.values)
+    amp = rng.uniform(0.05, 0.15, size=(1, 1, ny, nx))
+    base = np.linspace(0.1, 0.4, L)[None, :, None, None]
+    noise = np.zeros((len(times), L, ny, nx))
+    for i in range(1, len(times)):
+        noise[i] = 0.7 * noise[i - 1] + 0.01 * rng.standard_normal((L, ny, nx))
+    v = base + amp * np.sin(ph)[:, None, None, None] + noise
+    return xr.DataArray(v.astype(np.float32), dims=("time", "band", "y", "x"),
+                        coords={"time": times, "band": [f"B{i}" for i in range(L)],
+                                "y": -10.0 * np.arange(ny), "x": 10.0 * np.arange(nx)})
+
+
+@pytest.fixture(scope="module")
+def seasonal_model():
+    cube = _seasonal_cube()
+    train = cube.isel(time=slice(0, 219))  # three years: hindcasts from origins in the second and third
+    return cube, train, fit_dynamics(train, hidden=8, epochs=2, seed=0)
+
+
+def test_seasonal_reference_recovers_a_periodic_signal():
+    from s2pipe.forecast import seasonal_reference
+
+    times = pd.date_range("2017-01-01", periods=3 * 73, freq="5D").values
+    ph = annual_phase(times)
+    sig = (0.3 + 0.1 * np.sin(ph) + 0.02 * np.cos(2 * ph))[:, None, None] * np.ones((1, 2, 3))
+    future = times[-1] + np.arange(1, 11) * np.timedelta64(5, "D")
+    fph = annual_phase(future)
+    want = (0.3 + 0.1 * np.sin(fph) + 0.02 * np.cos(2 * fph))[:, None, None]
+    got = seasonal_reference(sig, times, future, steps_per_year=73)
+    assert got.shape == (10, 2, 3)
+    np.testing.assert_allclose(got, np.broadcast_to(want, got.shape), atol=2e-3)  # 365 vs 365.24 d grid
+    with pytest.raises(InputError, match="at least 73 history dates"):
+        seasonal_reference(sig[:50], times[:50], future, steps_per_year=73)
+
+
+def test_level_returns_mean_lower_upper(seasonal_model):
+    cube, train, m = seasonal_model
+    assert m.config.baseline == "seasonal" and m.config.steps_per_year == 73
+    assert m.calibration.shape == (12, 73, 3) and (m.calibration > 0).all()
+    np.testing.assert_allclose(m.blend, 0.5)
+    plain = m.forecast(train, steps=80)
+    ds = m.forecast(train, steps=80, level=0.9)
+    assert isinstance(plain, xr.DataArray) and isinstance(ds, xr.Dataset)
+    assert set(ds.data_vars) == {"mean", "lower", "upper"}
+    for k in ("mean", "lower", "upper"):
+        assert ds[k].dims == plain.dims and ds[k].shape == plain.shape
+        np.testing.assert_array_equal(ds[k]["time"].values, plain["time"].values)
+    np.testing.assert_array_equal(ds["mean"].values, plain.values)
+    assert (ds["lower"] <= ds["mean"]).all() and (ds["mean"] <= ds["upper"]).all()
+    assert ds.attrs["level"] == 0.9 and ds.attrs["calibrated_steps"] == 73
+    narrow = m.forecast(train, steps=80, level=0.5)
+    w9 = float((ds["upper"] - ds["lower"]).mean())
+    w5 = float((narrow["upper"] - narrow["lower"]).mean())
+    assert 0 < w5 < w9
+    # the calibrated interval holds most of the (synthetic) third year
+    truth = cube.isel(time=slice(219, 292))
+    from s2pipe.forecast import coverage
+
+    c = coverage(m.forecast(train, steps=73, level=0.9), truth)
+    assert 0.7 < c <= 1.0
+
+
+@pytest.mark.parametrize("bad", [1.5, 0, -0.1, 1.0, float("nan"), "0.9", True])
+def test_level_validation_names_the_value(seasonal_model, bad):
+    _, train, m = seasonal_model
+    with pytest.raises(InputError, match=r"level="):
+        m.forecast(train, steps=5, level=bad)
+    with pytest.raises(InputError, match=r"level="):
+        forecast_cube(m, train, steps=5, level=bad)
+
+
+def test_level_needs_calibration_and_a_year_of_history(seasonal_model):
+    cube, train, m = seasonal_model
+    for years in (1, 2):  # intervals need three years of training (hindcast targets in two)
+        short = fit_dynamics(cube.isel(time=slice(0, 73 * years)), hidden=8, epochs=1)
+        assert short.config.baseline == "seasonal" and short.calibration.shape[1] == 0
+        np.testing.assert_allclose(short.blend, 0.5)
+        with pytest.raises(InputError, match="no interval calibration.*at least 3 years"):
+            short.forecast(cube.isel(time=slice(0, 73 * years)), steps=5, level=0.9)
+    with pytest.raises(InputError, match="at least 73 dates"):
+        m.forecast(train.isel(time=slice(0, 40)), steps=5, level=0.9)
+    # shorter histories still get the network's point forecast
+    assert m.forecast(train.isel(time=slice(0, 40)), steps=5).shape == (5, 3, 3, 4)
+    paper = fit_dynamics(train, hidden=8, epochs=1, baseline="none")
+    assert paper.config.baseline == "none" and paper.calibration.shape[1] == 0
+    assert fit_dynamics(train, hidden=8, epochs=1, training="one_step").config.baseline == "none"
+    with pytest.raises(InputError, match="baseline="):
+        fit_dynamics(train, hidden=8, epochs=1, baseline="weekly")
+    with pytest.raises(InputError, match="at least one year"):
+        fit_dynamics(train.isel(time=slice(0, 40)), hidden=8, epochs=1, baseline="seasonal")
+
+
+def test_blend_is_applied_to_the_network_and_reference(seasonal_model):
+    from s2pipe.forecast import seasonal_reference
+
+    _, train, m = seasonal_model
+    f = m.forecast(train, steps=12)
+    v = train.values.astype(np.float64).reshape(219, 3, -1).transpose(0, 2, 1)  # (T, P, L)
+    net = m._net_values(v[-2:], annual_phase(train["time"].values[-1:])[0], 12, batch_size=64, dev=m.device,
+                        precision="float32", dtype=np.float64)  # (12, L, P)
+    ref = seasonal_reference(v, train["time"].values, f["time"].values, steps_per_year=73).transpose(0, 2, 1)
+    want = ref + m.blend[:12, :, None] * (net - ref)
+    np.testing.assert_allclose(f.values.reshape(12, 3, -1), want, rtol=1e-5, atol=1e-6)
+
+
+def test_save_load_keeps_blend_and_calibration(tmp_path, seasonal_model):
+    _, train, m = seasonal_model
+    m2 = load_dynamics(m.save(tmp_path / "m.pt"))
+    assert m2.config == m.config
+    np.testing.assert_array_equal(m2.blend, m.blend)
+    np.testing.assert_array_equal(m2.calibration, m.calibration)
+    xr.testing.assert_identical(m2.forecast(train, steps=20, level=0.8), m.forecast(train, steps=20, level=0.8))
+
+
+@pytest.mark.parametrize("dask", [False, True])
+def test_forecast_cube_level_dask_equals_numpy(seasonal_model, dask):
+    _, train, m = seasonal_model
+    want = m.forecast(train, steps=15, level=0.9)
+    got = forecast_cube(m, train.chunk({"y": 2, "x": 3}) if dask else train, steps=15, level=0.9)
+    assert isinstance(got, xr.Dataset) and (got["mean"].chunks is not None) == dask
+    got = got.compute()
+    for k in ("mean", "lower", "upper"):
+        np.testing.assert_allclose(got[k].values, want[k].values, rtol=1e-5, atol=1e-6)
+    assert got.attrs["level"] == 0.9

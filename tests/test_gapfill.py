@@ -12,44 +12,12 @@ import xarray as xr
 
 from s2pipe.errors import InputError
 from s2pipe.gapfill import cressman, cressman_array, cressman_weights
+from tests.helpers import brute_force  # the loop written from the contract (also used by the reference chain)
 
 DAY = pd.Timedelta(days=1)
 
 
 # ------------------------------------------------------------------------------------------ reference
-def brute_force(values, t_in, t_out, radius_days, kernel):
-    """Per-pixel, per-date Python loop written straight from the contract. values: (T_in, N) float64."""
-    t_in = pd.DatetimeIndex(t_in)
-    t_out = pd.DatetimeIndex(t_out)
-    r = float(radius_days)
-    n = values.shape[1]
-    filled = np.full((len(t_out), n), np.nan)
-    weight = np.zeros((len(t_out), n))
-    for p in range(n):
-        for k, to in enumerate(t_out):
-            num = den = 0.0
-            kept = None
-            for i, ti in enumerate(t_in):
-                v = float(values[i, p])
-                if math.isnan(v):
-                    continue
-                d = abs((to - ti) / DAY)
-                if ti == to:
-                    kept = v
-                if kernel == "gaussian":
-                    w = math.exp(-d * d / (2 * r * r)) if d <= 3 * r else 0.0
-                else:
-                    w = (r * r - d * d) / (r * r + d * d) if d < r else 0.0
-                num += w * v
-                den += w
-            weight[k, p] = den
-            if kept is not None:
-                filled[k, p] = kept
-            elif den > 0:
-                filled[k, p] = num / den
-    return filled, weight
-
-
 def irregular_dates(n, seed=0, start="2020-01-03"):
     """Irregular acquisition dates (2..14 days apart), like a real cloudy series."""
     rng = np.random.default_rng(seed)

@@ -1,6 +1,9 @@
 """Land-cover mapping (s2pipe.mapping, s2pipe.models.mapping): modules, loss, training, chunked prediction."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,8 +12,10 @@ import xarray as xr
 from torch.nn import functional as F
 
 from s2pipe.errors import InputError
-from s2pipe.mapping import Mapper, MapperConfig, _aligned_chunks, _augment, default_epochs, default_patch, load_mapper, train_mapper
-from s2pipe.models.mapping import ConvLSTM, TemporalHead, UNet, joint_loss, receptive_radius, unet_radius
+from s2pipe.mapping import (Mapper, MapperConfig, _aligned_chunks, _augment, _class_weights, default_epochs,
+                            default_patch, load_mapper, train_mapper)
+from s2pipe.models.mapping import (ConvLSTM, SequenceHead, TemporalHead, UNet, joint_loss, receptive_radius,
+                                   temporal_radius, unet_radius)
 
 BANDS = ["B02", "B03", "B04", "B08"]
 
@@ -61,6 +66,16 @@ def trained(scene):
     return mapper, calls
 
 
+@pytest.fixture(scope="module")
+def others(scene):
+    """Small mappers of the other architectures (the paper's; inputs + probabilities with 3×3 kernels), for the
+    contracts that do not need accuracy (halo, save/load)."""
+    img, lab = scene
+    kw = dict(seq_len=4, fcn_epochs=2, temporal_epochs=2, base=8, depth=2, seed=0)
+    return {"paper": train_mapper(img, lab, architecture="paper", residual_head=False, **kw),
+            "mixed": train_mapper(img, lab, architecture="inputs+probabilities", head_kernel=3, **kw)}
+
+
 # ------------------------------------------------------------------------------------------ modules
 def test_unet_shapes_and_alignment():
     net = UNet(4, 3, base=4, depth=2)
@@ -88,6 +103,39 @@ def test_receptive_radius_bounds_the_true_dependence():
     assert reach <= receptive_radius(depth=2, seq_len=3)
     assert reach > unet_radius(2) // 2  # the bound is not vacuous
     assert receptive_radius(depth=3, seq_len=5) == unet_radius(3) + 10
+
+
+def test_sequence_head_per_pixel_and_radius():
+    torch.manual_seed(0)
+    head = SequenceHead(3, 4).eval()
+    assert head.kernel == 1 and head.receptive_radius(12) == 0 and temporal_radius(5, kernel=1) == 0
+    seq = torch.randn(5, 1, 3, 6, 7)
+    whole = head(seq)
+    assert whole.shape == (1, 4, 6, 7)
+    column = head(seq.reshape(5, 1, 3, 42, 1))  # the pixels as one column: per-pixel, the same logits
+    assert torch.allclose(column.reshape(1, 4, 6, 7), whole, atol=1e-6)
+    # 3×3 kernels: the dependence reaches T + layers - 1 px, within the (conservative) layers · T bound
+    head3 = SequenceHead(2, 2, hidden=3, kernel=3).double()
+    x = torch.randn(4, 1, 2, 40, 40, dtype=torch.double, requires_grad=True)
+    head3(x)[0, :, 20, 21].sum().backward()
+    ys, xs = torch.nonzero(x.grad.abs().sum((0, 1, 2)) > 0, as_tuple=True)
+    reach = max(int((ys - 20).abs().max()), int((xs - 21).abs().max()))
+    assert reach == 4 + 2 - 1 and head3.receptive_radius(4) == 8
+    assert receptive_radius(depth=3, seq_len=12, kernel=1, unet=False) == 0
+    assert receptive_radius(depth=3, seq_len=5, kernel=3, unet=False) == 10
+    with pytest.raises(ValueError, match="odd kernel"):
+        SequenceHead(3, 2, kernel=2)
+
+
+def test_class_weights():
+    t = np.array([0] * 90 + [1] * 10 + [-1] * 5)
+    assert _class_weights(t, np.array([0, 1]), "none") == []
+    np.testing.assert_allclose(_class_weights(t, np.array([0, 1]), "balanced"), [100 / 180, 100 / 20])
+    np.testing.assert_allclose(_class_weights(t, np.array([0, 1]), "sqrt"), np.sqrt([100 / 180, 100 / 20]))
+    torch.manual_seed(0)
+    logits, target = torch.randn(1, 2, 4, 4), torch.randint(0, 2, (1, 4, 4))
+    w = torch.tensor([1.0, 3.0])
+    assert torch.allclose(joint_loss(logits, target, alpha=1.0, weight=w), F.cross_entropy(logits, target, weight=w))
 
 
 def test_joint_loss_ignores_unlabelled_and_reduces_to_cross_entropy():
@@ -156,6 +204,10 @@ def test_training_learns_held_out_area(trained, scene):
     assert mapper.losses["fcn"][-1] < mapper.losses["fcn"][0]
     assert mapper.train_seconds > 0
     assert mapper.config.classes == [0, 1, 2] and mapper.config.patch == 64
+    cfg = mapper.config  # the default: a per-pixel ConvLSTM head on the inputs, class-weighted
+    assert (cfg.architecture, cfg.head_kernel, cfg.class_weight, cfg.hidden) == ("inputs", 1, "sqrt", 16)
+    assert isinstance(mapper.head, SequenceHead) and len(cfg.class_weights) == 3
+    assert cfg.halo(temporal=True) == 0 and cfg.halo(temporal=False) == 56
 
 
 def test_predict_probabilities_and_georeference(trained, scene):
@@ -183,9 +235,12 @@ def test_predict_keeps_rioxarray_spatial_ref(trained, scene):
     assert "spatial_ref" in p.coords and p.rio.crs.to_epsg() == 32635
 
 
+@pytest.mark.parametrize("arch", ["inputs", "paper", "mixed"])
 @pytest.mark.parametrize("temporal", [True, False])
-def test_chunked_prediction_equals_whole_image(trained, temporal):
-    mapper, _ = trained
+def test_chunked_prediction_equals_whole_image(trained, others, temporal, arch):
+    mapper = trained[0] if arch == "inputs" else others[arch]
+    if arch != "inputs":
+        assert mapper.config.halo(temporal=True) == int(np.ceil((unet_radius(2) + 8) / 4) * 4)  # U-Net + 2·T
     img, _ = _scene(150, 170, T=5, seed=3)
     whole = mapper.predict(img, temporal=temporal)
     lazy = mapper.predict(img.chunk({"time": 1, "y": 64, "x": 64}), temporal=temporal)
@@ -217,11 +272,35 @@ def test_save_load_round_trip(trained, scene, tmp_path):
     for temporal in (True, False):
         np.testing.assert_array_equal(back.predict(img, temporal=temporal).values,
                                       mapper.predict(img, temporal=temporal).values)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mapper.pt"]  # atomic save: no temporary file left
     with pytest.raises(InputError, match="does not exist"):
         load_mapper(tmp_path / "missing.pt")
     torch.save({"format": "other"}, tmp_path / "other.pt")
     with pytest.raises(InputError, match="not a saved s2pipe mapper"):
         load_mapper(tmp_path / "other.pt")
+
+
+def test_other_architectures_and_old_files_load(others, scene, tmp_path):
+    """The paper's model stays available; files written before ``architecture`` existed (no such config fields)
+    load as the paper's model and predict as before."""
+    img, _ = scene
+    paper, mixed = others["paper"], others["mixed"]
+    assert isinstance(paper.head, TemporalHead) and not paper.head.residual
+    assert (paper.config.architecture, paper.config.head_kernel, paper.config.class_weight) == ("paper", 3, "none")
+    assert isinstance(mixed.head, SequenceHead) and mixed.head.lstm.cells[0].conv.in_channels == 4 + 3 + 16
+    for m in (paper, mixed):
+        back = load_mapper(m.save(tmp_path / f"{m.config.architecture}.pt"))
+        assert back.config == m.config
+        np.testing.assert_array_equal(back.predict(img).values, m.predict(img).values)
+    payload = torch.load(tmp_path / "paper.pt", weights_only=True)
+    cfg = json.loads(payload["config"])
+    for k in ("architecture", "head_kernel", "class_weight", "class_weights", "head_dropout", "residual_head"):
+        cfg.pop(k)
+    payload["config"] = json.dumps(cfg)
+    torch.save(payload, tmp_path / "old.pt")
+    old = load_mapper(tmp_path / "old.pt")
+    assert old.config.architecture == "paper" and not old.config.residual_head
+    np.testing.assert_array_equal(old.predict(img).values, paper.predict(img).values)
 
 
 def test_determinism_dask_input_and_band_subset():
@@ -270,6 +349,46 @@ def test_clear_errors(trained, scene):
         mapper.predict(img.sel(band=["B02", "B03"]))
     with pytest.raises(InputError, match="multiple of 2\\*\\*depth"):
         mapper.predict(img.chunk({"y": 32}), halo=12)
+    with pytest.raises(InputError, match="architecture='fcn'"):
+        train_mapper(img, lab, architecture="fcn")
+    with pytest.raises(InputError, match="head_kernel=2 must be odd"):
+        train_mapper(img, lab, head_kernel=2)
+    with pytest.raises(InputError, match="3×3 kernels"):
+        train_mapper(img, lab, architecture="paper", head_kernel=1)
+    with pytest.raises(InputError, match="class_weight='inverse'"):
+        train_mapper(img, lab, class_weight="inverse")
+
+
+def test_save_is_atomic(trained, tmp_path, monkeypatch):
+    """``Mapper.save`` goes through ``s2pipe.weights.save_payload``: an interrupted write leaves the previous file."""
+    import s2pipe.weights as weights
+
+    mapper, _ = trained
+    path = mapper.save(tmp_path / "m.pt")
+    before = path.read_bytes()
+
+    def broken(obj, f, *a, **k):
+        Path(f).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(weights.torch, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        mapper.save(path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_tree_models_refuse_unet_options(scene):
+    """U-Net-only options given to a tree mapper raise instead of being ignored (their defaults pass)."""
+    img, lab = scene
+    for kw, named in ((dict(epochs=3), "['epochs']"), (dict(device="cpu"), "['device']"),
+                      (dict(patch=64, architecture="paper"), "['patch', 'architecture']"),
+                      (dict(head_kernel=3, lr=1e-3), "['lr', 'head_kernel']")):
+        with pytest.raises(InputError) as err:
+            train_mapper(img, lab, model="random-forest", n_estimators=5, n_jobs=1, **kw)
+        assert f"{named} are options of model='unet-convlstm', not of model='random-forest'" in str(err.value)
+    m = train_mapper(img, lab, model="random-forest", seq_len=2, seed=0, patch=512, lr=3e-3, architecture="inputs",
+                     n_estimators=5, n_jobs=1)  # the defaults spelt out are fine
+    assert m.predict(img).sizes["class"] == 3
 
 
 def test_tiled_probability_maps_equal_whole(trained, scene, monkeypatch):

@@ -13,8 +13,8 @@ from affine import Affine
 from scipy import ndimage
 
 from s2pipe.errors import InputError
-from s2pipe.maps import (APPEARED, DISAPPEARED, NO_CHANGE, class_map, detect_change, write_change, write_class_map,
-                         write_probabilities)
+from s2pipe.maps import (APPEARED, DISAPPEARED, NO_CHANGE, class_map, detect_change, smooth_probabilities,
+                         uncertainty, write_change, write_class_map, write_probabilities, write_uncertainty)
 from s2pipe.store import open_cube
 
 EPSG = 32617
@@ -94,6 +94,103 @@ def test_probabilities_zarr_opens_in_gdal_georeferenced(proba, tmp_path):
     back = open_cube(path)
     np.testing.assert_array_equal(back["class"].values, IDS)
     np.testing.assert_array_equal(back["probability"].values, proba.values)
+    unc = uncertainty(proba)
+    for name in ("entropy", "margin"):  # the uncertainty layers beside the probabilities, one band each
+        with rasterio.open(f'ZARR:"{path}":/{name}') as src:
+            assert src.count == 1 and src.crs.to_epsg() == EPSG and src.transform == TRANSFORM
+            np.testing.assert_array_equal(src.read(1), unc[name].values)
+        assert back[name].attrs["long_name"].startswith(("normalised entropy", "margin"))
+    only = open_cube(write_probabilities(proba, tmp_path / "only.zarr", uncertainty_layers=False))
+    assert set(only.data_vars) == {"probability"}
+
+
+def _uniform_onehot():
+    p = np.zeros((4, 3, 5), dtype="float32")
+    p[:, 0] = 0.25                      # row 0: uniform
+    p[2, 1] = 1.0                       # row 1: one class certain
+    p[:, 2] = np.array([0.5, 0.3, 0.2, 0.0])[:, None]  # row 2: a known mixture
+    p[:, 2, 4] = np.nan                 # nodata
+    return georef(p, dims=("class", "y", "x"), **{"class": [0, 1, 2, 3]})
+
+
+@pytest.mark.parametrize("dask", [False, True])
+def test_uncertainty_entropy_and_margin(dask):
+    p = _uniform_onehot()
+    if dask:
+        p = p.chunk({"y": 2, "x": 2})
+    unc = uncertainty(p)
+    assert set(unc.data_vars) == {"entropy", "margin"} and unc["entropy"].dims == ("y", "x")
+    assert isinstance(unc["entropy"].data, da.Array) == dask
+    e, m = unc["entropy"].values, unc["margin"].values
+    assert e.dtype == np.float32 and m.dtype == np.float32
+    np.testing.assert_allclose(e[0], 1.0, atol=1e-6)  # normalised by ln K: uniform = 1
+    np.testing.assert_allclose(m[0], 0.0, atol=1e-6)
+    np.testing.assert_allclose(e[1], 0.0, atol=1e-6)
+    np.testing.assert_allclose(m[1], 1.0, atol=1e-6)
+    want = -(0.5 * np.log(0.5) + 0.3 * np.log(0.3) + 0.2 * np.log(0.2)) / np.log(4)
+    np.testing.assert_allclose(e[2, :4], want, rtol=1e-5)
+    np.testing.assert_allclose(m[2, :4], 0.2, atol=1e-6)
+    assert np.isnan(e[2, 4]) and np.isnan(m[2, 4])
+    assert unc.attrs["crs"] == f"EPSG:{EPSG}" and "x" in unc.coords
+
+
+def test_uncertainty_cogs(proba, tmp_path):
+    files = write_uncertainty(uncertainty(proba), tmp_path / "out", blocksize=32)
+    assert {k: p.name for k, p in files.items()} == {"entropy": "entropy.tif", "margin": "margin.tif"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["entropy.tif", "margin.tif"]
+    unc = uncertainty(proba)
+    for name, path in files.items():
+        with rasterio.open(path) as src:
+            assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and src.overviews(1) == [2, 4]
+            assert src.dtypes == ("float32",) and np.isnan(src.nodata)
+            assert src.crs.to_epsg() == EPSG and src.transform == TRANSFORM and src.descriptions == (name,)
+            np.testing.assert_array_equal(src.read(1), unc[name].values)
+            assert "LONG_NAME" in src.tags()
+    assert write_uncertainty(proba, tmp_path / "direct")["entropy"].is_file()  # probabilities in: computed
+    with pytest.raises(InputError, match="uncertainty\\(proba\\)"):
+        write_uncertainty(proba.to_dataset(name="p"), tmp_path / "bad")
+
+
+def _noisy_map():
+    """(3, 40, 44) probabilities: class 0 left, class 1 right, a 1-px class-2 speck and a 1-px flip, NaN block."""
+    rng = np.random.default_rng(2)
+    p = np.full((3, 40, 44), 0.1, dtype="float32")
+    p[0, :, :22] = 0.8
+    p[1, :, 22:] = 0.8
+    p += rng.uniform(0, 0.05, p.shape).astype("float32")
+    p[:, 10, 10] = [0.2, 0.1, 0.7]   # speck of class 2 in class 0
+    p[:, 30, 35] = [0.6, 0.4, 0.0]   # a class-0 pixel in class 1
+    p[:, 0:3, 40:44] = np.nan        # nodata corner
+    p /= p.sum(axis=0)
+    return georef(p, dims=("class", "y", "x"), **{"class": [0, 1, 2]})
+
+
+@pytest.mark.parametrize("method", ["bayes", "gaussian"])
+@pytest.mark.parametrize("dask", [False, True])
+def test_smooth_probabilities_removes_specks_keeps_regions(method, dask):
+    p = _noisy_map()
+    ref = smooth_probabilities(p, window=5, method=method)
+    if dask:
+        lazy = smooth_probabilities(p.chunk({"y": 16, "x": 12}), window=5, method=method)
+        assert isinstance(lazy.data, da.Array)
+        np.testing.assert_allclose(lazy.values, ref.values, rtol=0, atol=1e-6)  # halo: equal to in memory
+        return
+    assert ref.dims == p.dims and ref.dtype == np.float32 and ref.attrs["smoothing"]["method"] == method
+    np.testing.assert_allclose(np.nansum(ref.values, axis=0)[3:], 1.0, atol=1e-5)
+    assert np.isnan(ref.values[:, 0:3, 40:44]).all() and np.isfinite(ref.values[:, 3:]).all()
+    before, after = class_map(p).values, class_map(ref).values
+    assert before[10, 10] == 2 and after[10, 10] == 0
+    assert before[30, 35] == 0 and after[30, 35] == 1
+    assert (after[:, :20] == 0).all() and (after[3:, 24:] == 1).all()  # regions kept, border moves <= 2 px
+
+
+def test_smooth_probabilities_errors(proba):
+    with pytest.raises(InputError, match="window=4 must be an odd"):
+        smooth_probabilities(proba, window=4)
+    with pytest.raises(InputError, match="method='median'"):
+        smooth_probabilities(proba, method="median")
+    with pytest.raises(InputError, match="smoothness=0"):
+        smooth_probabilities(proba, smoothness=0)
 
 
 def _maps():

@@ -87,7 +87,7 @@ def models():
 def _lazy(models):
     mapper, dyn = models
     img, _ = _images()
-    proba = mapper.predict(img.chunk({"y": 16, "x": 32}), threads=1)  # chunks realigned to the halo: 2 x 2
+    proba = mapper.predict(img.chunk({"y": 16, "x": 32}), threads=1)  # >= 4 chunks (realigned to the halo, if any)
     fc = forecast_cube(dyn, _cube().chunk({"y": 4, "x": 8}), steps=5)  # 4 x 2 block tasks
     return proba, fc
 
@@ -178,7 +178,7 @@ def test_gpu_workers_are_found_and_inference_runs_only_there(gpu_cluster, models
     infer = [(k, w) for k, w in by_key if "mapper-predict" in k or k.startswith("('forecast_block")
              or "forecast_block-" in k]
     n_map, n_fc = int(np.prod(proba.data.numblocks)), int(np.prod(fc.data.numblocks))
-    assert n_map == 4 and n_fc == 8
+    assert n_map >= 4 and n_fc == 8
     assert len([k for k, _ in infer if "mapper-predict" in k]) == n_map
     assert len([k for k, _ in infer if "forecast_block" in k]) >= n_fc
     assert {w for _, w in infer} == {gpu_address}
@@ -212,7 +212,8 @@ def test_without_gpu_workers_nothing_changes(models, expected, record_inference,
         assert "model inference on CPU: none of the 2 Dask workers" in caplog.text
         assert not any(_layer_annotations(proba).values()) and not any(_layer_annotations(fc).values())
         workers = set(client.scheduler_info(n_workers=-1)["workers"])
-        assert len(record_inference["mapper"]) == 4 and len(record_inference["forecast"]) == 8
+        n_map = int(np.prod(proba.data.numblocks))
+        assert n_map >= 4 and len(record_inference["mapper"]) == n_map and len(record_inference["forecast"]) == 8
         assert set(record_inference["mapper"]) | set(record_inference["forecast"]) == workers  # both workers
         np.testing.assert_allclose(p.values, expected[0], atol=1e-5)
         np.testing.assert_allclose(f.values, expected[1], rtol=1e-5, atol=1e-6)

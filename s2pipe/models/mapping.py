@@ -1,7 +1,9 @@
 """Torch modules for land-cover mapping from image time series (FCN + ConvLSTM, after the paper
 "ConvLSTM for spatio-temporal feature extraction in time-series images"): a U-Net that maps one date to
-class logits, a two-layer ConvLSTM head that merges the per-date probability maps of a sequence, and the
-paper's joint loss (cross entropy + soft IoU).
+class logits, the paper's two-layer ConvLSTM head that merges the per-date probability maps of a sequence
+(``TemporalHead``), a ConvLSTM head over any per-date channels (``SequenceHead``: the standardised inputs, with
+or without the U-Net's probabilities), and the paper's joint loss (cross entropy + soft IoU, optionally
+class-weighted).
 
 Torch only: no file I/O, no xarray, no Dask. Images are (N, C, H, W) float tensors; sequences are
 (T, N, C, H, W) with T dates in time order. Classes are mutually exclusive: every output is a logit
@@ -13,8 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["UNet", "ConvLSTMCell", "ConvLSTM", "TemporalHead", "joint_loss", "unet_radius", "temporal_radius",
-           "receptive_radius"]
+__all__ = ["UNet", "ConvLSTMCell", "ConvLSTM", "TemporalHead", "SequenceHead", "joint_loss", "unet_radius",
+           "temporal_radius", "receptive_radius"]
 
 
 def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
@@ -170,6 +172,37 @@ class TemporalHead(nn.Module):
         return temporal_radius(seq_len, layers=len(self.lstm.cells))
 
 
+class SequenceHead(nn.Module):
+    """A ConvLSTM classifier over per-date maps of any ``in_channels`` channels: ``layers`` ConvLSTM layers of
+    ``hidden`` channels with ``kernel``×``kernel`` convolutions, dropout on the last hidden state, then a 1×1
+    convolution to ``n_classes`` logits.
+
+    With ``kernel=1`` every pixel is its own sequence (a per-pixel LSTM over the dates, receptive radius 0): it
+    can be trained on a "column" (T, 1, C, P, 1) of P sampled pixels and applied to whole images unchanged.
+
+    ``forward(seq)``: (T, N, C, H, W) → (N, K, H, W) logits (zero initial state; any H, W).
+    """
+
+    def __init__(self, in_channels: int, n_classes: int, *, hidden: int = 16, layers: int = 2, kernel: int = 1,
+                 dropout: float = 0.0):
+        super().__init__()
+        if in_channels < 1 or n_classes < 1 or hidden < 1 or layers < 1 or kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"SequenceHead needs positive in_channels, n_classes, hidden, layers and an odd kernel, "
+                             f"got {in_channels}, {n_classes}, {hidden}, {layers}, {kernel}")
+        self.hidden = int(hidden)
+        self.kernel = int(kernel)
+        self.lstm = ConvLSTM(in_channels, self.hidden, layers=layers, kernel=self.kernel)
+        self.drop = nn.Dropout(float(dropout)) if dropout else nn.Identity()
+        self.out = nn.Conv2d(self.hidden, n_classes, 1)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        return self.out(self.drop(self.lstm(seq)[-1]))
+
+    def receptive_radius(self, seq_len: int) -> int:
+        """Receptive radius (pixels) of the head over a sequence of ``seq_len`` dates."""
+        return temporal_radius(seq_len, layers=len(self.lstm.cells), kernel=self.kernel)
+
+
 def unet_radius(depth: int) -> int:
     """Receptive-field radius (pixels, an upper bound) of ``UNet(depth=depth)``.
 
@@ -181,23 +214,26 @@ def unet_radius(depth: int) -> int:
     return 5 * (2 ** depth - 1) + 2 * 2 ** depth
 
 
-def temporal_radius(seq_len: int, *, layers: int = 2) -> int:
-    """Receptive-field radius (pixels) of ``layers`` ConvLSTM layers with 3×3 kernels over ``seq_len``
-    dates: each step re-convolves ``h`` once per layer, so ``layers · seq_len`` pixels."""
-    return layers * seq_len
+def temporal_radius(seq_len: int, *, layers: int = 2, kernel: int = 3) -> int:
+    """Receptive-field radius (pixels) of ``layers`` ConvLSTM layers with ``kernel``×``kernel`` convolutions
+    over ``seq_len`` dates: each step re-convolves ``h`` once per layer, so ``layers · seq_len · (kernel // 2)``
+    pixels (``layers · seq_len`` for the paper's 3×3, 0 for 1×1)."""
+    return layers * seq_len * (kernel // 2)
 
 
-def receptive_radius(*, depth: int, seq_len: int = 0, layers: int = 2) -> int:
+def receptive_radius(*, depth: int, seq_len: int = 0, layers: int = 2, kernel: int = 3, unet: bool = True) -> int:
     """Radius (pixels) of the whole model: U-Net plus ConvLSTM head (``seq_len=0``: the U-Net alone).
 
+    ``unet=False``: a head that reads the inputs only (no U-Net output), so only the head's radius counts.
     An output pixel depends on no input pixel farther than this (per axis), so a halo of this many pixels
     around a tile gives exactly the whole-image result in the tile.
     """
-    return unet_radius(depth) + (temporal_radius(seq_len, layers=layers) if seq_len else 0)
+    r = unet_radius(depth) if unet else 0
+    return r + (temporal_radius(seq_len, layers=layers, kernel=kernel) if seq_len else 0)
 
 
 def joint_loss(logits: torch.Tensor, target: torch.Tensor, *, alpha: float = 0.5,
-               ignore_index: int = -1, eps: float = 1e-6) -> torch.Tensor:
+               ignore_index: int = -1, eps: float = 1e-6, weight: torch.Tensor | None = None) -> torch.Tensor:
     """The paper's joint loss ``L = α·H − (1−α)·log J`` (Iglovikov et al. 2017).
 
     Args:
@@ -206,8 +242,10 @@ def joint_loss(logits: torch.Tensor, target: torch.Tensor, *, alpha: float = 0.5
         alpha: weight of the cross entropy H (1: pure cross entropy, 0: pure IoU term).
         ignore_index: label of pixels left out of both terms.
         eps: smoothing of the soft IoU ratio.
+        weight: optional (K,) class weights of the cross entropy (``F.cross_entropy(weight=...)``: the weighted
+            mean over labelled pixels); None: unweighted, as the paper.
     Returns:
-        Scalar loss. H is the mean cross entropy over labelled pixels; J the soft IoU
+        Scalar loss. H is the (weighted) mean cross entropy over labelled pixels; J the soft IoU
         ``Σ p·y / (Σ p + Σ y − Σ p·y)`` of the softmax probabilities ``p`` and one-hot labels ``y`` over the
         labelled pixels, averaged over the classes present in ``target``. No labelled pixel: 0 (with a graph).
     """
@@ -217,7 +255,7 @@ def joint_loss(logits: torch.Tensor, target: torch.Tensor, *, alpha: float = 0.5
         return logits.sum() * 0.0
     lg = logits.permute(0, 2, 3, 1)[valid]  # (P, K)
     y = target[valid]
-    ce = F.cross_entropy(lg, y)
+    ce = F.cross_entropy(lg, y, weight=weight)
     if alpha >= 1:
         return ce
     p = torch.softmax(lg, dim=1)

@@ -1,0 +1,173 @@
+"""Independent reference implementations for the tests (plain NumPy / rasterio, none of s2pipe's stage code).
+
+``brute_force``: Cressman / Gaussian gap filling as a loop written straight from the contract.
+``reference_chain``: the whole regional-cube chain (read the source COGs onto the output grid, merge the
+scenes of a solar day, mask with SCL, gap-fill with ``brute_force``, normalise by the global maximum of each
+band group) from the item JSON of a region, to compare with a flow's store value by value.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import pandas as pd
+
+DAY = pd.Timedelta(days=1)
+
+BANDS_10M = ("B02", "B03", "B04", "B08")
+"""Sentinel-2 bands delivered at 10 m (the 10 m group of ``global_max_by_resolution``); the others are 20 m."""
+
+
+def brute_force(values, t_in, t_out, radius_days, kernel):
+    """Gap filling straight from the contract, looping over output and input dates. values: (T_in, N) float64.
+
+    For each output date and pixel: the weighted mean of the pixel's observations (NaN = missing) with weight
+    ``exp(-d²/2R²)`` (d <= 3R, ``kernel="gaussian"``) or ``(R²-d²)/(R²+d²)`` (d < R, ``"cressman"``), d in days;
+    an observation on the output date itself is kept unchanged; NaN where no weight reaches the pixel. Returns
+    (filled, weight), both (T_out, N) float64. The arithmetic per pixel is the scalar loop's (sums in input-date
+    order), vectorised over pixels only, so whole cubes stay cheap.
+    """
+    t_in = pd.DatetimeIndex(t_in)
+    t_out = pd.DatetimeIndex(t_out)
+    r = float(radius_days)
+    values = np.asarray(values, dtype=np.float64)
+    n = values.shape[1]
+    filled = np.full((len(t_out), n), np.nan)
+    weight = np.zeros((len(t_out), n))
+    valid = ~np.isnan(values)
+    for k, to in enumerate(t_out):
+        num = np.zeros(n)
+        den = np.zeros(n)
+        kept = np.full(n, np.nan)
+        for i, ti in enumerate(t_in):
+            d = abs((to - ti) / DAY)
+            if ti == to:
+                kept = np.where(valid[i], values[i], kept)
+            if kernel == "gaussian":
+                w = math.exp(-d * d / (2 * r * r)) if d <= 3 * r else 0.0
+            else:
+                w = (r * r - d * d) / (r * r + d * d) if d < r else 0.0
+            num = np.where(valid[i], num + w * np.where(valid[i], values[i], 0.0), num)
+            den = np.where(valid[i], den + w, den)
+        weight[k] = den
+        filled[k] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+        filled[k] = np.where(np.isnan(kept), filled[k], kept)
+    return filled, weight
+
+
+def snapped_grid(bbox_lonlat, epsg: int, resolution: float = 10.0):
+    """(transform 6-tuple, (rows, cols)) of the grid covering a lon/lat bbox in ``epsg``, edges snapped outwards to
+    multiples of ``resolution`` (the contract of ``s2pipe.cube.build_cube``)."""
+    from pyproj import Transformer
+
+    xmin, ymin, xmax, ymax = Transformer.from_crs(4326, epsg, always_xy=True).transform_bounds(*bbox_lonlat, densify_pts=21)
+    x0, y0 = math.floor(xmin / resolution) * resolution, math.floor(ymin / resolution) * resolution
+    x1, y1 = math.ceil(xmax / resolution) * resolution, math.ceil(ymax / resolution) * resolution
+    shape = (round((y1 - y0) / resolution), round((x1 - x0) / resolution))
+    return (resolution, 0.0, x0, 0.0, -resolution, y1), shape
+
+
+def read_on_grid(href, transform, shape, *, resampling) -> np.ndarray:
+    """The asset ``href`` on the output grid (``transform`` 6-tuple, ``shape``) as uint16, 0 outside it.
+
+    The asset must lie on the grid's pixel lattice (same CRS, pixel size a whole multiple of the grid's): the
+    whole file is read with rasterio, resampled on read with ``out_shape`` (``resampling``), then pasted at its
+    place. Output pixels whose nearest asset pixel is nodata (0) stay 0 (the warper's footprint).
+    """
+    import rasterio
+
+    res = transform[0]
+    out = np.zeros(shape, dtype=np.uint16)
+    with rasterio.open(href) as src:
+        st = src.transform
+        k = round(st.a / res)
+        assert k >= 1 and st.a == k * res and st.e == -k * res, (href, st)
+        col0, row0 = (st.c - transform[2]) / res, (transform[5] - st.f) / res
+        assert col0 == round(col0) and row0 == round(row0), f"{href} is not on the output pixel lattice"
+        col0, row0 = int(col0), int(row0)
+        native = src.read(1)
+        if k == 1:
+            data = native
+        else:
+            data = src.read(1, out_shape=(src.height * k, src.width * k), resampling=resampling)
+            data[np.repeat(np.repeat(native == 0, k, axis=0), k, axis=1)] = 0
+    h, w = data.shape
+    r0, c0 = max(row0, 0), max(col0, 0)
+    r1, c1 = min(row0 + h, shape[0]), min(col0 + w, shape[1])
+    if r1 > r0 and c1 > c0:
+        out[r0:r1, c0:c1] = data[r0 - row0:r1 - row0, c0 - col0:c1 - col0]
+    return out
+
+
+def solar_day(item: dict) -> str:
+    """Local solar day of an Earth Search item: UTC time + longitude of its bbox centre / 15 h."""
+    when = pd.Timestamp(item["properties"]["datetime"]).tz_convert("UTC").tz_localize(None).to_pydatetime()
+    b = item["bbox"]
+    lon = (b[0] + b[2]) / 2
+    return (when + dt.timedelta(hours=lon / 15.0)).date().isoformat()
+
+
+def reference_chain(items, *, assets, bands, transform, shape, clear_classes, radius_days, kernel, freq):
+    """The regional-cube chain in plain NumPy from Earth Search item dicts (any order).
+
+    ``assets``: canonical band name -> the items' asset key (the catalog profile's mapping), SCL included.
+    Scenes of one solar day are mosaicked band by band in acquisition order (first non-zero DN wins); DN become
+    reflectance ``DN * scale + offset`` of each scene's ``raster:bands`` (float64, then float32); NaN where DN is
+    0 or SCL not in ``clear_classes``; ``brute_force`` gap fill onto ``pd.date_range(first, last, freq)``;
+    division by the maximum of the clear observations over each band group (10 m, 20 m).
+
+    Returns a dict: ``time_in``, ``time`` (datetime64[ns]), ``reflectance`` (T_out, B, Y, X) float32,
+    ``weight`` (T_out, Y, X) float32 (the first band's), ``observed`` (T_out, Y, X) uint8, ``scale`` (B,) float32,
+    ``items`` (ids in acquisition order).
+    """
+    from rasterio.enums import Resampling
+
+    items = sorted(items, key=lambda it: pd.Timestamp(it["properties"]["datetime"]))
+    days = sorted({solar_day(it) for it in items})
+    nt, nb = len(days), len(bands)
+    refl = np.full((nt, nb) + tuple(shape), np.nan, dtype=np.float32)
+    scl = np.zeros((nt,) + tuple(shape), dtype=np.uint16)
+    b02_dn = np.zeros((nt,) + tuple(shape), dtype=np.uint16)
+    have = np.zeros((nt, nb) + tuple(shape), dtype=bool)
+    for it in items:
+        t = days.index(solar_day(it))
+        s = read_on_grid(it["assets"][assets["SCL"]]["href"], transform, shape, resampling=Resampling.nearest)
+        np.copyto(scl[t], s, where=scl[t] == 0)
+        for j, band in enumerate(bands):
+            asset = it["assets"][assets[band]]
+            dn = read_on_grid(asset["href"], transform, shape, resampling=Resampling.cubic)
+            rb = asset["raster:bands"][0]
+            value = (dn.astype(np.float64) * rb.get("scale", 1.0) + rb.get("offset", 0.0)).astype(np.float32)
+            new = (dn > 0) & ~have[t, j]
+            refl[t, j][new] = value[new]
+            if band == bands[0]:
+                b02_dn[t][new] = dn[new]
+            have[t, j] |= new
+    clear = np.isin(scl, list(clear_classes))
+    refl[~np.broadcast_to(clear[:, None], refl.shape)] = np.nan
+    t_in = pd.DatetimeIndex(days)
+    t_out = pd.date_range(t_in[0], t_in[-1], freq=freq)
+    flat = refl.reshape(nt, -1).astype(np.float64)
+    filled, weight = brute_force(flat, t_in, t_out, radius_days, kernel)
+    filled = filled.astype(np.float32).reshape((len(t_out), nb) + tuple(shape))
+    weight = weight.reshape((len(t_out), nb) + tuple(shape))[:, 0].astype(np.float32)
+    group = np.array([b in BANDS_10M for b in bands])
+    scale = np.empty(nb, dtype=np.float32)
+    for g in (True, False):
+        if (group == g).any():
+            scale[group == g] = np.nanmax(refl[:, group == g])
+    observed = np.zeros((len(t_out),) + tuple(shape), dtype=np.uint8)
+    obs_in = (clear & (b02_dn > 0)).astype(np.uint8)
+    for k, to in enumerate(t_out):
+        if to in t_in:
+            observed[k] = obs_in[t_in.get_loc(to)]
+    return {
+        "time_in": t_in.values.astype("datetime64[ns]"),
+        "time": t_out.values.astype("datetime64[ns]"),
+        "reflectance": filled / scale[None, :, None, None],
+        "weight": weight,
+        "observed": observed,
+        "scale": scale,
+        "items": [it["id"] for it in items],
+    }
