@@ -376,7 +376,7 @@ def _label_specs(labels: list[str] | None, *, line_width: float, width_column: s
     return specs
 
 
-_MODEL_HELP = ("Mapper kind: unet-convlstm (U-Net per date + ConvLSTM, the paper's model), random-forest or "
+_MODEL_HELP = ("Mapper kind: unet-convlstm (single-date U-Net + ConvLSTM over the window's dates), random-forest or "
                "lightgbm (per-pixel trees on all bands x dates of the window).")
 
 
