@@ -238,13 +238,14 @@ def predict_task(cube_path: str, model_path: str, output: str, end: str | None, 
     classes = class_map(written["probability"].load())
     classes.attrs.update({k: proba.attrs[k] for k in ("classes", "mapping_mode") if k in proba.attrs})
     tif = write_class_map(classes, out / "class_map.tif")
-    layers = write_uncertainty(written[["entropy", "margin"]].load(), out)
+    uncertainty = written[["entropy", "margin"]].load()
+    layers = write_uncertainty(uncertainty, out)
     raster = rasterize_labels(label_sources(labels), cube, background=background) if labels else None
     kind = proba.attrs.get("mapping_model", "unet-convlstm")
     png = map_quicklook(images.isel(time=slice(-1, None)), classes, out / "map.png", labels=raster,
                         title=f"{Path(model_path).name} ({kind}): {proba.attrs['mapping_mode']} map, {n} date(s) "
                               f"up to {last}")
-    entropy = written["entropy"].values
+    entropy = uncertainty["entropy"].values
     summary = {"output": str(out), "probability": str(zarr_path), "class_map": str(tif), "png": str(png),
                "entropy": str(layers["entropy"]), "margin": str(layers["margin"]), "model_kind": kind,
                "last_date": last, "mode": proba.attrs["mapping_mode"], "dates": n,
