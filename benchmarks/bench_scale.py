@@ -164,7 +164,7 @@ def run_region(region, profile_path: Path, *, side: int, n_workers: int, chunk: 
             cube = rc.cube_task.fn(items, cfg, profile)
             reflectance, clear = rc.mask_task.fn(cube, cfg)
             filled, weight = rc.gapfill_task.fn(reflectance, cfg)
-            normalized = rc.normalize_task.fn(reflectance, filled, cfg)
+            normalized = rc.normalize_task.fn(cube, reflectance, filled, cfg)
             ds = rc.assemble_output(normalized, weight, clear, cube=cube, cfg=cfg)
             _, regions = rc.write_task.fn(ds, cfg)
             wall = time.perf_counter() - t0

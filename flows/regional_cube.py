@@ -22,13 +22,13 @@ from prefect.cache_policies import NO_CACHE
 from s2pipe import __version__
 from s2pipe.assets import AssetCheck, check_assets
 from s2pipe.catalog import CatalogProfile, load_profile
-from s2pipe.cloudmask import clear_mask, mask_clouds
+from s2pipe.cloudmask import clear_band_max, clear_mask, mask_clouds
 from s2pipe.cluster import dask_client
 from s2pipe.config import RunConfig, load_config
 from s2pipe.cube import build_cube
 from s2pipe.errors import NoScenesError, TransientError
 from s2pipe.gapfill import cressman
-from s2pipe.normalize import compute_scale, normalize
+from s2pipe.normalize import compute_scale, normalize, scale_from_max
 from s2pipe.progress import ProgressLine
 from s2pipe.search import search_items
 from s2pipe.incremental import extended_attrs, new_output_dates, plan_append, stored_scale
@@ -94,7 +94,7 @@ def check_assets_task(items: list, cfg: RunConfig, client) -> AssetCheck:
 def cube_task(items: list, cfg: RunConfig, profile: CatalogProfile) -> xr.DataArray:
     cube = build_cube(
         items, bands=cfg.bands, include_scl=True, bbox=_bbox(cfg), epsg=cfg.epsg, resolution=cfg.resolution,
-        chunk_size=cfg.chunk_size or _aligned_chunk(profile), storage=cfg.storage,
+        chunk_size=cfg.chunk_size or _aligned_chunk(profile), storage=cfg.storage, time_chunks="all",
     )
     cube.attrs.update(catalog=profile.name, catalog_url=profile.url)
     log = run_logger()
@@ -109,9 +109,9 @@ def cube_task(items: list, cfg: RunConfig, profile: CatalogProfile) -> xr.DataAr
 
         wait(cube.data)
         log.info(f"cube read into cluster memory in {time.monotonic() - t0:.1f} s (fits in {PERSIST_FRACTION:.0%} of it)")
-    # Analysis blocks: whole time series (what Cressman needs), one band, the read chunks' spatial extent.
-    # Few large blocks instead of one task per (date, band, tile) keep the scheduler out of the way.
-    return cube.chunk({"time": -1, "band": 1})
+    # Read blocks are the analysis blocks: whole time series (what Cressman needs), one band, the read chunks'
+    # spatial extent, each read by one task (few large tasks keep the scheduler out of the way; no rechunk).
+    return cube
 
 
 @task(name="cloud-mask", cache_policy=NO_CACHE)
@@ -132,8 +132,11 @@ def gapfill_task(reflectance: xr.DataArray, cfg: RunConfig, times=None) -> tuple
 
 
 @task(name="normalize", cache_policy=NO_CACHE)
-def normalize_task(reflectance: xr.DataArray, filled: xr.DataArray, cfg: RunConfig) -> xr.DataArray:
+def normalize_task(cube: xr.DataArray, reflectance: xr.DataArray, filled: xr.DataArray, cfg: RunConfig) -> xr.DataArray:
     """Scale factors from the clear observations (one reduction pass), applied to the gap-filled cube.
+
+    The max-based methods reduce the raw DN of ``cube`` (``clear_band_max``: no float32 cube is built for the
+    statistics); ``per_band_percentile`` reduces ``reflectance``.
 
     Cressman values are convex combinations of clear observations, so the maximum over the observations is
     the maximum of the gap-filled cube whenever the output keeps the acquisition dates, and an upper bound
@@ -145,7 +148,10 @@ def normalize_task(reflectance: xr.DataArray, filled: xr.DataArray, cfg: RunConf
     if scale is None:
         t0 = time.monotonic()
         log.info(f"normalisation statistics ({n.method}) over {reflectance.sizes['time']} dates ...")
-        scale = compute_scale(reflectance, method=n.method, percentile=n.percentile)
+        if n.method == "per_band_percentile":
+            scale = compute_scale(reflectance, method=n.method, percentile=n.percentile)
+        else:
+            scale = scale_from_max(clear_band_max(cube, clear_classes=cfg.clear_classes), method=n.method)
         log.info(f"normalisation factors computed in {time.monotonic() - t0:.1f} s: "
                  + ", ".join(f"{b}={float(s):.4f}" for b, s in zip(scale.band.values, scale.values)))
     else:
@@ -319,7 +325,7 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
                     if len(new_dates) == 0:
                         return up_to_date(f"no acquisition after {plan.last_date.date()} up to {cfg.end}")
                 filled, weight = timed("gap_fill", gapfill_task, reflectance, cfg, new_dates)
-                normalized = timed("normalize", normalize_task, reflectance, filled, cfg)
+                normalized = timed("normalize", normalize_task, cube, reflectance, filled, cfg)
                 ds = assemble_output(normalized, weight, clear, cube=cube, cfg=cfg)
                 if plan is not None:
                     ds.attrs = extended_attrs(plan.attrs, ds.attrs)

@@ -47,6 +47,8 @@ SOLAR_DAY = "s2pipe:solar_day"
 
 ReadPath = Literal["auto", "warp"]
 READ_PATHS: tuple[str, ...] = get_args(ReadPath)
+TimeChunks = Literal["date", "all"]
+TIME_CHUNKS: tuple[str, ...] = get_args(TimeChunks)
 
 _SNAP_TOL = 1e-6
 
@@ -78,6 +80,7 @@ def build_cube(
     chunk_size: int | None = None,
     storage: Any = None,
     read: ReadPath = "auto",
+    time_chunks: TimeChunks = "date",
 ) -> xr.DataArray:
     """Lazy raw cube ``"dn"`` (time, band, y, x) uint16, 0 = nodata, one date per solar day.
 
@@ -89,7 +92,9 @@ def build_cube(
     endpoint, profile, region, unsigned requests) through stackstac's ``gdal_env``; credentials stay in the
     environment. ``read``: "auto" reads assets already on the output pixel lattice directly with GDAL's resampling
     on read (``DirectReadRioReader``) and warps the others; "warp" warps every asset (stackstac's ``WarpedVRT``).
-    Coordinates: ``time`` (solar day 00:00), ``band`` (SCL last), ``x``/``y`` pixel centres, ``scale`` and
+    ``time_chunks``: "date" gives (1 date, 1 band, chunk, chunk) chunks; "all" gives time-whole
+    (all dates, 1 band, chunk, chunk) chunks, each read by one task straight from the COGs: the blocks Cressman
+    gap filling needs, without a rechunk of the raw cube. Coordinates: ``time`` (solar day 00:00), ``band`` (SCL last), ``x``/``y`` pixel centres, ``scale`` and
     ``offset`` (time, band) with reflectance = DN * scale + offset, ``spatial_ref``. Attributes: ``crs``,
     ``transform`` (6 floats, rasterio order), ``resolution``, ``stac_items``, ``catalog``, ``catalog_url``.
 
@@ -99,6 +104,8 @@ def build_cube(
     """
     if read not in READ_PATHS:
         raise InputError(f"read={read!r} is not a read path; pass one of {list(READ_PATHS)} (argument: read)")
+    if time_chunks not in TIME_CHUNKS:
+        raise InputError(f"time_chunks={time_chunks!r}; pass one of {list(TIME_CHUNKS)} (argument: time_chunks)")
     plain = [_plain_item(it) for it in items]
     if not plain:
         raise NoScenesError(
@@ -154,7 +161,7 @@ def build_cube(
 
     common = dict(
         epsg=out_epsg, resolution=resolution, bounds=bounds, snap_bounds=False,
-        chunksize=(group_sizes, 1, y_chunks, x_chunks), dtype="uint16", fill_value=np.uint16(0), rescale=False,
+        chunksize=(group_sizes if time_chunks == "date" else len(plain), 1, y_chunks, x_chunks), dtype="uint16", fill_value=np.uint16(0), rescale=False,
         sortby_date=False, xy_coords="center", properties=False, band_coords=False,
         reader=DirectReadRioReader if read == "auto" else PlainReadRioReader,
     )
@@ -174,9 +181,9 @@ def build_cube(
         raise AssertionError(f"stackstac grid {raw.shape[2:]} != expected {(height, width)}")
 
     if len(day_keys) != len(plain) or shift.any():
-        out_chunks = ((1,) * len(day_keys),) + raw.chunks[1:]
-        raw = da.map_blocks(partial(_merge_day, shift=shift), raw, chunks=out_chunks, dtype=np.uint16,
-                            name="merge-solar-day-" + _token(raw, shift))
+        out_chunks = ((1,) * len(day_keys) if time_chunks == "date" else (len(day_keys),),) + raw.chunks[1:]
+        raw = da.map_blocks(partial(_merge_days, sizes=group_sizes, shift=shift), raw, chunks=out_chunks,
+                            dtype=np.uint16, name="merge-solar-day-" + _token(raw, shift))
 
     x = bounds[0] + (np.arange(width) + 0.5) * resolution
     y = bounds[3] - (np.arange(height) + 0.5) * resolution
@@ -574,24 +581,28 @@ def _scales_offsets(items, days, day_keys, bands):
     return scale, offset, shift
 
 
-def _merge_day(block: np.ndarray, *, shift: np.ndarray, block_info=None) -> np.ndarray:
-    """Mosaic the scenes of one solar day (axis 0): first non-zero DN wins; DN shifted to the day's offset."""
+def _merge_days(block: np.ndarray, *, sizes: tuple[int, ...], shift: np.ndarray, block_info=None) -> np.ndarray:
+    """Mosaic the scenes of each solar day in ``block`` (axis 0: the scenes of whole days, ``sizes`` scenes per
+    day over the cube): first non-zero DN wins; DN shifted to the day's offset. One output date per day."""
     (t0, t1), (b0, b1) = block_info[0]["array-location"][:2]
     sh = shift[t0:t1, b0:b1]
     if block.shape[0] == 1 and not sh.any():
         return block
-    out = np.zeros((1,) + block.shape[1:], dtype=np.uint16)
-    target = out[0]
-    for i in range(block.shape[0]):
-        layer = block[i]
-        if sh[i].any():
-            layer = layer.astype(np.int32)
-            valid = layer > 0
-            layer = np.where(valid, np.clip(layer + sh[i][:, None, None], 1, 65535), 0).astype(np.uint16)
-        empty = target == 0
-        if not empty.any():
-            break
-        np.copyto(target, layer, where=empty)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    days = [(a, b) for a, b in zip(starts[:-1], starts[1:]) if t0 <= a and b <= t1]
+    out = np.zeros((len(days),) + block.shape[1:], dtype=np.uint16)
+    for d, (a, b) in enumerate(days):
+        target = out[d]
+        for i in range(a - t0, b - t0):
+            layer = block[i]
+            if sh[i].any():
+                layer = layer.astype(np.int32)
+                valid = layer > 0
+                layer = np.where(valid, np.clip(layer + sh[i][:, None, None], 1, 65535), 0).astype(np.uint16)
+            empty = target == 0
+            if not empty.any():
+                break
+            np.copyto(target, layer, where=empty)
     return out
 
 

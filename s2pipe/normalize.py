@@ -19,7 +19,7 @@ import xarray as xr
 from s2pipe.bands import BANDS, resolution_group
 from s2pipe.errors import InputError
 
-__all__ = ["METHODS", "compute_scale", "normalize", "invert", "band_percentile"]
+__all__ = ["METHODS", "compute_scale", "scale_from_max", "normalize", "invert", "band_percentile"]
 
 Method = Literal["global_max_by_resolution", "global_max", "per_band_max", "per_band_percentile"]
 METHODS: tuple[str, ...] = ("global_max_by_resolution", "global_max", "per_band_max", "per_band_percentile")
@@ -272,36 +272,58 @@ def compute_scale(
     if method == "per_band_percentile":
         p = _check_percentile(percentile)
         values = band_percentile(da, p, max_graph_tasks=max_graph_tasks)
-    else:
-        if method == "global_max_by_resolution":
-            unknown = [b for b in bands if b.upper() not in BANDS]
-            if unknown:
-                raise InputError(
-                    f"method='global_max_by_resolution' needs Sentinel-2 band names, got {unknown}; "
-                    "rename the bands or pass method='global_max' / 'per_band_max'"
-                )
-        bmax = _band_max(da, max_graph_tasks=max_graph_tasks)
-        if method == "per_band_max":
-            values = bmax
-        elif method == "global_max":
-            values = np.full(len(bands), np.nan if np.all(np.isnan(bmax)) else np.nanmax(bmax))
-        else:
-            groups = [resolution_group(b.upper()) for b in bands]
-            values = np.empty(len(bands))
-            for g in set(groups):
-                sel = np.array([gg == g for gg in groups])
-                gm = bmax[sel]
-                values[sel] = np.nan if np.all(np.isnan(gm)) else np.nanmax(gm)
-    out = xr.DataArray(
-        np.asarray(values, dtype=np.float64),
-        dims=("band",),
-        coords={"band": da["band"].values},
-        name="scale",
-        attrs={"normalize_method": method},
-    )
-    if method == "per_band_percentile":
+        out = _scale_array(values, da["band"].values, method)
         out.attrs["percentile"] = float(percentile)
-    return out
+        return out
+    _check_band_names(bands, method)
+    bmax = _band_max(da, max_graph_tasks=max_graph_tasks)
+    return scale_from_max(xr.DataArray(bmax, dims=("band",), coords={"band": da["band"].values}), method=method)
+
+
+def scale_from_max(band_max: xr.DataArray, *, method: Method = "global_max_by_resolution") -> xr.DataArray:
+    """The divisors of a max-based ``method`` from per-band maxima (what ``compute_scale`` returns).
+
+    ``band_max``: float, dims ("band",), NaN for a band without data (for example
+    ``s2pipe.cloudmask.clear_band_max`` of the raw cube: the statistics without the float32 cube).
+    ``method``: "global_max_by_resolution", "global_max" or "per_band_max".
+    """
+    _check_method(method)
+    if method == "per_band_percentile":
+        raise InputError("scale_from_max cannot give method='per_band_percentile' (it needs every value); "
+                         "call compute_scale on the reflectance instead")
+    if not isinstance(band_max, xr.DataArray) or band_max.dims != ("band",):
+        raise InputError(f"band_max must be a DataArray with dims ('band',), got {type(band_max).__name__} "
+                         f"{getattr(band_max, 'dims', '')}; pass e.g. clear_band_max(cube)")
+    bands = [str(b) for b in band_max["band"].values]
+    _check_band_names(bands, method)
+    bmax = np.asarray(band_max.values, dtype=np.float64)
+    if method == "per_band_max":
+        values = bmax
+    elif method == "global_max":
+        values = np.full(len(bands), np.nan if np.all(np.isnan(bmax)) else np.nanmax(bmax))
+    else:
+        groups = [resolution_group(b.upper()) for b in bands]
+        values = np.empty(len(bands))
+        for g in set(groups):
+            sel = np.array([gg == g for gg in groups])
+            gm = bmax[sel]
+            values[sel] = np.nan if np.all(np.isnan(gm)) else np.nanmax(gm)
+    return _scale_array(values, band_max["band"].values, method)
+
+
+def _check_band_names(bands: list[str], method: str) -> None:
+    if method == "global_max_by_resolution":
+        unknown = [b for b in bands if b.upper() not in BANDS]
+        if unknown:
+            raise InputError(
+                f"method='global_max_by_resolution' needs Sentinel-2 band names, got {unknown}; "
+                "rename the bands or pass method='global_max' / 'per_band_max'"
+            )
+
+
+def _scale_array(values, bands, method: str) -> xr.DataArray:
+    return xr.DataArray(np.asarray(values, dtype=np.float64), dims=("band",), coords={"band": bands}, name="scale",
+                        attrs={"normalize_method": method})
 
 
 def _scale_vector(scale, bands: list[str]) -> np.ndarray:

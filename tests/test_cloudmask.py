@@ -151,3 +151,45 @@ def test_mask_clouds_errors():
         mask_clouds(cube.sel(band=["SCL"]))
     with pytest.raises(InputError, match="ndarray"):
         mask_clouds(cube.values)
+
+
+def test_table_path_is_bit_identical_to_the_arithmetic():
+    """uint16 (time, band, y, x) DN go through a lookup table; it must equal float64 arithmetic rounded once."""
+    from s2pipe.cloudmask import _lut, mask_array
+
+    rng = np.random.default_rng(1)
+    dn = rng.integers(0, 65536, (4, 3, 16, 16), dtype=np.uint16)
+    dn[:, :, 0, :4] = [0, 1, 65535, 1005]
+    scl = rng.integers(0, 12, (4, 1, 16, 16)).astype(np.uint8)
+    scale = np.full((4, 3, 1, 1), 1e-4)
+    scale[3, 1] = 2e-4
+    offset = np.where(np.arange(4) >= 2, -0.1, 0.0)[:, None, None, None] * np.ones((1, 3, 1, 1))
+    lut = _lut((4, 5, 6, 7))
+    got = mask_array(dn, scl, scale, offset, lut=lut)
+    want = (dn.astype(np.float64) * scale + offset).astype(np.float32)
+    want[(dn == 0) | ~lut[scl]] = np.nan
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.float32
+    assert np.isnan(got[0, 0, 0, 3]) or got[0, 0, 0, 3] == np.float32(0.1005)
+    # scalars and a 3-d cube take the arithmetic path: same values
+    np.testing.assert_array_equal(mask_array(dn, scl, 1e-4, 0.0, lut=lut), mask_array(dn, scl, np.full((4, 3, 1, 1), 1e-4), np.zeros((4, 3, 1, 1)), lut=lut))
+    np.testing.assert_array_equal(mask_array(dn[:, 0], scl[:, 0], 1e-4, -0.1, lut=lut), mask_array(dn, scl, 1e-4, -0.1, lut=lut)[:, 0])
+
+
+@pytest.mark.parametrize("dask", [False, True])
+@pytest.mark.parametrize("with_scale", [True, False])
+def test_clear_band_max_equals_the_max_of_the_masked_reflectance(dask, with_scale):
+    from s2pipe.cloudmask import clear_band_max
+
+    cube = raw_cube(nt=7, ny=12, nx=9, seed=3, with_scale=with_scale)
+    cube[:, 2] = np.where(cube[:, -1] == 4, 0, cube[:, 2])  # band B04 only valid on non-class-4 pixels
+    cube[:, 3] = 0  # B08: no valid DN at all -> NaN
+    if dask:
+        cube = cube.chunk({"time": -1, "band": 1, "y": 5, "x": 4})
+    got = clear_band_max(cube, clear_classes=(4, 5))
+    want = mask_clouds(cube, clear_classes=(4, 5)).max(["time", "y", "x"]).astype(np.float64).values
+    assert got.dims == ("band",) and list(got["band"].values) == BANDS
+    np.testing.assert_array_equal(got.values, want)
+    assert np.isnan(got.values[3]) and np.isfinite(got.values[:3]).all()
+    with pytest.raises(InputError, match="no SCL band"):
+        clear_band_max(cube.isel(band=slice(0, 4)))

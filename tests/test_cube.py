@@ -134,6 +134,27 @@ def test_solar_day_merge_first_valid_pixel_wins(two_tiles):
         np.testing.assert_array_equal(cube.values, build_cube(two_tiles, bands=["B02", "B05"], chunk_size=16).values)
 
 
+@pytest.mark.parametrize("read", ["auto", "warp"])
+def test_time_whole_chunks_equal_per_date_chunks(two_tiles, tmp_path, read):
+    """time_chunks="all": one (all dates, 1 band, y, x) block per read task, the solar-day merge and the offset
+    shift done inside it, values identical to the per-date chunks."""
+    per_date = build_cube(two_tiles, bands=["B02", "B05"], chunk_size=32, read=read)
+    whole = build_cube(two_tiles, bands=["B02", "B05"], chunk_size=32, read=read, time_chunks="all")
+    assert whole.data.chunks[:2] == ((2,), (1, 1, 1)) and per_date.data.chunks[0] == (1, 1)
+    assert whole.data.chunks[2:] == per_date.data.chunks[2:]
+    with dask.config.set(scheduler="sync"):
+        np.testing.assert_array_equal(whole.values, per_date.values)
+    first, late = _day_of_mixed_offsets(tmp_path)  # a day whose second scene needs the DN shift
+    extra = make_scenes(tmp_path / "more", n_dates=2, tiles=1, size=32, overlap=8, start="2022-02-20")
+    items = [first, late, *extra]
+    a = build_cube(items, bands=["B02"], read=read).compute()
+    b = build_cube(items, bands=["B02"], read=read, time_chunks="all")
+    assert b.data.chunks[0] == (3,)
+    np.testing.assert_array_equal(b.values, a.values)
+    with pytest.raises(InputError, match="time_chunks='weekly'"):
+        build_cube(items, time_chunks="weekly")
+
+
 def test_offsets_per_date_and_reflectance(one_tile):
     cube = build_cube(one_tile, bands=["B02", "B05"]).compute()
     np.testing.assert_array_equal(cube.offset.sel(band="B02").values, [0.0, -0.1, -0.1])

@@ -201,3 +201,21 @@ def test_large_graphs_are_reduced_in_strips_with_the_same_result(method):
         split = compute_scale(da, method=method, percentile=90.0, max_graph_tasks=limit)
     np.testing.assert_array_equal(split.values, whole.values)
     assert len(sizes) >= 3 and max(sizes) <= limit
+
+
+def test_scale_from_max_matches_compute_scale():
+    from s2pipe.normalize import compute_scale, scale_from_max
+
+    rng = np.random.default_rng(0)
+    bands = ["B02", "B03", "B05", "B11"]
+    refl = xr.DataArray(rng.random((3, 4, 5, 6)).astype(np.float32), dims=("time", "band", "y", "x"),
+                        coords={"band": bands})
+    bmax = refl.max(["time", "y", "x"]).astype(np.float64)
+    for method in ("global_max_by_resolution", "global_max", "per_band_max"):
+        a, b = compute_scale(refl, method=method), scale_from_max(bmax, method=method)
+        np.testing.assert_array_equal(a.values, b.values)
+        assert a.attrs == b.attrs and list(b["band"].values) == bands
+    with pytest.raises(InputError, match="per_band_percentile"):
+        scale_from_max(bmax, method="per_band_percentile")
+    with pytest.raises(InputError, match="dims"):
+        scale_from_max(bmax.values)
