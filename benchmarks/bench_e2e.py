@@ -135,6 +135,7 @@ def run_s2pipe(region, profile_path: Path, bbox, address: str, client) -> dict:
     proc = subprocess.run([str(Path(sys.executable).with_name("s2pipe")), "run", str(cfg_path)], capture_output=True,
                           text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     wall = time.perf_counter() - t0
+    (WORK / "run.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode:
         raise SystemExit(f"s2pipe run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     peaks = _peaks(client)
@@ -143,6 +144,48 @@ def run_s2pipe(region, profile_path: Path, bbox, address: str, client) -> dict:
     summary = json.loads(Path(run_summary_path(out)).read_text())
     return {"wall_s": wall, "summary": summary, "peak_rss_mib": {w: p["peak_mib"] for w, p in peaks.items()},
             "store": out}
+
+
+# ------------------------------------------------------------------------------------------ write rates
+def write_rates(store: Path, *, dates: int = 8, side: int = 1024) -> dict:
+    """MB/s (uncompressed bytes) of a bare ``zarr`` write of part of the flow's output, same chunks, 2 threads,
+    with the store's compressor and the alternatives (Blosc lz4 / zstd-1, Zstd-1, none; with the compression
+    ratio), and of a raw ``os.write`` + ``fsync`` of the same bytes (the disk)."""
+    import xarray as xr
+    import zarr
+
+    src_arr = zarr.open_array(store / "reflectance", mode="r")
+    with xr.open_zarr(store) as ds:
+        sample = ds["reflectance"][:dates, :, :side, :side].values
+    from numcodecs import Blosc, Zstd
+
+    rates = {}
+    for name, comp in [("store", src_arr.compressors), ("blosc-lz4", Blosc("lz4", 5, Blosc.SHUFFLE)),
+                       ("blosc-zstd1", Blosc("zstd", 1, Blosc.SHUFFLE)), ("zstd1", Zstd(1)), ("none", None)]:
+        out = WORK / "bare.zarr"
+        shutil.rmtree(out, ignore_errors=True)
+        z = zarr.create_array(out, shape=sample.shape, chunks=(1,) + sample.shape[1:], dtype="f4", zarr_format=2,
+                              compressors=comp, fill_value=np.nan)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda i: z.__setitem__(i, sample[i]), range(sample.shape[0])))
+        dt = time.perf_counter() - t0
+        size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        rates[name] = {"mb_s": round(sample.nbytes / dt / 1e6), "ratio": round(sample.nbytes / size, 2)}
+        shutil.rmtree(out, ignore_errors=True)
+    t_zarr = sample.nbytes / 1e6 / rates["store"]["mb_s"]
+    raw = WORK / "raw.bin"
+    t0 = time.perf_counter()
+    fd = os.open(raw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.write(fd, sample.tobytes())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    t_disk = time.perf_counter() - t0
+    raw.unlink()
+    return {"bare_zarr_mb_s": round(sample.nbytes / t_zarr / 1e6), "disk_mb_s": round(sample.nbytes / t_disk / 1e6),
+            "compressor": str(src_arr.compressors), "compressors": rates}
 
 
 # ------------------------------------------------------------------------------------------ 3. odc-stac glue
@@ -222,6 +265,14 @@ def main(argv=None) -> dict:
               + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) + f"; fixed {fig['fixed_s']:.1f} s")
         print("peak RSS per worker: " + ", ".join(f"{v:.0f} MiB" for v in run["peak_rss_mib"].values()))
         print(f"limit_vs_stages: {fig['limit_vs_stages']:.3f}", flush=True)
+        out_bytes = sum(v.nbytes for v in xr.open_zarr(run["store"]).data_vars.values())
+        rates = write_rates(run["store"])
+        fig.update(write=dict(rates, flow_mb_s=round(out_bytes / stages["write"] / 1e6), output_gb=round(out_bytes / 1e9, 2)))
+        print(f"write: the flow's write stage {fig['write']['flow_mb_s']} MB/s of output (mask, gap fill and normalisation "
+              f"included), a bare zarr write {rates['bare_zarr_mb_s']} MB/s ({rates['compressor']}), the disk "
+              f"{rates['disk_mb_s']} MB/s (write + fsync)", flush=True)
+        print("bare zarr write by compressor: " + ", ".join(f"{k} {v['mb_s']} MB/s (ratio {v['ratio']})"
+                                                         for k, v in rates["compressors"].items()), flush=True)
         if not a.no_odc:
             t_odc = run_odc(region, profile_path, bbox, client, bands=list(SPECTRAL_10), epsg=region.epsg)
             fig.update(odc_s=round(t_odc, 2), s2pipe_vs_odc=round(t_odc / stage_total, 2))

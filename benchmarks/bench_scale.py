@@ -186,15 +186,15 @@ def run_region(region, profile_path: Path, *, side: int, n_workers: int, chunk: 
 
 # ------------------------------------------------------------------------------------------ graph classes
 def classify(graphs: list[dict]) -> dict[str, list[int]]:
-    """Task counts of the submitted graphs by kind: the statistics pass over the whole cube (``nanmax`` reduction
-    of ``compute_scale``: key prefix ``nanmax_skip``) as "other", region writes (``fill_block`` gap fill) as
-    "region"; tiny graphs (< 10 tasks: reading the scale/offset coordinates) are left out."""
+    """Task counts of the submitted graphs by kind: region writes (``fill_block`` gap fill) as "region", the
+    statistics pass over the whole cube (the masked DN max of ``clear_band_max``) as "other"; tiny graphs
+    (< 10 tasks: reading the scale/offset coordinates) are left out."""
     kinds: dict[str, list[int]] = {"region": [], "other": []}
     for g in graphs:
         if g["tasks"] < 10:
             continue
         names = " ".join(g["prefixes"])
-        kinds["other" if "nanmax" in names else "region"].append(g["tasks"])
+        kinds["region" if "fill_block" in names else "other"].append(g["tasks"])
     return kinds
 
 
@@ -202,11 +202,10 @@ def tile_year_plan(small: dict, big: dict, *, dates: int = 146, tile_px: int = 1
                    region_px: int = 1024, window: int | None = None) -> dict:
     """Tasks per submitted graph for a whole tile-year, extrapolated from the measured graphs.
 
-    Nearly every task of the pipeline belongs to one (input date, band, read chunk): the read, the solar-day
-    merge, the SCL mask, the rechunk to time-whole analysis blocks; the per-(band, chunk) tasks (Cressman, the
-    normalisation, the write tasks) are fewer. So each measured graph is expressed as tasks per (input date x
-    read chunk it covers), measured at the benchmark's date count; at 146 dates the per-chunk part is spread
-    over more dates, so this over-estimates (an upper bound).
+    The reads are time-whole (one task per band and read chunk, every date inside it); the tasks that grow with
+    the dates are the Zarr write tasks (one per date and store chunk) and their in-region rechunk. Each measured
+    graph is expressed as tasks per (input date x read chunk it covers), measured at the benchmark's date count;
+    at 146 dates the per-chunk part is spread over more dates, so this over-estimates (an upper bound).
     """
     out: dict = {"assumptions": {
         "tile_px": tile_px, "resolution_m": 10, "dates_per_year": dates,

@@ -55,10 +55,13 @@ def quicklook(
             refl = refl * da["scale"] + da["offset"]
         return refl.where(da != 0).values
 
-    raw_rgb = to_reflectance(raw.sel(time=t, band=list(rgb)))
+    # the images are shown at most ~1024 px wide: a larger one costs seconds of resampling for the same PNG
+    step = max(1, -(-max(raw.sizes["y"], raw.sizes["x"]) // 1024))
+    thin = {"y": slice(None, None, step), "x": slice(None, None, step)}
+    raw_rgb = to_reflectance(raw.sel(time=t, band=list(rgb)).isel(thin))
     refl = invert(cube["reflectance"])
     filled_t = refl.sel(time=t, method="nearest")
-    filled_rgb = filled_t.sel(band=list(rgb)).values
+    filled_rgb = filled_t.sel(band=list(rgb)).isel(thin).values
 
     # the pixel: cloudy on the chosen date, nearest the centre of the image
     cy, cx = np.nonzero(cloudy[ti])
@@ -81,7 +84,7 @@ def quicklook(
     ):
         ax = fig.add_subplot(grid[0, col])
         ax.imshow(_rgb(img), interpolation="nearest")
-        ax.plot(px, py, marker="s", mfc="none", mec="magenta", ms=10, mew=2)
+        ax.plot(px / step, py / step, marker="s", mfc="none", mec="magenta", ms=10, mew=2)
         ax.set_title(title)
         ax.set_axis_off()
     ax = fig.add_subplot(grid[1, :])

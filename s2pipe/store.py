@@ -752,18 +752,28 @@ def _n_threads(client) -> int:
 
 
 def _run_distributed(client, todo, delayed_region, finished, *, window: int) -> None:
-    """Keep ``window`` regions in flight on the cluster; record each as soon as it is written."""
+    """Keep ``window`` regions in flight on the cluster; record each as soon as it is written.
+
+    Each region prefers one worker (the least busy; the scheduler may still move its tasks elsewhere, e.g. when
+    that worker dies): its band blocks then meet on that worker for the Zarr chunks that hold every band, instead
+    of travelling between worker processes (measured on a 2048² px tile, 2 workers: ~15 s of transfers less)."""
     from distributed import as_completed
 
     pending = iter(todo)
     futures: dict = {}
+    busy: dict[str, int] = {w: 0 for w in client.scheduler_info().get("workers", {})}
     ac = as_completed()
 
     def submit() -> None:
         r = next(pending, None)
         if r is not None:
-            f = client.compute(delayed_region(r))
-            futures[f] = r
+            if busy:
+                w = min(busy, key=busy.get)
+                busy[w] += 1
+                f = client.compute(delayed_region(r), workers=[w], allow_other_workers=True)
+            else:
+                w, f = None, client.compute(delayed_region(r))
+            futures[f] = (r, w)
             ac.add(f)
 
     for _ in range(window):
@@ -771,7 +781,10 @@ def _run_distributed(client, todo, delayed_region, finished, *, window: int) -> 
     try:
         for f in ac:
             f.result()  # raises the region's error
-            finished(futures.pop(f))
+            r, w = futures.pop(f)
+            if w in busy:
+                busy[w] -= 1
+            finished(r)
             submit()
     finally:
         for f in futures:

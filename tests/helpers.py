@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 DAY = pd.Timedelta(days=1)
 
@@ -171,3 +172,28 @@ def reference_chain(items, *, assets, bands, transform, shape, clear_classes, ra
         "scale": scale,
         "items": [it["id"] for it in items],
     }
+
+
+# ------------------------------------------------------------------------------------------ tiny model inputs
+def class_images(ny=64, nx=64, T=4, seed=0):
+    """(time, band, y, x) float32 reflectance of a 2-class 8-px checkerboard, and its (y, x) int64 labels."""
+    rng = np.random.default_rng(seed)
+    cls = (np.add.outer(np.arange(ny) // 8, np.arange(nx) // 8) % 2).astype(np.int64)
+    spectra = np.array([[0.05, 0.08, 0.06, 0.30], [0.12, 0.14, 0.17, 0.16]])
+    v = spectra[cls].transpose(2, 0, 1)[None].repeat(T, 0) + 0.02 * rng.standard_normal((T, 4, ny, nx))
+    coords = {"time": pd.date_range("2021-05-01", periods=T, freq="5D"), "band": ["B02", "B03", "B04", "B08"],
+              "y": 5_000_000.0 - 10.0 * np.arange(ny), "x": 400_000.0 + 10.0 * np.arange(nx)}
+    img = xr.DataArray(v.astype(np.float32), dims=("time", "band", "y", "x"), coords=coords, name="reflectance")
+    return img, xr.DataArray(cls, dims=("y", "x"), coords={"y": coords["y"], "x": coords["x"]})
+
+
+def periodic_cube(ny=16, nx=16, n_t=30, seed=0):
+    """(time, band, y, x) float32 series: 4 band levels plus a 100-day sine with a per-pixel phase."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_t)
+    phase = rng.uniform(0, 2 * np.pi, size=(ny, nx))
+    v = np.linspace(0.1, 0.4, 4)[None, :, None, None] + 0.05 * np.sin(2 * np.pi * t[:, None, None, None] / 20 + phase)
+    return xr.DataArray(v.astype("float32"), dims=("time", "band", "y", "x"),
+                        coords={"time": pd.date_range("2020-01-01", periods=n_t, freq="5D"),
+                                "band": ["B02", "B03", "B04", "B08"], "y": 100.0 - 10 * np.arange(ny),
+                                "x": 10.0 * np.arange(nx)})

@@ -17,6 +17,7 @@ from s2pipe.mapping import Mapper, train_mapper
 from s2pipe.placement import (
     Placement, current_placement, gpu_workers, has_gpu_workers, inference_placement, inference_tasks, on_device,
 )
+from tests.helpers import class_images, periodic_cube
 
 distributed = pytest.importorskip("distributed")
 
@@ -54,41 +55,19 @@ def record_inference(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ tiny models
-def _images(ny=64, nx=64, T=4, seed=0):
-    rng = np.random.default_rng(seed)
-    cls = (np.add.outer(np.arange(ny) // 8, np.arange(nx) // 8) % 2).astype(np.int64)
-    spectra = np.array([[0.05, 0.08, 0.06, 0.30], [0.12, 0.14, 0.17, 0.16]])
-    v = spectra[cls].transpose(2, 0, 1)[None].repeat(T, 0) + 0.02 * rng.standard_normal((T, 4, ny, nx))
-    coords = {"time": pd.date_range("2021-05-01", periods=T, freq="5D"), "band": ["B02", "B03", "B04", "B08"],
-              "y": 5_000_000.0 - 10.0 * np.arange(ny), "x": 400_000.0 + 10.0 * np.arange(nx)}
-    img = xr.DataArray(v.astype(np.float32), dims=("time", "band", "y", "x"), coords=coords, name="reflectance")
-    return img, xr.DataArray(cls, dims=("y", "x"), coords={"y": coords["y"], "x": coords["x"]})
-
-
-def _cube(ny=16, nx=16, n_t=30, seed=0):
-    rng = np.random.default_rng(seed)
-    t = np.arange(n_t)
-    phase = rng.uniform(0, 2 * np.pi, size=(ny, nx))
-    v = np.linspace(0.1, 0.4, 4)[None, :, None, None] + 0.05 * np.sin(2 * np.pi * t[:, None, None, None] / 20 + phase)
-    return xr.DataArray(v.astype("float32"), dims=("time", "band", "y", "x"),
-                        coords={"time": pd.date_range("2020-01-01", periods=n_t, freq="5D"),
-                                "band": ["B02", "B03", "B04", "B08"], "y": 100.0 - 10 * np.arange(ny),
-                                "x": 10.0 * np.arange(nx)})
-
-
 @pytest.fixture(scope="module")
 def models():
-    img, lab = _images()
+    img, lab = class_images()
     mapper = train_mapper(img, lab, seq_len=3, fcn_epochs=2, temporal_epochs=1, base=4, depth=2, seed=0)
-    dyn = fit_dynamics(_cube(), scheme="rk4", hidden=8, epochs=2, seed=0)
+    dyn = fit_dynamics(periodic_cube(), scheme="rk4", hidden=8, epochs=2, seed=0)
     return mapper, dyn
 
 
 def _lazy(models):
     mapper, dyn = models
-    img, _ = _images()
+    img, _ = class_images()
     proba = mapper.predict(img.chunk({"y": 16, "x": 32}), threads=1)  # >= 4 chunks (realigned to the halo, if any)
-    fc = forecast_cube(dyn, _cube().chunk({"y": 4, "x": 8}), steps=5)  # 4 x 2 block tasks
+    fc = forecast_cube(dyn, periodic_cube().chunk({"y": 4, "x": 8}), steps=5)  # 4 x 2 block tasks
     return proba, fc
 
 
