@@ -88,7 +88,7 @@ def _per_lead(v: np.ndarray, ndim: int) -> bool:
 def _mask_by_table(dn: np.ndarray, scl, scale: np.ndarray, offset: np.ndarray, *, lut: np.ndarray) -> np.ndarray:
     """``mask_array`` for uint16 ``dn`` whose scale/offset vary only along its first two axes."""
     lead = dn.shape[:2]
-    sc, of = (np.broadcast_to(v.reshape((1,) * (dn.ndim - v.ndim) + v.shape)[(...,) + (0,) * (dn.ndim - 2)], lead)
+    sc, of = (np.broadcast_to(v.reshape((1,) * (dn.ndim - v.ndim) + v.shape), lead + (1, 1))[:, :, 0, 0]
               for v in (scale, offset))
     out = np.empty(dn.shape, dtype=np.float32)
     tables: dict[tuple[float, float], np.ndarray] = {}
@@ -196,13 +196,12 @@ def clear_band_max(cube: xr.DataArray, *, clear_classes=DEFAULT_CLEAR_CLASSES, s
     xr.DataArray
         float64, dims ("band",) (the spectral bands), NaN for a band without any clear value.
     """
-    dn, scl, scale, offset, lut = _split_cube(cube, clear_classes, scl_band, "clear_band_max")
+    dn, scl, scale, offset, _ = _split_cube(cube, clear_classes, scl_band, "clear_band_max")
     dn = dn.transpose("time", "band", "y", "x")
     if bool((scale <= 0).any()):  # not increasing: take the max of the reflectance
         m = mask_clouds(cube, clear_classes=clear_classes, scl_band=scl_band).max(["time", "y", "x"], skipna=True)
         return m.astype(np.float64).compute().reset_coords(drop=True).rename("band_max")
-    clear = xr.apply_ufunc(_clear_array, scl.transpose("time", "y", "x"), kwargs={"lut": lut}, dask="parallelized",
-                           output_dtypes=[bool])
+    clear = clear_mask(scl, clear_classes=clear_classes).reset_coords(drop=True)
     kept = xr.where(clear & (dn > 0), dn, np.uint16(0)).astype(np.uint16)
     top = kept.max(["y", "x"]).transpose("time", "band").compute()  # (time, band) largest clear DN, 0 = none
     refl = (top.astype(np.float64) * scale + offset).astype(np.float32).where(top > 0)

@@ -94,8 +94,8 @@ def build_cube(
     on read (``DirectReadRioReader``) and warps the others; "warp" warps every asset (stackstac's ``WarpedVRT``).
     ``time_chunks``: "date" gives (1 date, 1 band, chunk, chunk) chunks; "all" gives time-whole
     (all dates, 1 band, chunk, chunk) chunks, each read by one task straight from the COGs: the blocks Cressman
-    gap filling needs, without a rechunk of the raw cube. Coordinates: ``time`` (solar day 00:00), ``band`` (SCL last), ``x``/``y`` pixel centres, ``scale`` and
-    ``offset`` (time, band) with reflectance = DN * scale + offset, ``spatial_ref``. Attributes: ``crs``,
+    gap filling needs, without a rechunk of the raw cube. Coordinates: ``time`` (solar day 00:00), ``band``
+    (SCL last), ``x``/``y`` pixel centres, ``scale`` and ``offset`` (time, band) with reflectance = DN * scale + offset, ``spatial_ref``. Attributes: ``crs``,
     ``transform`` (6 floats, rasterio order), ``resolution``, ``stac_items``, ``catalog``, ``catalog_url``.
 
     Within a solar day, scenes are taken in acquisition order; if they state different offsets, the later
@@ -161,7 +161,8 @@ def build_cube(
 
     common = dict(
         epsg=out_epsg, resolution=resolution, bounds=bounds, snap_bounds=False,
-        chunksize=(group_sizes if time_chunks == "date" else len(plain), 1, y_chunks, x_chunks), dtype="uint16", fill_value=np.uint16(0), rescale=False,
+        chunksize=(group_sizes if time_chunks == "date" else len(plain), 1, y_chunks, x_chunks), dtype="uint16",
+        fill_value=np.uint16(0), rescale=False,
         sortby_date=False, xy_coords="center", properties=False, band_coords=False,
         reader=DirectReadRioReader if read == "auto" else PlainReadRioReader,
     )

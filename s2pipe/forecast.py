@@ -288,7 +288,9 @@ def seasonal_reference(values: np.ndarray, times, future, *, steps_per_year: int
     times = np.asarray(times, dtype="datetime64[ns]")[-len(v):]
     S = len(future)
     j = np.arange(S)
-    last_year = _smooth_time(v, _REF_SMOOTH)[len(v) - n + (j % n)]  # (S, P, L): one (or k) years earlier
+    # last year and the dates the window reaches before it: smoothing more of the history changes nothing
+    last = _smooth_time(v[-min(len(v), n + _REF_SMOOTH // 2):], _REF_SMOOTH)[-n:]
+    last_year = last[j % n]  # (S, P, L): the date one (or k) years earlier on the grid
     age = np.floor((times[-1] - times).astype(np.int64) / _YEAR_NS)
     w = np.sqrt(_REF_YEAR_WEIGHT ** age)[:, None]
     X = _harmonics(times, _REF_HARMONICS)
