@@ -135,6 +135,7 @@ def run_region(region, profile_path: Path, *, side: int, n_workers: int, chunk: 
     from distributed import Client, LocalCluster
 
     import flows.regional_cube as rc
+    from s2pipe import staging
     from s2pipe.catalog import load_profile
     from s2pipe.config import load_config
     from s2pipe.demo import demo_server
@@ -161,12 +162,19 @@ def run_region(region, profile_path: Path, *, side: int, n_workers: int, chunk: 
             client.run(lambda: __import__("s2pipe.cube") and __import__("s2pipe.gapfill") and None)
             _reset_peaks(client)
             t0 = time.perf_counter()
-            cube = rc.cube_task.fn(items, cfg, profile)
+            cube, persisted = rc.cube_task.fn(items, cfg, profile)
             reflectance, clear = rc.mask_task.fn(cube, cfg)
             filled, weight = rc.gapfill_task.fn(reflectance, cfg)
-            normalized = rc.normalize_task.fn(cube, reflectance, filled, cfg)
+            if not persisted and rc._stage_first(cfg, None):  # as the flow does: stage, then normalise
+                raw = rc.assemble_output(filled, weight, clear, cube=cube, cfg=cfg)
+                staged = rc.stage_task.fn(raw, reflectance, cfg)
+                filled, weight, clear = staged["reflectance"], staged["weight"], staged["observed"]
+                normalized = rc.normalize_task.fn(cube, reflectance, filled, cfg, band_max=staging.band_max(staged))
+            else:
+                normalized = rc.normalize_task.fn(cube, reflectance, filled, cfg)
             ds = rc.assemble_output(normalized, weight, clear, cube=cube, cfg=cfg)
             _, regions = rc.write_task.fn(ds, cfg)
+            staging.remove(cfg.output)
             wall = time.perf_counter() - t0
             peaks = _peaks(client)
             graphs = _graphs(client)

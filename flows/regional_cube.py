@@ -19,7 +19,7 @@ import xarray as xr
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from s2pipe import __version__
+from s2pipe import __version__, staging
 from s2pipe.assets import AssetCheck, check_assets
 from s2pipe.catalog import CatalogProfile, load_profile
 from s2pipe.cloudmask import clear_band_max, clear_mask, mask_clouds
@@ -91,7 +91,9 @@ def check_assets_task(items: list, cfg: RunConfig, client) -> AssetCheck:
 
 
 @task(name="cube", cache_policy=NO_CACHE)
-def cube_task(items: list, cfg: RunConfig, profile: CatalogProfile) -> xr.DataArray:
+def cube_task(items: list, cfg: RunConfig, profile: CatalogProfile) -> tuple[xr.DataArray, bool]:
+    """The lazy raw cube, read into cluster memory when it fits in ``PERSIST_FRACTION`` of it; returns it and
+    whether it was read (False: it streams region by region, see ``s2pipe.staging``)."""
     cube = build_cube(
         items, bands=cfg.bands, include_scl=True, bbox=_bbox(cfg), epsg=cfg.epsg, resolution=cfg.resolution,
         chunk_size=cfg.chunk_size or _aligned_chunk(profile), storage=cfg.storage, time_chunks="all",
@@ -100,18 +102,20 @@ def cube_task(items: list, cfg: RunConfig, profile: CatalogProfile) -> xr.DataAr
     log = run_logger()
     log.info(f"cube: {dict(cube.sizes)} uint16, {cube.nbytes / 2**30:.2f} GiB, chunks {cube.data.chunksize}")
     budget = PERSIST_FRACTION * _cluster_memory()
-    if cube.nbytes <= budget:
-        # Small enough to hold: read every scene once, then the statistics pass and the region writes run
-        # from memory. Larger cubes stream region by region and are read twice (bounded memory).
-        t0 = time.monotonic()
-        cube = cube.persist()
-        from distributed import wait
+    if cube.nbytes > budget:
+        log.info(f"the cube exceeds {PERSIST_FRACTION:.0%} of the cluster memory ({budget / 2**30:.2f} GiB): "
+                 "it streams region by region")
+        return cube, False
+    # Small enough to hold: read every scene once, then the statistics pass and the region writes run from
+    # memory. Read blocks are the analysis blocks: whole time series (what Cressman needs), one band, the
+    # read chunks' spatial extent, each read by one task (few large tasks keep the scheduler out of the way).
+    t0 = time.monotonic()
+    cube = cube.persist()
+    from distributed import wait
 
-        wait(cube.data)
-        log.info(f"cube read into cluster memory in {time.monotonic() - t0:.1f} s (fits in {PERSIST_FRACTION:.0%} of it)")
-    # Read blocks are the analysis blocks: whole time series (what Cressman needs), one band, the read chunks'
-    # spatial extent, each read by one task (few large tasks keep the scheduler out of the way; no rechunk).
-    return cube
+    wait(cube.data)
+    log.info(f"cube read into cluster memory in {time.monotonic() - t0:.1f} s (fits in {PERSIST_FRACTION:.0%} of it)")
+    return cube, True
 
 
 @task(name="cloud-mask", cache_policy=NO_CACHE)
@@ -132,7 +136,8 @@ def gapfill_task(reflectance: xr.DataArray, cfg: RunConfig, times=None) -> tuple
 
 
 @task(name="normalize", cache_policy=NO_CACHE)
-def normalize_task(cube: xr.DataArray, reflectance: xr.DataArray, filled: xr.DataArray, cfg: RunConfig) -> xr.DataArray:
+def normalize_task(cube: xr.DataArray, reflectance: xr.DataArray, filled: xr.DataArray, cfg: RunConfig, *,
+                   band_max: xr.DataArray | None = None) -> xr.DataArray:
     """Scale factors from the clear observations (one reduction pass), applied to the gap-filled cube.
 
     The max-based methods reduce the raw DN of ``cube`` (``clear_band_max``: no float32 cube is built for the
@@ -140,7 +145,8 @@ def normalize_task(cube: xr.DataArray, reflectance: xr.DataArray, filled: xr.Dat
 
     Cressman values are convex combinations of clear observations, so the maximum over the observations is
     the maximum of the gap-filled cube whenever the output keeps the acquisition dates, and an upper bound
-    otherwise. A resumed run reuses the factors stored in the existing output.
+    otherwise. A resumed run reuses the factors stored in the existing output. ``band_max``: the per-band
+    maxima when they are already known (``staging.band_max`` of a staged cube), instead of a statistics pass.
     """
     log = run_logger()
     n = cfg.normalize
@@ -150,6 +156,8 @@ def normalize_task(cube: xr.DataArray, reflectance: xr.DataArray, filled: xr.Dat
         log.info(f"normalisation statistics ({n.method}) over {reflectance.sizes['time']} dates ...")
         if n.method == "per_band_percentile":
             scale = compute_scale(reflectance, method=n.method, percentile=n.percentile)
+        elif band_max is not None:
+            scale = scale_from_max(band_max, method=n.method)
         else:
             scale = scale_from_max(clear_band_max(cube, clear_classes=cfg.clear_classes), method=n.method)
         log.info(f"normalisation factors computed in {time.monotonic() - t0:.1f} s: "
@@ -173,6 +181,28 @@ class _RegionCount:
 
     def summary(self) -> dict[str, int]:
         return {"total": self.total, "resumed": self.start or 0, "written_by_this_run": self.end - (self.start or 0)}
+
+
+@task(name="stage", cache_policy=NO_CACHE)
+def stage_task(raw: xr.Dataset, reflectance: xr.DataArray, cfg: RunConfig) -> xr.Dataset:
+    """Phase 1 of a streamed run (``s2pipe.staging``): the unnormalized cube and its per-pixel maxima, staged."""
+    log = run_logger()
+    where = staging.staging_path(cfg.output, storage=cfg.storage)
+    log.info(f"staging the unnormalized cube in {where} region by region (each scene read once)")
+    counts = _RegionCount(ProgressLine("staging cube", unit="regions", logger=log))
+    return staging.stage(raw, reflectance, cfg.output, overwrite=cfg.overwrite, region_size=cfg.chunk_size,
+                         progress=counts, storage=cfg.storage)
+
+
+def _stage_first(cfg: RunConfig, plan) -> bool:
+    """Whether a streamed run stages its cube before normalising (``s2pipe.staging``): for the max-based
+    methods of a new output, or to finish one whose staging store is complete. Otherwise the factors are
+    known (a resumed or appended output) or need every value (``per_band_percentile``): one pass as before."""
+    if plan is not None or cfg.normalize.method == "per_band_percentile":
+        return False
+    if staging.is_complete(staging.staging_path(cfg.output, storage=cfg.storage)):
+        return not staging.is_complete(cfg.output, storage=cfg.storage)
+    return cfg.overwrite or not location(cfg.output, cfg.storage).exists()
 
 
 @task(name="write-zarr", cache_policy=NO_CACHE)
@@ -316,7 +346,7 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
                 record["assets"] = check.summary()
                 record["scenes"] = _ids(check.items)
                 record["scenes_dropped"] = check.dropped_ids
-                cube = timed("cube", cube_task, check.items, cfg, profile)
+                cube, persisted = timed("cube", cube_task, check.items, cfg, profile)
                 cube.attrs.update(check.provenance())
                 reflectance, clear = timed("cloud_mask", mask_task, cube, cfg)
                 new_dates = None
@@ -325,12 +355,21 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
                     if len(new_dates) == 0:
                         return up_to_date(f"no acquisition after {plan.last_date.date()} up to {cfg.end}")
                 filled, weight = timed("gap_fill", gapfill_task, reflectance, cfg, new_dates)
-                normalized = timed("normalize", normalize_task, cube, reflectance, filled, cfg)
+                if not persisted and _stage_first(cfg, plan):
+                    # each COG pixel read once: stage the unnormalized cube, then normalise from the staging store
+                    raw = assemble_output(filled, weight, clear, cube=cube, cfg=cfg)
+                    staged = timed("stage", stage_task, raw, reflectance, cfg)
+                    filled, weight, clear = staged["reflectance"], staged["weight"], staged["observed"]
+                    normalized = timed("normalize", normalize_task, cube, reflectance, filled, cfg,
+                                       band_max=staging.band_max(staged))
+                else:
+                    normalized = timed("normalize", normalize_task, cube, reflectance, filled, cfg)
                 ds = assemble_output(normalized, weight, clear, cube=cube, cfg=cfg)
                 if plan is not None:
                     ds.attrs = extended_attrs(plan.attrs, ds.attrs)
                 path, regions = timed("write", write_task, ds, cfg, append=plan is not None)
                 record["regions"] = regions
+                staging.remove(cfg.output, storage=cfg.storage)
                 record["mode"] = "append" if plan is not None else "resume" if regions["resumed"] else "create"
                 png = timed("quicklook", quicklook_task, cube, path, cfg.storage) if cfg.quicklook else None
         except BaseException as exc:

@@ -53,10 +53,28 @@ def _fail(exc: BaseException) -> typer.Exit:
     return typer.Exit(EXIT_OTHER)
 
 
-def _run_flow(cfg) -> dict:
-    from flows.regional_cube import regional_cube
+def _flow(module: str, name: str):
+    """The flow ``flows.<module>.<name>``, called so that it reports to a Prefect API (the one place the CLI
+    reaches the flows). Without ``PREFECT_API_URL``, the temporary server starts while the flow module imports
+    (``flows.ephemeral_api``) instead of after."""
+    import functools
+    import importlib
 
-    return regional_cube(cfg)
+    from flows import ephemeral_api
+
+    ephemeral_api.start_in_background()
+    flow = getattr(importlib.import_module(f"flows.{module}"), name)
+
+    @functools.wraps(flow)
+    def call(*args, **kwargs):
+        with ephemeral_api.api():
+            return flow(*args, **kwargs)
+
+    return call
+
+
+def _run_flow(cfg) -> dict:
+    return _flow("regional_cube", "regional_cube")(cfg)
 
 
 @app.command()
@@ -100,7 +118,7 @@ def update(
 
     try:
         cfg = load_config(config, dask_address=dask_address, end=end, append=True)
-        from flows.update import regional_update
+        regional_update = _flow("update", "regional_update")
 
         result = regional_update(cfg, mapper=str(mapper) if mapper else None,
                                  forecaster=str(forecaster) if forecaster else None,
@@ -142,7 +160,7 @@ def demo(
         summary = _run_flow(cfg)
         _print_summary(summary)
         if maps:
-            from flows.mapping import demo_maps
+            demo_maps = _flow("mapping", "demo_maps")
             from s2pipe.config import DaskConfig
 
             products = demo_maps(summary["output"], str(region.roads_path), str(region.mangroves_path),
@@ -307,7 +325,7 @@ def forecast_train_cmd(
         box = [float(v) for v in bbox.split(",")] if bbox else None
         if box is not None and len(box) != 4:
             raise InputError(f"--bbox {bbox!r} must have 4 numbers: xmin,ymin,xmax,ymax")
-        from flows.forecast import forecast_train
+        forecast_train = _flow("forecast", "forecast_train")
 
         summary = forecast_train(str(cube), str(model_out), start=start, end=end, mask=str(mask) if mask else None,
                                  classes=cls, bbox=box, neighbours=neighbours, max_pixels=max_pixels, scheme=scheme,
@@ -335,7 +353,7 @@ def forecast_predict_cmd(
     from s2pipe.config import DaskConfig
 
     try:
-        from flows.forecast import forecast_predict
+        forecast_predict = _flow("forecast", "forecast_predict")
 
         summary = forecast_predict(str(cube), str(model), str(output), steps=steps, history_end=history_end,
                                    overwrite=overwrite, dask=DaskConfig(address=dask_address), level=level)
@@ -421,9 +439,10 @@ def map_train_cmd(
             raise InputError("--n-estimators/--n-jobs are options of the tree mappers; pass --model random-forest "
                              "or lightgbm, or leave them out")
         specs = _label_specs(label, line_width=line_width, width_column=width_column)
-        from flows.mapping import label_sources, map_train
+        from flows.mapping import label_sources
 
         label_sources(specs)  # bad labels fail here, before Prefect starts or anything is written
+        map_train = _flow("mapping", "map_train")
         report = map_train(str(cube), str(output), specs, start=start, end=end, background=background,
                            split=split, test_fraction=test_fraction, seq_len=seq_len, epochs=epochs, seed=seed,
                            device=device, model=kind, tree_options=tree_options or None)
@@ -461,10 +480,11 @@ def map_predict_cmd(
 
     try:
         specs = _label_specs(label, line_width=line_width, width_column=width_column) or None
-        from flows.mapping import label_sources, map_predict
+        from flows.mapping import label_sources
 
         if specs:
             label_sources(specs)
+        map_predict = _flow("mapping", "map_predict")
         summary = map_predict(str(cube), str(model), str(output), end=end, temporal=not single_date, labels=specs,
                               overwrite=overwrite, dask=DaskConfig(address=dask_address),
                               smoothing={"window": smooth_window} if smooth else None)
@@ -490,7 +510,7 @@ def map_change_cmd(
         for path in (earlier, later):
             if not path.is_file():
                 raise InputError(f"class map {path} does not exist; write one with `s2pipe map predict`")
-        from flows.mapping import map_change
+        map_change = _flow("mapping", "map_change")
 
         summary = map_change(str(earlier), str(later), str(output), target=list(target),
                              output_gpkg=str(output.with_suffix(".gpkg")), kind=kind, min_pixels=min_pixels,

@@ -436,8 +436,9 @@ def open_cube(path: str | os.PathLike | ObjectPath, *, allow_incomplete: bool = 
         )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is not recognized as a component of a Zarr hierarchy")
-        return xr.open_zarr(zarr_store(path, read_only=True), consolidated=True if complete else None,
-                            decode_coords="all")
+        # an unfinished s2pipe store has no consolidated metadata yet: don't look for it (and warn)
+        consolidated = True if complete else False if state_dir.exists() else None
+        return xr.open_zarr(zarr_store(path, read_only=True), consolidated=consolidated, decode_coords="all")
 
 
 def chunk_for(region_size: int) -> int:

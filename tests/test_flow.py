@@ -161,30 +161,105 @@ def test_flow_store_equals_an_independent_numpy_reference_chain(flow_run):
     assert np.isnan(want).mean() < 0.5 and np.nanmax(want) == pytest.approx(1.0, abs=1e-6)
 
 
-def test_streaming_branch_writes_the_same_store_as_the_in_memory_path(flow_run, tmp_path, monkeypatch):
-    """A raw cube larger than the memory budget is not persisted but streamed (read once for the statistics and
-    once for the write): forced here with a tiny budget, it gives the same store as the persisted run."""
+def _count_reads(monkeypatch) -> dict:
+    """Count the pixel reads of each (asset, window) by the cube's readers (the test clusters run in-process)."""
+    import threading
+    from collections import Counter
+
+    from s2pipe.cube import DirectReadRioReader, PlainReadRioReader
+
+    reads: Counter = Counter()
+    local = threading.local()
+    for cls in (DirectReadRioReader, PlainReadRioReader):
+        def read(self, window, *args, _real=cls.__dict__["read"], **kwargs):
+            outer = not getattr(local, "busy", False)  # DirectReadRioReader.read may call PlainReadRioReader.read
+            if outer:
+                reads[(self.url, tuple(window.flatten()))] += 1
+                local.busy = True
+            try:
+                return _real(self, window, *args, **kwargs)
+            finally:
+                if outer:
+                    local.busy = False
+
+        monkeypatch.setattr(cls, "read", read)
+    return reads
+
+
+def _streaming_budget(monkeypatch, summary, ref) -> None:
     import dask.utils
 
     import flows.regional_cube as rc
     from s2pipe.config import DaskConfig
 
-    region, profile, out, summary = flow_run
-    ref = xr.open_zarr(out, consolidated=True).load()
     raw_bytes = summary["dates_in"] * (ref.sizes["band"] + 1) * ref.sizes["y"] * ref.sizes["x"] * 2
     assert raw_bytes <= rc.PERSIST_FRACTION * dask.utils.parse_bytes(DaskConfig().memory_limit)  # flow_run persisted
+    monkeypatch.setattr(rc, "PERSIST_FRACTION", 0.1 * raw_bytes / dask.utils.parse_bytes(DaskConfig().memory_limit))
 
+
+def _same_store(got: xr.Dataset, ref: xr.Dataset, output) -> None:
+    got, ref = got.copy(), ref.copy()
+    # the output path is part of the parameters, and so of the store signature that hashes them
+    assert got.attrs.pop("parameters") == {**ref.attrs.pop("parameters"), "output": str(output)}
+    got.attrs.pop("s2pipe_signature"), ref.attrs.pop("s2pipe_signature")
+    xr.testing.assert_identical(got, ref)  # every value, coordinate and other attribute
+
+
+def test_streaming_branch_reads_each_pixel_once_and_writes_the_same_store(flow_run, tmp_path, monkeypatch):
+    """A raw cube larger than the memory budget is not persisted but streamed (forced here with a tiny budget):
+    it is staged unnormalized with its per-pixel maxima, then normalised from the staging store. Every asset
+    window is read exactly once, the staging store is gone afterwards, and the store equals the persisted run's."""
+    import flows.regional_cube as rc
+
+    region, profile, out, summary = flow_run
+    ref = xr.open_zarr(out, consolidated=True).load()
+    _streaming_budget(monkeypatch, summary, ref)
     persisted = []
     real_persist = xr.DataArray.persist
     monkeypatch.setattr(xr.DataArray, "persist", lambda self, **kw: persisted.append(self.name) or real_persist(self, **kw))
-    monkeypatch.setattr(rc, "PERSIST_FRACTION", 0.1 * raw_bytes / dask.utils.parse_bytes(DaskConfig().memory_limit))
-    streamed = rc.regional_cube(_config(region, profile, tmp_path / "streamed.zarr", quicklook=False))
+    reads = _count_reads(monkeypatch)
+    output = tmp_path / "streamed.zarr"
+    streamed = rc.regional_cube(_config(region, profile, output, quicklook=False))
     assert persisted == [], "the cube was persisted although it exceeds the budget"
-    got = xr.open_zarr(streamed["output"], consolidated=True).load()
-    # the output path is part of the parameters, and so of the store signature that hashes them
-    assert got.attrs.pop("parameters") == {**ref.attrs.pop("parameters"), "output": str(tmp_path / "streamed.zarr")}
-    got.attrs.pop("s2pipe_signature"), ref.attrs.pop("s2pipe_signature")
-    xr.testing.assert_identical(got, ref)  # every value, coordinate and other attribute
+    assert len(reads) >= summary["scenes"] * (ref.sizes["band"] + 1), "not every asset was read"
+    assert set(reads.values()) == {1}, f"asset windows read more than once: {[k for k, n in reads.items() if n > 1][:3]}"
+    assert not (tmp_path / "streamed.zarr.staging").exists()
+    run = json.loads((tmp_path / "streamed.run.json").read_text())
+    assert run["stage_seconds"]["stage"] > 0 and run["mode"] == "create"
+    _same_store(xr.open_zarr(streamed["output"], consolidated=True).load(), ref, output)
+
+
+def test_streamed_run_interrupted_after_staging_resumes_without_reading_a_scene(flow_run, tmp_path, monkeypatch):
+    """A streamed run that fails while writing the output (after staging) is finished by the next run from the
+    staging store alone: no asset is read again, and the store equals the persisted run's."""
+    import flows.regional_cube as rc
+
+    region, profile, out, summary = flow_run
+    ref = xr.open_zarr(out, consolidated=True).load()
+    _streaming_budget(monkeypatch, summary, ref)
+    output = tmp_path / "resumed.zarr"
+    cfg = _config(region, profile, output, quicklook=False)  # 4 regions of 32 px
+    real_progress = rc.ProgressLine
+
+    class Crash(real_progress):
+        def __call__(self, done, total):
+            super().__call__(done, total)
+            if self.label == "writing cube" and done >= 2:
+                raise RuntimeError("worker lost")
+
+    monkeypatch.setattr(rc, "ProgressLine", Crash)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        rc.regional_cube(cfg)
+    assert (tmp_path / "resumed.zarr.staging" / ".s2pipe" / "complete").exists()
+    assert not (output / ".s2pipe" / "complete").exists()
+    monkeypatch.setattr(rc, "ProgressLine", real_progress)
+    reads = _count_reads(monkeypatch)
+    rc.regional_cube(cfg)
+    assert not reads, f"{len(reads)} asset windows read again"
+    run = json.loads((tmp_path / "resumed.run.json").read_text())
+    assert run["mode"] == "resume" and run["regions"]["resumed"] >= 2
+    assert not (tmp_path / "resumed.zarr.staging").exists()
+    _same_store(xr.open_zarr(output, consolidated=True).load(), ref, output)
 
 
 def test_rerun_resumes_and_changes_nothing(flow_run):
@@ -332,6 +407,34 @@ def test_a_killed_run_resumes_only_the_missing_regions(flow_run, tmp_path):
     xr.testing.assert_identical(got.drop_attrs(), ref.drop_attrs())
     per_date = len(list((out / "reflectance").glob("0.*")))  # chunk files of the first date: every region's
     assert per_date == regions["total"] and len(list((out / "reflectance").glob("*.0.*.*"))) == per_date * got.sizes["time"]
+
+
+def test_cli_run_without_a_prefect_api_starts_and_stops_its_own(flow_run, tmp_path):
+    """`s2pipe run` with no PREFECT_API_URL: the temporary Prefect server starts while the flow modules import
+    (``flows.ephemeral_api``), the run reports to it and succeeds, and the server is gone when the command ends."""
+    import os
+    import re
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    region, profile, _, _ = flow_run
+    out = tmp_path / "own-api.zarr"
+    cfg = _config(region, profile, out, quicklook=False)
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # a fresh database, as on a new machine
+    proc = subprocess.run([sys.executable, "-m", "s2pipe.cli", "run", str(cfg_path)], env=env, capture_output=True,
+                          text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = re.search(r"temporary Prefect API server on http://127\.0\.0\.1:(\d+)/api", proc.stderr)
+    assert found, proc.stderr[-3000:]
+    assert "Beginning flow run" in proc.stderr and (out / ".s2pipe" / "complete").exists()
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", int(found.group(1)))) != 0, "the temporary server outlived the command"
 
 
 def test_flow_on_an_existing_dask_scheduler(flow_run, tmp_path):
