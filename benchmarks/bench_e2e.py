@@ -237,8 +237,12 @@ def main(argv=None) -> dict:
     pairs = assets(region, profile_path)
     fig: dict = {"tile_px": a.tile, "block_px": a.block, "workers": a.workers, "threads_per_worker": 1,
                  "assets": len(pairs)}
-    with LocalCluster(n_workers=a.workers, threads_per_worker=1, processes=True, memory_limit=a.memory_limit,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    from s2pipe.cluster import worker_environment
+
+    with worker_environment():  # the worker processes of s2pipe's own local clusters
+        cluster = LocalCluster(n_workers=a.workers, threads_per_worker=1, processes=True,
+                               memory_limit=a.memory_limit, dashboard_address=None)
+    with cluster, Client(cluster) as client:
         client.register_plugin(PeakRSS(), name=PeakRSS.name)
         run = run_s2pipe(region, profile_path, bbox, cluster.scheduler_address, client)
         s = run["summary"]

@@ -137,6 +137,7 @@ def run_region(region, profile_path: Path, *, side: int, n_workers: int, chunk: 
     import flows.regional_cube as rc
     from s2pipe import staging
     from s2pipe.catalog import load_profile
+    from s2pipe.cluster import worker_environment
     from s2pipe.config import load_config
     from s2pipe.demo import demo_server
 
@@ -154,8 +155,10 @@ def run_region(region, profile_path: Path, *, side: int, n_workers: int, chunk: 
     saved = rc.PERSIST_FRACTION
     rc.PERSIST_FRACTION = saved if persist else 0.0
     try:
-        with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, memory_limit="4GiB",
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+        with worker_environment():  # the worker processes of s2pipe's own local clusters
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, memory_limit="4GiB",
+                                   dashboard_address=None)
+        with cluster, Client(cluster) as client:
             client.register_plugin(PeakRSS(), name=PeakRSS.name)
             client.register_plugin(GraphCounter(), name=GraphCounter.name)
             # warm the workers (imports of the pipeline's modules) before the baseline

@@ -28,7 +28,7 @@ from s2pipe.cluster import dask_client
 from s2pipe.config import DaskConfig
 from s2pipe.errors import InputError
 from s2pipe.labels import LabelSource, rasterize_labels, spatial_split
-from s2pipe.mapping import MAPPER_KINDS, available_cores, load_mapper, train_mapper
+from s2pipe.mapping import MAPPER_KINDS, load_mapper, train_mapper
 from s2pipe.maps import (
     class_map, detect_change, read_class_map, smooth_probabilities, write_change, write_class_map,
     write_probabilities, write_uncertainty,
@@ -290,9 +290,7 @@ def map_predict(
     allowed = {"window", "method", "smoothness", "sigma"}
     if smoothing is not None and set(smoothing) - allowed:
         raise InputError(f"smoothing has unknown keys {sorted(set(smoothing) - allowed)}; allowed: {sorted(allowed)}")
-    threads = None
-    if not dask.address:  # a LocalCluster: share this machine's cores between its worker threads
-        threads = max(1, available_cores() // (dask.n_workers * dask.threads_per_worker))
+    threads = None  # each chunk task takes its worker's share of the host's cores (placement.task_threads)
     with dask_client(dask):
         return predict_task(cube, model, output, end, temporal, variable, overwrite, labels, background, threads,
                             dict(smoothing) if smoothing is not None else None)

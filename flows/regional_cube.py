@@ -1,6 +1,7 @@
 """The ``regional-cube`` flow: region + time window -> cloud-masked, gap-filled, normalized Zarr cube.
 
-One Prefect task per stage (search, cube, cloud mask, gap fill, normalisation, write, quick-look). The
+One Prefect task per stage (search, cube, cloud mask, gap fill, normalisation, write, quick-look; a cube too
+large for the cluster's memory is staged first, see ``s2pipe.staging``). The
 tasks build and run Dask graphs on a cluster: a ``LocalCluster`` by default, or an existing scheduler
 (``dask.address``); Prefect never sees chunks. Bad input raises ``InputError`` before anything is sent or
 written; catalog hiccups (``TransientError``) are retried with backoff.
@@ -435,7 +436,8 @@ def assemble_output(normalized: xr.DataArray, weight: xr.DataArray, clear: xr.Da
 
 
 PERSIST_FRACTION = 0.25
-"""A raw cube up to this fraction of the cluster's worker memory is persisted instead of read twice."""
+"""A raw cube up to this fraction of the cluster's worker memory is persisted; a larger one streams region by
+region through a staging store (``s2pipe.staging``). Either way each COG pixel is read once."""
 
 
 def _cluster_memory() -> float:

@@ -45,7 +45,7 @@ import torch
 import xarray as xr
 
 from s2pipe.errors import InputError
-from s2pipe.placement import current_placement, inference_tasks, on_device
+from s2pipe.placement import current_placement, inference_tasks, on_device, torch_threads
 from s2pipe.weights import read_payload
 from s2pipe.models.dynamics import SCHEMES, Scheme, build_dynamics
 
@@ -1025,7 +1025,8 @@ def forecast_cube(model: DynamicsModel, history: xr.DataArray, *, steps: int = 1
         if ok.any():
             flat = v.reshape(n_t, n_b, ny * nx)[:, :, ok][:, :, None, :]  # (time, band, y=1, x=valid pixels)
             sub = xr.DataArray(flat, dims=("time", "band", "y", "x"), coords={"time": b["time"].values, "band": b["band"].values})
-            f = m.forecast(sub, steps=steps, level=level, batch_size=batch_size)
+            with torch_threads():  # on a distributed worker: its share of the host's cores
+                f = m.forecast(sub, steps=steps, level=level, batch_size=batch_size)
             for k in names:
                 out[k][:, :, ok] = (f if k is None else f[k]).values[:, :, 0, :]
         coords = {"time": new_t, "band": b["band"].values, "y": b["y"].values, "x": b["x"].values}

@@ -38,7 +38,6 @@ multiples of ``2**depth`` (max-pool alignment): the result equals the whole-imag
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
 import json
@@ -57,7 +56,7 @@ import xarray as xr
 from s2pipe.errors import InputError
 from s2pipe.weights import read_payload, save_payload
 from s2pipe.forecast import resolve_device
-from s2pipe.placement import current_placement, inference_tasks, on_device
+from s2pipe.placement import available_cores, current_placement, inference_tasks, on_device, torch_threads
 from s2pipe.models.mapping import SequenceHead, TemporalHead, UNet, joint_loss, receptive_radius
 
 __all__ = ["MapperConfig", "Mapper", "MapperKind", "MAPPER_KINDS", "Architecture", "ARCHITECTURES", "ClassWeight",
@@ -359,10 +358,9 @@ class Mapper:
             halo: Dask input only: overlap (pixels, a multiple of ``2**depth``) read around each chunk;
                 None: ``config.halo(temporal=...)``, the receptive radius, which makes chunked and whole-image
                 predictions equal. Smaller halos are faster but approximate near chunk borders.
-            threads: Dask input only: torch CPU threads per chunk task. None: on a distributed worker, the
-                machine's cores divided by the worker's threads; otherwise torch's setting. Several Dask worker
-                processes on one machine should pass ``cores // (processes × threads)`` (the flows do):
-                oversubscribed torch threads run many times slower.
+            threads: Dask input only: torch CPU threads per chunk task. None: on a distributed worker, its share
+                of the host's cores (``placement.task_threads``: the cores divided by the Dask threads of all
+                the workers on that host); otherwise torch's setting.
         Returns:
             "probability" (class, y, x) float32, summing to 1 over ``class`` (coordinate: the class ids), with the
             x/y (and spatial_ref) coordinates and attrs (crs, transform, …) of ``images``; lazy (Dask) when
@@ -424,7 +422,7 @@ class Mapper:
             top, left = (halo if iy > 0 else 0), (halo if ix > 0 else 0)
             bottom, right = (halo if iy < ny_blocks - 1 else 0), (halo if ix < nx_blocks - 1 else 0)
             mapper = on_device(self, resolve_device(None), _mapper_on) if per_worker_device else self
-            with _torch_threads(threads):
+            with torch_threads(threads):
                 p = mapper._predict_array(np.asarray(b), temporal=temporal, batch_size=batch_size)
             p = p[:, top:p.shape[1] - bottom, left:p.shape[2] - right]
             return p[None]
@@ -456,35 +454,6 @@ class Mapper:
         return (f"Mapper(classes={c.classes}, bands={len(c.bands)}, seq_len={c.seq_len}, architecture="
                 f"{c.architecture!r}, base={c.base}, depth={c.depth}, hidden={c.hidden}, "
                 f"epochs={c.fcn_epochs}+{c.temporal_epochs})")
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int | None):
-    """Run a Dask task's torch work on ``threads`` CPU threads (None: on a distributed worker, cores / its threads;
-    elsewhere torch's setting)."""
-    if threads is None:
-        cores = available_cores()
-        try:
-            from distributed import get_worker
-
-            threads = max(1, cores // get_worker().state.nthreads)
-        except (ImportError, ValueError, AttributeError):  # not on a distributed worker: torch's own setting
-            yield
-            return
-    before = torch.get_num_threads()
-    if threads == before:
-        yield
-        return
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _mapper_on(mapper: Mapper, device: torch.device) -> Mapper:

@@ -29,7 +29,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import functools
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["GPU", "Placement", "gpu_workers", "has_gpu_workers", "inference_placement", "inference_tasks",
-           "current_placement", "on_device"]
+           "current_placement", "on_device", "available_cores", "task_threads", "torch_threads"]
 
 GPU = "GPU"
 """Name of the Dask worker resource that marks a GPU worker."""
@@ -179,3 +181,66 @@ def on_device(model, device, move: Callable[[Any, Any], Any] | None = None):
         if key not in per_model:
             per_model[key] = move(model, device) if move is not None else copy.deepcopy(model).to(device)
         return per_model[key]
+
+
+# ---------------------------------------------------------------------------------------------- CPU threads
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@functools.lru_cache(maxsize=8)
+def _host_threads(address: str) -> int:
+    """Dask threads of all the workers on the host of the worker at ``address`` (asked once per process)."""
+    from urllib.parse import urlparse
+
+    from distributed import get_client
+
+    workers = get_client().scheduler_info(n_workers=-1)["workers"]
+
+    def host(addr: str, info: dict) -> str:
+        return info.get("host") or urlparse(addr).hostname or addr
+
+    me = host(address, workers.get(address, {}))
+    return sum(int(w.get("nthreads", 1)) for a, w in workers.items() if host(a, w) == me) or 1
+
+
+def task_threads(threads: int | None = None) -> int | None:
+    """CPU threads for the model work of one Dask task (torch, tree predictions): the one thread policy.
+
+    ``threads`` when given. On a distributed worker: the host's cores divided by the Dask threads of *all*
+    the workers on that host (from the scheduler, once per process), at least 1. Oversubscribed threads run
+    many times slower: two worker processes that each took all the cores made the mapper's chunk tasks ~10x
+    slower than the bare network (``benchmarks/bench_inference.py``). Elsewhere (no distributed worker):
+    None, the library's own setting.
+    """
+    if threads is not None:
+        return threads
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError, AttributeError):
+        return None
+    try:
+        on_host = _host_threads(worker.address)
+    except Exception:  # noqa: BLE001 - no scheduler answer: this worker's own threads
+        on_host = worker.state.nthreads
+    return max(1, available_cores() // max(on_host, 1))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None = None) -> Iterator[None]:
+    """Run the enclosed torch work on ``task_threads(threads)`` CPU threads (restored afterwards)."""
+    import torch
+
+    n = task_threads(threads)
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

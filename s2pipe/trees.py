@@ -26,8 +26,8 @@ probabilities: every pixel's arithmetic is the same whatever the chunking or the
 
 **Threads.** Training uses ``n_jobs`` threads (scikit-learn ``n_jobs``, LightGBM ``num_threads``).
 Prediction uses ``threads``: in memory, None = the cores of this process; in a Dask task, None = the
-machine's cores divided by the distributed worker's threads (1 on the local threaded scheduler, which already
-runs one task per core), as the U-Net's torch threads, so trees never oversubscribe the cores.
+worker's share of the host's cores (``placement.task_threads``, as the U-Net's torch threads; 1 on the local
+threaded scheduler, which already runs one task per core), so trees never oversubscribe the cores.
 
 **Files** hold no pickled code: one ``torch.save`` dict of tensors and JSON strings (``format``
 ``"s2pipe.tree-mapper/1"``), read with ``torch.load(weights_only=True)``. A random forest is stored as its
@@ -54,9 +54,8 @@ import torch
 import xarray as xr
 
 from s2pipe.errors import InputError
-from s2pipe.mapping import (_check_images, _check_labels, _names_of, _positive_int, _spatial_coords, _training_bands,
-                            available_cores)
-from s2pipe.placement import inference_tasks
+from s2pipe.mapping import _check_images, _check_labels, _names_of, _positive_int, _spatial_coords, _training_bands
+from s2pipe.placement import available_cores, inference_tasks, task_threads
 from s2pipe.weights import save_payload
 
 __all__ = ["FORMAT", "TreeKind", "TreeMapperConfig", "TreeMapper", "train_tree_mapper", "tree_mapper_from_payload",
@@ -359,7 +358,7 @@ class TreeMapper:
         model = dask.delayed(self, name=self._graph_key, pure=False)
 
         def block(b, mapper):
-            return mapper._predict_array(np.asarray(b), _task_threads(threads))[None]
+            return mapper._predict_array(np.asarray(b), task_threads(threads) or 1)[None]
 
         with inference_tasks():
             out = dsa.map_blocks(block, arr, model, dtype=np.float32, token="mapper-predict",
@@ -386,18 +385,6 @@ class TreeMapper:
         c = self.config
         return (f"TreeMapper(model={c.model!r}, classes={c.classes}, bands={len(c.bands)}, seq_len={c.seq_len}, "
                 f"n_estimators={c.options.get('n_estimators')}, train_pixels={c.train_pixels})")
-
-
-def _task_threads(threads: int | None) -> int:
-    """Threads of one Dask prediction task: ``threads``, else cores / the distributed worker's threads, else 1."""
-    if threads is not None:
-        return threads
-    try:
-        from distributed import get_worker
-
-        return max(1, available_cores() // get_worker().state.nthreads)
-    except (ImportError, ValueError, AttributeError):  # the local threaded scheduler: one task per core
-        return 1
 
 
 def tree_mapper_from_payload(payload: dict) -> TreeMapper:

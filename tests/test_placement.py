@@ -215,3 +215,30 @@ def test_per_worker_device_uses_a_cached_copy(models):
     copy = on_device(dyn, "meta", _model_on)
     assert copy.device == torch.device("meta") and dyn.device == torch.device("cpu")
     assert copy.config == dyn.config
+
+
+def test_task_threads_share_the_host_cores_between_all_its_workers(gpu_cluster, monkeypatch):
+    """The one CPU-thread policy of inference tasks: the host's cores divided by the Dask threads of every
+    worker on the host (here 2 workers x 1 thread on one host), at least 1; an explicit value wins; outside a
+    distributed worker the library's own setting (None)."""
+    import s2pipe.placement as placement
+
+    client, _ = gpu_cluster
+
+    def in_tasks(*args) -> set:  # one task on each (in-process) worker
+        workers = list(client.scheduler_info()["workers"])
+        return set(client.gather([client.submit(placement.task_threads, *args, workers=[w], pure=False)
+                                  for w in workers]))
+
+    placement._host_threads.cache_clear()
+    monkeypatch.setattr(placement, "available_cores", lambda: 8)
+    assert in_tasks() == {4}  # 8 cores / (1 + 1) worker threads on the host
+    assert in_tasks(3) == {3}
+    monkeypatch.setattr(placement, "available_cores", lambda: 1)
+    assert in_tasks() == {1}
+    assert placement.task_threads() is None and placement.task_threads(2) == 2
+
+    before = torch.get_num_threads()
+    with placement.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
