@@ -358,8 +358,9 @@ WORKER_MALLOC = {"MALLOC_TRIM_THRESHOLD_": 256 * 2**20, "MALLOC_MMAP_THRESHOLD_"
 Dask's setting also turns off glibc's adaptive mmap threshold, so every buffer over 128 KiB is a fresh ``mmap``,
 faulted in page by page and unmapped when freed. Model inference allocates thousands of ~10 MB tensors per
 chunk: with buffers up to 32 MiB taken from (and returned to) the heap, and up to 256 MiB of free heap kept
-mapped, the mapper's chunk tasks ran ~2.4x and the forecaster's ~1.4x faster on this machine
-(``benchmarks/bench_inference.py``, against ``--dask-malloc``). For a cluster you start yourself, set the same
+mapped, the mapper's chunk tasks ran 2.2x and the forecaster's 1.7x faster on this 2-core machine
+(``benchmarks/bench_inference.py``, against ``--dask-malloc``). The data path did not change measurably
+(``bench_e2e.py``). For a cluster you start yourself, set the same
 variables in the workers' environment (``distributed.nanny.pre-spawn-environ``)."""
 
 
