@@ -172,7 +172,7 @@ def run_region(region, profile_path: Path, *, side: int, n_workers: int, chunk: 
                 raw = rc.assemble_output(filled, weight, clear, cube=cube, cfg=cfg)
                 staged = rc.stage_task.fn(raw, reflectance, cfg)
                 filled, weight, clear = staged["reflectance"], staged["weight"], staged["observed"]
-                normalized = rc.normalize_task.fn(cube, reflectance, filled, cfg, band_max=staging.band_max(staged))
+                normalized = rc.normalize_task.fn(cube, reflectance, filled, cfg, staged=staged)
             else:
                 normalized = rc.normalize_task.fn(cube, reflectance, filled, cfg)
             ds = rc.assemble_output(normalized, weight, clear, cube=cube, cfg=cfg)

@@ -138,7 +138,7 @@ def gapfill_task(reflectance: xr.DataArray, cfg: RunConfig, times=None) -> tuple
 
 @task(name="normalize", cache_policy=NO_CACHE)
 def normalize_task(cube: xr.DataArray, reflectance: xr.DataArray, filled: xr.DataArray, cfg: RunConfig, *,
-                   band_max: xr.DataArray | None = None) -> xr.DataArray:
+                   staged: xr.Dataset | None = None) -> xr.DataArray:
     """Scale factors from the clear observations (one reduction pass), applied to the gap-filled cube.
 
     The max-based methods reduce the raw DN of ``cube`` (``clear_band_max``: no float32 cube is built for the
@@ -146,8 +146,8 @@ def normalize_task(cube: xr.DataArray, reflectance: xr.DataArray, filled: xr.Dat
 
     Cressman values are convex combinations of clear observations, so the maximum over the observations is
     the maximum of the gap-filled cube whenever the output keeps the acquisition dates, and an upper bound
-    otherwise. A resumed run reuses the factors stored in the existing output. ``band_max``: the per-band
-    maxima when they are already known (``staging.band_max`` of a staged cube), instead of a statistics pass.
+    otherwise. A resumed run reuses the factors stored in the existing output. ``staged``: the staging store
+    of a streamed run, whose per-pixel maxima (``staging.band_max``) replace the statistics pass.
     """
     log = run_logger()
     n = cfg.normalize
@@ -157,8 +157,8 @@ def normalize_task(cube: xr.DataArray, reflectance: xr.DataArray, filled: xr.Dat
         log.info(f"normalisation statistics ({n.method}) over {reflectance.sizes['time']} dates ...")
         if n.method == "per_band_percentile":
             scale = compute_scale(reflectance, method=n.method, percentile=n.percentile)
-        elif band_max is not None:
-            scale = scale_from_max(band_max, method=n.method)
+        elif staged is not None:
+            scale = scale_from_max(staging.band_max(staged), method=n.method)
         else:
             scale = scale_from_max(clear_band_max(cube, clear_classes=cfg.clear_classes), method=n.method)
         log.info(f"normalisation factors computed in {time.monotonic() - t0:.1f} s: "
@@ -361,8 +361,7 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
                     raw = assemble_output(filled, weight, clear, cube=cube, cfg=cfg)
                     staged = timed("stage", stage_task, raw, reflectance, cfg)
                     filled, weight, clear = staged["reflectance"], staged["weight"], staged["observed"]
-                    normalized = timed("normalize", normalize_task, cube, reflectance, filled, cfg,
-                                       band_max=staging.band_max(staged))
+                    normalized = timed("normalize", normalize_task, cube, reflectance, filled, cfg, staged=staged)
                 else:
                     normalized = timed("normalize", normalize_task, cube, reflectance, filled, cfg)
                 ds = assemble_output(normalized, weight, clear, cube=cube, cfg=cfg)

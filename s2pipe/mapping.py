@@ -42,7 +42,6 @@ import dataclasses
 import inspect
 import json
 import math
-import os
 import time as _time
 import warnings
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ import xarray as xr
 from s2pipe.errors import InputError
 from s2pipe.weights import read_payload, save_payload
 from s2pipe.forecast import resolve_device
-from s2pipe.placement import available_cores, current_placement, inference_tasks, on_device, torch_threads
+from s2pipe.placement import current_placement, inference_tasks, on_device, torch_threads
 from s2pipe.models.mapping import SequenceHead, TemporalHead, UNet, joint_loss, receptive_radius
 
 __all__ = ["MapperConfig", "Mapper", "MapperKind", "MAPPER_KINDS", "Architecture", "ARCHITECTURES", "ClassWeight",
