@@ -139,7 +139,7 @@ def run_s2pipe(region, profile_path: Path, bbox, address: str, client) -> dict:
     if proc.returncode:
         raise SystemExit(f"s2pipe run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     peaks = _peaks(client)
-    from flows.regional_cube import run_summary_path
+    from s2pipe.flows.regional_cube import run_summary_path
 
     summary = json.loads(Path(run_summary_path(out)).read_text())
     return {"wall_s": wall, "summary": summary, "peak_rss_mib": {w: p["peak_mib"] for w, p in peaks.items()},

@@ -7,7 +7,7 @@ on a 24 px crop of the cube) are trained, saved, and run by the ``map-predict`` 
 on one ``LocalCluster`` of ``--workers`` processes x 1 thread, started by this script with the worker
 environment of s2pipe's own clusters (``cluster.WORKER_MALLOC``; ``--dask-malloc``: Dask's default), which the
 flows join through ``dask.address`` (as with ``--dask-address``). Prefect's temporary API starts through
-``flows.ephemeral_api`` first.
+``s2pipe.flows.ephemeral_api`` first.
 
 Per chunk, from the cluster's task stream:
 
@@ -95,8 +95,8 @@ def main(argv=None) -> dict:
     from s2pipe.store import write_cube
 
     ephemeral_api.start_in_background()
-    from flows.forecast import forecast_predict
-    from flows.mapping import map_predict
+    from s2pipe.flows.forecast import forecast_predict
+    from s2pipe.flows.mapping import map_predict
 
     tmp = Path(tempfile.mkdtemp(prefix="s2pipe-bench-inference-"))
     img, _ = make_scene(a.size, a.dates, list(BANDS), seed=3)

@@ -134,7 +134,7 @@ def run_region(region, profile_path: Path, *, side: int, n_workers: int, chunk: 
     """The flow's stages on a fresh LocalCluster; wall time of cube..write, peak RSS per worker, graph sizes."""
     from distributed import Client, LocalCluster
 
-    import flows.regional_cube as rc
+    import s2pipe.flows.regional_cube as rc
     from s2pipe import staging
     from s2pipe.catalog import load_profile
     from s2pipe.cluster import worker_environment

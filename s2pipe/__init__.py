@@ -2,7 +2,7 @@
 
 Each pipeline stage is its own module exposing a pure function (xarray in, xarray out):
 ``search`` -> ``cube`` -> ``cloudmask`` -> ``gapfill`` -> ``normalize`` -> ``store``.
-Prefect flows in the top-level ``flows`` package orchestrate them; this package never imports Prefect.
+Prefect flows in ``s2pipe.flows`` orchestrate them; nothing outside ``s2pipe.flows`` imports Prefect.
 """
 from importlib.metadata import PackageNotFoundError, version
 

@@ -1,4 +1,5 @@
-"""Catalog profiles: one YAML file per STAC source in the repository's ``catalogs/`` folder.
+"""Catalog profiles: one YAML file per STAC source, built in (the repository's ``catalogs/`` folder, installed as
+package data ``s2pipe/catalogs/``) or given by path.
 
 A profile says where the STAC API is, which collection to search, how the source names its assets
 (``B04`` vs ``red``), how to turn DN into reflectance, and whether asset URLs must be signed.
@@ -15,7 +16,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from s2pipe.bands import BANDS
 from s2pipe.errors import InputError
 
-CATALOG_DIR = Path(os.environ.get("S2PIPE_CATALOGS", Path(__file__).resolve().parents[1] / "catalogs"))
+
+
+def _builtin_catalog_dir() -> Path:
+    """The built-in profiles: ``S2PIPE_CATALOGS`` if set, else the installed package data, else the checkout's."""
+    if "S2PIPE_CATALOGS" in os.environ:
+        return Path(os.environ["S2PIPE_CATALOGS"])
+    package = Path(__file__).resolve().parent
+    installed = package / "catalogs"  # a wheel or `pip install .`
+    return installed if installed.is_dir() else package.parent / "catalogs"  # an editable checkout
+
+
+CATALOG_DIR = _builtin_catalog_dir()
 """Folder of the built-in profiles (override with the S2PIPE_CATALOGS environment variable)."""
 
 LOCAL_DEMO_URL = "local-demo"

@@ -54,16 +54,16 @@ def _fail(exc: BaseException) -> typer.Exit:
 
 
 def _flow(module: str, name: str):
-    """The flow ``flows.<module>.<name>``, called so that it reports to a Prefect API (the one place the CLI
+    """The flow ``s2pipe.flows.<module>.<name>``, called so that it reports to a Prefect API (the one place the CLI
     reaches the flows). Without ``PREFECT_API_URL``, the temporary server starts while the flow module imports
-    (``flows.ephemeral_api``) instead of after."""
+    (``s2pipe.flows.ephemeral_api``) instead of after."""
     import functools
     import importlib
 
     from flows import ephemeral_api
 
     ephemeral_api.start_in_background()
-    flow = getattr(importlib.import_module(f"flows.{module}"), name)
+    flow = getattr(importlib.import_module(f"s2pipe.flows.{module}"), name)
 
     @functools.wraps(flow)
     def call(*args, **kwargs):
@@ -375,7 +375,7 @@ _LABEL_HELP = ("Vector labels PATH:CLASS_ID[:NAME] (GeoPackage/GeoJSON/Shapefile
 
 
 def _label_specs(labels: list[str] | None, *, line_width: float, width_column: str | None) -> list[dict]:
-    """``PATH:CLASS_ID[:NAME]`` strings -> label-source dicts of ``flows.mapping.label_sources``."""
+    """``PATH:CLASS_ID[:NAME]`` strings -> label-source dicts of ``s2pipe.flows.mapping.label_sources``."""
     specs = []
     for text in labels or []:
         parts = text.rsplit(":", 2)
@@ -439,7 +439,7 @@ def map_train_cmd(
             raise InputError("--n-estimators/--n-jobs are options of the tree mappers; pass --model random-forest "
                              "or lightgbm, or leave them out")
         specs = _label_specs(label, line_width=line_width, width_column=width_column)
-        from flows.mapping import label_sources
+        from s2pipe.flows.mapping import label_sources
 
         label_sources(specs)  # bad labels fail here, before Prefect starts or anything is written
         map_train = _flow("mapping", "map_train")
@@ -480,7 +480,7 @@ def map_predict_cmd(
 
     try:
         specs = _label_specs(label, line_width=line_width, width_column=width_column) or None
-        from flows.mapping import label_sources
+        from s2pipe.flows.mapping import label_sources
 
         if specs:
             label_sources(specs)

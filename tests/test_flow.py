@@ -48,7 +48,7 @@ def _config(region, profile, output, **kw):
 
 @pytest.fixture(scope="module")
 def flow_run(prefect_harness, tiny_demo, tmp_path_factory):
-    from flows.regional_cube import regional_cube
+    from s2pipe.flows.regional_cube import regional_cube
 
     region, profile = tiny_demo
     out = tmp_path_factory.mktemp("flow") / "cube.zarr"
@@ -189,7 +189,7 @@ def _count_reads(monkeypatch) -> dict:
 def _streaming_budget(monkeypatch, summary, ref) -> None:
     import dask.utils
 
-    import flows.regional_cube as rc
+    import s2pipe.flows.regional_cube as rc
     from s2pipe.config import DaskConfig
 
     raw_bytes = summary["dates_in"] * (ref.sizes["band"] + 1) * ref.sizes["y"] * ref.sizes["x"] * 2
@@ -209,7 +209,7 @@ def test_streaming_branch_reads_each_pixel_once_and_writes_the_same_store(flow_r
     """A raw cube larger than the memory budget is not persisted but streamed (forced here with a tiny budget):
     it is staged unnormalized with its per-pixel maxima, then normalised from the staging store. Every asset
     window is read exactly once, the staging store is gone afterwards, and the store equals the persisted run's."""
-    import flows.regional_cube as rc
+    import s2pipe.flows.regional_cube as rc
 
     region, profile, out, summary = flow_run
     ref = xr.open_zarr(out, consolidated=True).load()
@@ -232,7 +232,7 @@ def test_streaming_branch_reads_each_pixel_once_and_writes_the_same_store(flow_r
 def test_streamed_run_interrupted_after_staging_resumes_without_reading_a_scene(flow_run, tmp_path, monkeypatch):
     """A streamed run that fails while writing the output (after staging) is finished by the next run from the
     staging store alone: no asset is read again, and the store equals the persisted run's."""
-    import flows.regional_cube as rc
+    import s2pipe.flows.regional_cube as rc
 
     region, profile, out, summary = flow_run
     ref = xr.open_zarr(out, consolidated=True).load()
@@ -263,7 +263,7 @@ def test_streamed_run_interrupted_after_staging_resumes_without_reading_a_scene(
 
 
 def test_rerun_resumes_and_changes_nothing(flow_run):
-    from flows.regional_cube import regional_cube
+    from s2pipe.flows.regional_cube import regional_cube
 
     region, profile, out, _ = flow_run
     before = xr.open_zarr(out, consolidated=True).load()
@@ -278,7 +278,7 @@ def test_scheduled_appends_extend_the_cube_like_one_run(flow_run, tmp_path):
     """append=True: a first run creates, a later window appends only the new dates (old chunks untouched, new
     dates equal to one run over the whole window, in reflectance units), the same window again changes nothing,
     and a store built with other parameters is refused untouched."""
-    from flows.regional_cube import regional_cube
+    from s2pipe.flows.regional_cube import regional_cube
     from s2pipe.errors import OutputConflictError
     from s2pipe.normalize import invert
 
@@ -322,7 +322,7 @@ def test_a_truncated_asset_leaves_its_scene_out_or_fails_in_strict_mode(flow_run
     summary; strict=True fails naming it, before anything is written."""
     import shutil
 
-    from flows.regional_cube import regional_cube
+    from s2pipe.flows.regional_cube import regional_cube
     from s2pipe.errors import AssetError
 
     region, profile, _, _ = flow_run
@@ -399,7 +399,7 @@ def test_a_killed_run_resumes_only_the_missing_regions(flow_run, tmp_path):
     regions = run["regions"]
     assert run["mode"] == "resume" and regions["resumed"] >= recorded >= 1
     assert regions["written_by_this_run"] == regions["total"] - regions["resumed"] > 0
-    from flows.regional_cube import regional_cube
+    from s2pipe.flows.regional_cube import regional_cube
 
     undisturbed = regional_cube(cfg.model_copy(update={"output": tmp_path / "undisturbed.zarr"}))["output"]
     ref = xr.open_zarr(undisturbed, consolidated=True).load()
@@ -411,7 +411,7 @@ def test_a_killed_run_resumes_only_the_missing_regions(flow_run, tmp_path):
 
 def test_cli_run_without_a_prefect_api_starts_and_stops_its_own(flow_run, tmp_path):
     """`s2pipe run` with no PREFECT_API_URL: the temporary Prefect server starts while the flow modules import
-    (``flows.ephemeral_api``), the run reports to it and succeeds, and the server is gone when the command ends."""
+    (``s2pipe.flows.ephemeral_api``), the run reports to it and succeeds, and the server is gone when the command ends."""
     import os
     import re
     import socket
@@ -446,7 +446,7 @@ def test_flow_on_an_existing_dask_scheduler(flow_run, tmp_path):
     from dask.utils import key_split
     from distributed import Client, LocalCluster, get_task_stream
 
-    from flows.regional_cube import regional_cube
+    from s2pipe.flows.regional_cube import regional_cube
 
     region, profile, out, summary = flow_run
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
@@ -477,7 +477,7 @@ def test_flow_on_an_existing_dask_scheduler(flow_run, tmp_path):
 
 
 def test_output_built_from_another_grid_is_refused_and_left_untouched(flow_run):
-    from flows.regional_cube import regional_cube
+    from s2pipe.flows.regional_cube import regional_cube
     from s2pipe.errors import OutputConflictError
 
     region, profile, out, _ = flow_run
@@ -493,7 +493,7 @@ def test_output_built_from_another_grid_is_refused_and_left_untouched(flow_run):
 
 
 def test_flow_runs_as_a_prefect_deployment(flow_run, tmp_path):
-    """`python -m flows.serve` registers a deployment on a Prefect server; a triggered run builds the cube."""
+    """`python -m s2pipe.flows.serve` registers a deployment on a Prefect server; a triggered run builds the cube."""
     import os
     import subprocess
     import sys
@@ -510,7 +510,7 @@ def test_flow_runs_as_a_prefect_deployment(flow_run, tmp_path):
     cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     server = subprocess.Popen(
-        [sys.executable, "-m", "flows.serve", "--config", str(cfg_path), "--name", "pytest"],
+        [sys.executable, "-m", "s2pipe.flows.serve", "--config", str(cfg_path), "--name", "pytest"],
         cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
@@ -521,7 +521,7 @@ def test_flow_runs_as_a_prefect_deployment(flow_run, tmp_path):
                 run = run_deployment("regional-cube/pytest", timeout=240)
             except Exception:  # not registered yet
                 if server.poll() is not None:
-                    pytest.fail(f"flows.serve exited: {server.stderr.read().decode()[-2000:]}")
+                    pytest.fail(f"s2pipe.flows.serve exited: {server.stderr.read().decode()[-2000:]}")
                 time.sleep(1)
         assert run is not None, "the deployment was never registered"
         assert run.state.is_completed(), run.state
@@ -545,7 +545,7 @@ def test_gdal_warps_the_output_to_the_requested_lonlat_region(flow_run):
 
 def test_forecast_flows_train_and_predict_on_the_cube(flow_run, tmp_path):
     """forecast-train on class pixels of the cube, forecast-predict over the whole cube -> GIS-ready Zarr."""
-    from flows.forecast import forecast_predict, forecast_train
+    from s2pipe.flows.forecast import forecast_predict, forecast_train
 
     region, _, out, _ = flow_run
     trained = forecast_train(str(out), str(tmp_path / "m.pt"), mask=str(region.landcover_path), classes=[1, 2, 3, 4],
@@ -566,7 +566,7 @@ def test_mapping_flows_train_predict_change(flow_run, tmp_path):
     """map-train (vector labels, spatial hold-out) -> map-predict (Zarr + COG + PNG) -> map-change (COG + GPKG)."""
     import pyogrio
 
-    from flows.mapping import map_change, map_predict, map_train, report_path
+    from s2pipe.flows.mapping import map_change, map_predict, map_train, report_path
 
     region, _, out, _ = flow_run
     labels = [{"data": str(region.mangroves_path), "class_id": 1, "name": "mangrove"},
@@ -677,9 +677,9 @@ def test_map_cli_random_forest_train_predict_with_uncertainty(flow_run, tmp_path
 def test_scheduled_update_extends_the_cube_and_its_products(flow_run, tmp_path):
     """regional-update: the first run builds the cube and the products of its last date; a later window appends
     dates and makes a map and a forecast for each new date only; again with nothing new: nothing changes."""
-    from flows.forecast import forecast_train
-    from flows.mapping import map_train
-    from flows.update import regional_update
+    from s2pipe.flows.forecast import forecast_train
+    from s2pipe.flows.mapping import map_train
+    from s2pipe.flows.update import regional_update
 
     region, profile, full_out, _ = flow_run
     labels = [{"data": str(region.mangroves_path), "class_id": 1, "name": "mangrove"}]

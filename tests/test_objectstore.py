@@ -295,7 +295,7 @@ def test_build_cube_reads_s3_hrefs_through_gdal(s3, tmp_path):
 def test_flow_writes_to_s3_without_leaking_the_secret(s3, prefect_harness, tiny_demo, caplog, capfd):  # noqa: F811
     """regional-cube end to end into s3://: the cube, its run summary and quick-look beside it; the secret key
     is in no log line, no summary and no object of the bucket."""
-    from flows.regional_cube import regional_cube
+    from s2pipe.flows.regional_cube import regional_cube
 
     caplog.set_level(logging.INFO)  # root: DEBUG would route botocore's flood through every handler
     caplog.set_level(logging.DEBUG, logger="s2pipe")

@@ -1,6 +1,6 @@
 """Serve ``regional-cube`` as a long-running Prefect deployment with a schedule.
 
-    python -m flows.serve --config examples/demo.yaml --cron "0 3 * * 1"
+    python -m s2pipe.flows.serve --config examples/demo.yaml --cron "0 3 * * 1"
 
 Scheduled runs then appear in the Prefect UI/API (``PREFECT_API_URL``), and can also be triggered with
 ``prefect deployment run 'regional-cube/<name>'``. For work pools and workers use ``deploy/prefect.yaml``.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.regional_cube import regional_cube
+from s2pipe.flows.regional_cube import regional_cube
 from s2pipe.config import load_config
 
 

@@ -7,7 +7,7 @@ tasks build and run Dask graphs on a cluster: a ``LocalCluster`` by default, or 
 written; catalog hiccups (``TransientError``) are retried with backoff.
 
 Run it from the CLI (``s2pipe run CONFIG.yaml``), from Python (``regional_cube(load_config(...))``), or as a
-deployment (``deploy/prefect.yaml``, ``python -m flows.serve``).
+deployment (``deploy/prefect.yaml``, ``python -m s2pipe.flows.serve``).
 """
 
 import contextlib

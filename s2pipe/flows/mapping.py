@@ -23,7 +23,7 @@ import xarray as xr
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.regional_cube import run_logger
+from s2pipe.flows.regional_cube import run_logger
 from s2pipe.cluster import dask_client
 from s2pipe.config import DaskConfig
 from s2pipe.errors import InputError

@@ -86,7 +86,7 @@ def _start() -> None:
         atexit.register(_stop)
         url = f"http://127.0.0.1:{port}/api"
         log.info(f"starting a temporary Prefect API server on {url} (set PREFECT_API_URL to use your own)")
-        # flows/__init__ sets 180 s: the first start on a fresh machine runs the database migrations
+        # s2pipe/flows/__init__ sets 180 s: the first start on a fresh machine runs the database migrations
         deadline = time.monotonic() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 180))
         while time.monotonic() < deadline and _proc.poll() is None:
             try:

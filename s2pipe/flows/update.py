@@ -16,9 +16,9 @@ from typing import Any
 import pandas as pd
 from prefect import flow
 
-from flows.forecast import forecast_predict
-from flows.mapping import map_predict
-from flows.regional_cube import regional_cube, run_logger
+from s2pipe.flows.forecast import forecast_predict
+from s2pipe.flows.mapping import map_predict
+from s2pipe.flows.regional_cube import regional_cube, run_logger
 from s2pipe.config import RunConfig, load_config
 from s2pipe.errors import InputError
 from s2pipe.store import STATE_DIR, open_cube
