@@ -35,8 +35,8 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
-from s2pipe.cog import write_cog
 from s2pipe.cube import build_cube
+from s2pipe.products.cog import write_cog
 
 N_FILES = 12
 SIZE = 2048

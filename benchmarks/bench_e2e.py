@@ -1,6 +1,6 @@
 """The whole regional-cube run on a tile-sized region against the read limit and the notebook glue, one run.
 
-Region: a generated demo tile (``s2pipe.demo``, ``--tile`` 2048 px at 10 m, 1 tile, March-May 2022: 19 dates,
+Region: a generated demo tile (``s2pipe.synthetic.demo``, ``--tile`` 2048 px at 10 m, 1 tile, March-May 2022: 19 dates,
 ``--block`` 512-px COG blocks, all 10 bands + SCL), served by the local STAC API. Everything below runs on
 the same ``LocalCluster`` of ``--workers`` worker processes x 1 thread, started once by this script; the flow
 joins it through ``dask.address`` (what ``--dask-address`` does), so its start-up is the run's own.
@@ -46,7 +46,7 @@ from bench_scale import PeakRSS, _peaks, _reset_peaks  # noqa: E402
 
 
 def demo_region(tile: int, block: int):
-    from s2pipe.demo import DemoConfig, generate_demo
+    from s2pipe.synthetic.demo import DemoConfig, generate_demo
 
     cfg = DemoConfig(start="2022-03-01", end="2022-05-31", tile_size=tile, n_tiles=1, overlap=64, block_size=block,
                      missing_date_fraction=0.0, seed=0)
@@ -222,7 +222,6 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", type=Path, help="write the figures here")
     a = ap.parse_args(argv)
 
-    import rasterio
     import xarray as xr
     from distributed import Client, LocalCluster
 
@@ -237,7 +236,7 @@ def main(argv=None) -> dict:
     pairs = assets(region, profile_path)
     fig: dict = {"tile_px": a.tile, "block_px": a.block, "workers": a.workers, "threads_per_worker": 1,
                  "assets": len(pairs)}
-    from s2pipe.cluster import worker_environment
+    from s2pipe.runtime.cluster import worker_environment
 
     with worker_environment():  # the worker processes of s2pipe's own local clusters
         cluster = LocalCluster(n_workers=a.workers, threads_per_worker=1, processes=True,

@@ -66,8 +66,8 @@ import xarray as xr
 
 from s2pipe.cloudmask import mask_clouds
 from s2pipe.gapfill import cressman
+from s2pipe.ml.pixels import align_mask, as_yx, training_pixels
 from s2pipe.normalize import compute_scale, normalize
-from s2pipe.pixels import align_mask, as_yx, training_pixels
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "nrt-romania-s2l2a"
@@ -79,7 +79,7 @@ RESOLUTIONS = {"10m": "romania_10m.npz", "20m": "romania_20m.npz"}
 # ------------------------------------------------------------------------------------------ data
 def load_raw(data_dir: Path = DATA, *, name: str = "romania_10m.npz") -> xr.DataArray:
     """The real cube in the raw layout of docs/architecture.md: "dn" uint16 (time, band, y, x), SCL last."""
-    from s2pipe.testing import romania_raw_cube
+    from s2pipe.synthetic.scenes import romania_raw_cube
 
     return romania_raw_cube(Path(data_dir) / name)
 
@@ -261,7 +261,7 @@ def crossfit_blend(model, tr: xr.DataArray, h: xr.DataArray, prep: dict, *, step
     Returns the (steps, band, pixel) forecast of the evaluation pixels ``h``.
     """
     from s2pipe.forecast import fit_dynamics, seasonal_reference
-    from s2pipe.pixels import as_yx
+    from s2pipe.ml.pixels import as_yx
 
     Y = 73
     series = as_yx(tr)

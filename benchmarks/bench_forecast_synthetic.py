@@ -1,7 +1,7 @@
 """Table 1 of Estopinan et al. on the synthetic Hapke series: LSTM / Euler / RK4 long-run forecasts.
 
 Trains each scheme twice on the first 960 half-hourly steps (20 days) of the vegetation pixel of
-``s2pipe.synthetic.hapke_series`` (144 bands): with the paper's plain training (full 288-value state,
+``s2pipe.synthetic.dynamics.hapke_series`` (144 bands): with the paper's plain training (full 288-value state,
 one-step MSE, constant lr 1e-3) and with the library default (``training="rollout"``: multi-step loss,
 cosine lr, block-normalised reduced state). Forecasts 120 steps from the end of training and prints RMSE
 and SAE (spectral angle, **radians**, ×1e-3) at t+12/24/36/120 beside the paper's numbers and persistence.
@@ -19,8 +19,13 @@ import time
 import numpy as np
 import torch
 
-from s2pipe.forecast import fit_dynamics, resolve_device, rmse_by_lead, spectral_angle_by_lead
-from s2pipe.synthetic import HORIZONS, TRAIN_STEPS, hapke_series
+from s2pipe.forecast import (
+    fit_dynamics,
+    resolve_device,
+    rmse_by_lead,
+    spectral_angle_by_lead,
+)
+from s2pipe.synthetic.dynamics import HORIZONS, TRAIN_STEPS, hapke_series
 
 PAPER_RMSE = {"lstm": (27.7, 48.5, 27.5, 49.8), "euler": (31.4, 32.9, 92.5, 2367), "rk4": (0.45, 3.01, 2.33, 33.6)}
 PAPER_SAE = {"lstm": (4.30, 4.30, 4.30, 4.30), "euler": (18.0, 13.0, 10.9, 23.6), "rk4": (0.01, 0.01, 0.03, 0.67)}

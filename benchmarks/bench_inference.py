@@ -82,17 +82,16 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
 
     import torch
-    import xarray as xr
-    from distributed import Client, LocalCluster, get_task_stream
-
     from bench_mapping import get_mapper, make_scene
+    from distributed import Client, LocalCluster, get_task_stream
     from flows import ephemeral_api
+
     from s2pipe.bands import BANDS
-    from s2pipe.cluster import worker_environment
     from s2pipe.config import DaskConfig
     from s2pipe.forecast import fit_dynamics, load_dynamics
     from s2pipe.mapping import load_mapper
-    from s2pipe.store import write_cube
+    from s2pipe.runtime.cluster import worker_environment
+    from s2pipe.store.zarr import write_cube
 
     ephemeral_api.start_in_background()
     from s2pipe.flows.forecast import forecast_predict

@@ -46,7 +46,14 @@ import torch
 import xarray as xr
 
 from s2pipe.forecast import resolve_device
-from s2pipe.mapping import ARCHITECTURES, Mapper, _aligned_chunks, _head_sequence, load_mapper, train_mapper
+from s2pipe.mapping import (
+    ARCHITECTURES,
+    Mapper,
+    _aligned_chunks,
+    _head_sequence,
+    load_mapper,
+    train_mapper,
+)
 
 BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
 

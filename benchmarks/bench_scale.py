@@ -2,13 +2,13 @@
 
 Runs the stages of the ``regional-cube`` flow (its own Prefect task functions, ``.fn``: search -> build_cube ->
 cloud mask -> Cressman gap fill -> normalisation -> ``write_cube`` region by region) on a synthetic demo region
-(``s2pipe.demo``, one 1152 px tile, 3 months, served by the local STAC API) on a ``LocalCluster`` of worker
+(``s2pipe.synthetic.demo``, one 1152 px tile, 3 months, served by the local STAC API) on a ``LocalCluster`` of worker
 processes (1 thread each):
 
 (a) **speed-up**: the same 512 x 512 px region on 1 and on 2 workers -> wall times and ``speedup_2_vs_1``
     (bounded by the cores: ``os.cpu_count()`` is printed; other processes on the machine compete);
 (b) **memory**: the 512 x 512 region and one 4 x its area (1024 x 1024) on 2 workers, streaming (the raw
-    cube is not persisted, ``PERSIST_FRACTION = 0``, as for a cube larger than 25 % of the cluster memory) ->
+    cube is not persisted, ``s2pipe.runtime.cluster.PERSIST_FRACTION = 0``, as for a cube larger than 25 % of the cluster memory) ->
     peak RSS per worker process (sampled every 20 ms in each worker by a WorkerPlugin) and the ratio
     big / small, which should stay near 1: memory is bounded by the regions in flight, not by the region;
 (c) **tasks per submitted graph**: a SchedulerPlugin counts the tasks of every graph the scheduler receives
@@ -102,7 +102,7 @@ def _graphs(client) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ the pipeline
 def demo_region():
-    from s2pipe.demo import DemoConfig, generate_demo
+    from s2pipe.synthetic.demo import DemoConfig, generate_demo
 
     cfg = DemoConfig(start="2022-01-01", end="2022-03-31", tile_size=1152, n_tiles=1, overlap=64, block_size=128,
                      seed=0)
@@ -135,11 +135,12 @@ def run_region(region, profile_path: Path, *, side: int, n_workers: int, chunk: 
     from distributed import Client, LocalCluster
 
     import s2pipe.flows.regional_cube as rc
-    from s2pipe import staging
-    from s2pipe.catalog import load_profile
-    from s2pipe.cluster import worker_environment
+    import s2pipe.runtime.cluster as cluster_module
     from s2pipe.config import load_config
-    from s2pipe.demo import demo_server
+    from s2pipe.runtime.cluster import worker_environment
+    from s2pipe.stac.catalog import load_profile
+    from s2pipe.store import staging
+    from s2pipe.synthetic.demo import demo_server
 
     out = WORK / f"{tag}.zarr"
     shutil.rmtree(out, ignore_errors=True)
@@ -152,8 +153,8 @@ def run_region(region, profile_path: Path, *, side: int, n_workers: int, chunk: 
     profile = load_profile(cfg.catalog)
     with demo_server(region) as server:
         items = rc.search_task.fn(cfg, profile, server.url)
-    saved = rc.PERSIST_FRACTION
-    rc.PERSIST_FRACTION = saved if persist else 0.0
+    saved = cluster_module.PERSIST_FRACTION
+    cluster_module.PERSIST_FRACTION = saved if persist else 0.0
     try:
         with worker_environment():  # the worker processes of s2pipe's own local clusters
             cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, memory_limit="4GiB",
@@ -167,22 +168,14 @@ def run_region(region, profile_path: Path, *, side: int, n_workers: int, chunk: 
             t0 = time.perf_counter()
             cube, persisted = rc.cube_task.fn(items, cfg, profile)
             reflectance, clear = rc.mask_task.fn(cube, cfg)
-            filled, weight = rc.gapfill_task.fn(reflectance, cfg)
-            if not persisted and rc._stage_first(cfg, None):  # as the flow does: stage, then normalise
-                raw = rc.assemble_output(filled, weight, clear, cube=cube, cfg=cfg)
-                staged = rc.stage_task.fn(raw, reflectance, cfg)
-                filled, weight, clear = staged["reflectance"], staged["weight"], staged["observed"]
-                normalized = rc.normalize_task.fn(cube, reflectance, filled, cfg, staged=staged)
-            else:
-                normalized = rc.normalize_task.fn(cube, reflectance, filled, cfg)
-            ds = rc.assemble_output(normalized, weight, clear, cube=cube, cfg=cfg)
+            ds = rc.output_of(cube, reflectance, clear, cfg, persisted=persisted)  # as the flow does
             _, regions = rc.write_task.fn(ds, cfg)
             staging.remove(cfg.output)
             wall = time.perf_counter() - t0
             peaks = _peaks(client)
             graphs = _graphs(client)
     finally:
-        rc.PERSIST_FRACTION = saved
+        cluster_module.PERSIST_FRACTION = saved
     read_chunk = int(cube.data.chunksize[-1])
     return {
         "tag": tag, "side_px": side, "workers": n_workers, "persist": persist, "wall_s": round(wall, 2),

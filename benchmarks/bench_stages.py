@@ -25,11 +25,11 @@ import pystac_client
 import xarray as xr
 
 from s2pipe.bands import BANDS_10M, BANDS_20M, SPECTRAL_10
-from s2pipe.catalog import load_profile
 from s2pipe.cloudmask import mask_clouds
 from s2pipe.normalize import compute_scale
 from s2pipe.search import search_items
-from s2pipe.stac_server import LocalStacServer
+from s2pipe.stac.catalog import load_profile
+from s2pipe.stac.server import LocalStacServer
 
 SHARED = Path(os.environ.get("S2PIPE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

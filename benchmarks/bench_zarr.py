@@ -25,7 +25,7 @@ import pandas as pd
 import xarray as xr
 import zarr
 
-from s2pipe.store import write_cube
+from s2pipe.store.zarr import write_cube
 
 NT, NB, N = 48, 4, 1024
 

@@ -143,11 +143,11 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    from s2pipe.labels import LabelSource, rasterize_labels, spatial_split
     from s2pipe.mapping import train_mapper
-    from s2pipe.maps import class_map
-    from s2pipe.metrics import score_map
-    from s2pipe.store import open_cube
+    from s2pipe.ml.labels import LabelSource, rasterize_labels, spatial_split
+    from s2pipe.ml.metrics import score_map
+    from s2pipe.products.maps import class_map
+    from s2pipe.store.zarr import open_cube
 
     t_all = time.perf_counter()
     cube = open_cube(args.cube)

@@ -33,15 +33,15 @@ SCL clear classes 4 5 6 7 (reflectance = DN / 1e4, NaN elsewhere). Dates: those 
 tree-cover map) with SCL clear fraction >= ``min_clear`` (0.8), the last ``n_dates`` (12) of them: 2018-04-27 ..
 2018-10-14 (15 dates pass the clear test); the few clouds left on them (2 % of the values) stay NaN: no gap
 filling, so every value is a real observation, and the tree models and the mapper are NaN-aware. Labels from the
-Copernicus HRL Tree Cover Density 2018 (20 m, 255 = nodata; read with ``s2pipe.maps.read_class_map``): forest (1)
+Copernicus HRL Tree Cover Density 2018 (20 m, 255 = nodata; read with ``s2pipe.products.maps.read_class_map``): forest (1)
 = TCD >= ``forest_tcd`` (50 %), non-forest (0) = TCD < ``nonforest_tcd`` (30 %), in between and nodata -1
-(unlabelled); at 10 m the label raster is upsampled x2 by nearest pixel centre (``s2pipe.pixels.align_mask``).
+(unlabelled); at 10 m the label raster is upsampled x2 by nearest pixel centre (``s2pipe.ml.pixels.align_mask``).
 The area is mostly forest: non-forest lies in the northern clearings (rows 0-16 of 50) and a few small gaps further
 south.
 
 Folds (``folds``)
 -----------------
-``s2pipe.labels.spatial_split`` with ``test_fraction=0.3`` and an unlabelled gap of ``gap`` px between the parts
+``s2pipe.ml.labels.spatial_split`` with ``test_fraction=0.3`` and an unlabelled gap of ``gap`` px between the parts
 (default 80 m: 8 px at 10 m, 4 px at 20 m):
 
 * ``north-south``: train north, test south (``mode="half", axis="y"``);
@@ -74,7 +74,7 @@ band x the N dates per pixel, NaN-aware, the library's defaults: 300 trees / Lig
 one ``train_mapper(images, train, seq_len=N, seed=seed)`` (the library's defaults, ``--epochs`` /
 ``--unet-options`` override them) scored twice: ``unet`` = ``predict(temporal=False)`` (the window's last date) and
 ``unet-convlstm`` = ``predict(temporal=True)`` (all N dates). The whole image is the input (the test part's imagery
-is seen, its labels never). Scores: ``s2pipe.metrics.score_map`` of ``s2pipe.maps.class_map`` on the test labels.
+is seen, its labels never). Scores: ``s2pipe.ml.metrics.score_map`` of ``s2pipe.products.maps.class_map`` on the test labels.
 Printed per data set and window: OA, macro-F1, kappa, per-class IoU as mean ± sd over folds × seeds; a per-fold
 table (mean ± sd over seeds); the issue's check per fold on the seed means: U-Net+ConvLSTM macro-F1 >= RF - 0.03
 and OA >= RF - 0.02, and sequence macro-F1 > single date: PASS / FAIL. ``--json PATH`` writes every record.
@@ -232,9 +232,9 @@ def load_romania_forest(root: str | os.PathLike | None = None, *, resolution: Li
     labels : (y, x) int64 on the image grid, 0 non-forest, 1 forest, -1 unlabelled.
     """
     from s2pipe.cloudmask import mask_clouds
-    from s2pipe.maps import read_class_map
-    from s2pipe.pixels import align_mask
-    from s2pipe.testing import romania_raw_cube
+    from s2pipe.ml.pixels import align_mask
+    from s2pipe.products.maps import read_class_map
+    from s2pipe.synthetic.scenes import romania_raw_cube
 
     if resolution not in (10, 20):
         raise InputError(f"load_romania_forest resolution={resolution!r}: the cube exists at 10 or 20 m; pass 10 or 20")
@@ -316,7 +316,7 @@ def _flip(da: xr.DataArray, dim: str) -> xr.DataArray:
 
 def _one_fold(labels: xr.DataArray, kind: str, *, test_fraction: float, gap: int, block: int,
               block_seed: int) -> tuple[xr.DataArray, xr.DataArray]:
-    from s2pipe.labels import spatial_split
+    from s2pipe.ml.labels import spatial_split
 
     if kind == "north-south":
         return spatial_split(labels, mode="half", axis="y", test_fraction=test_fraction, gap=gap)
@@ -395,7 +395,7 @@ date) and ``unet-convlstm`` the sequence (``predict(temporal=True)``) of the sam
 
 def train_trees(images: xr.DataArray, train: xr.DataArray, *, model: str, seed: int, n_estimators: int | None = None,
                 n_jobs: int = 1):
-    """A per-pixel tree mapper (``model`` "random-forest" or "lightgbm", ``s2pipe.trees``) on all bands x all the
+    """A per-pixel tree mapper (``model`` "random-forest" or "lightgbm", ``s2pipe.ml.trees``) on all bands x all the
     dates of ``images``: ``s2pipe.mapping.train_mapper(model=..., seq_len=<dates of images>)`` with the library's
     defaults (random forest: 300 trees, scikit-learn defaults otherwise; LightGBM: ``LIGHTGBM_DEFAULTS``),
     ``n_jobs`` training threads (1: the machine is shared)."""
@@ -413,7 +413,7 @@ def _majority_map(train: xr.DataArray) -> tuple[int, xr.DataArray]:
 
 
 def _score(pred, test: xr.DataArray, classes, names) -> dict:
-    from s2pipe.metrics import score_map
+    from s2pipe.ml.metrics import score_map
 
     s = score_map(pred, test, classes=classes, names=[names[c] for c in classes])
     return {"oa": float(s.overall_accuracy), "macro_f1": float(s.macro_f1), "kappa": float(s.kappa),
@@ -428,7 +428,7 @@ def evaluate_fold(images: xr.DataArray, train: xr.DataArray, test: xr.DataArray,
     Returns {model: scores dict with "train_s" and "predict_s"}."""
     import time
 
-    from s2pipe.maps import class_map
+    from s2pipe.products.maps import class_map
 
     out = {}
     T = images.sizes["time"]
@@ -609,7 +609,7 @@ def _code_state() -> dict:
                                      text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         out["head"] = None
-    for f in ("s2pipe/mapping.py", "s2pipe/models/mapping.py", "s2pipe/trees.py"):
+    for f in ("s2pipe/mapping.py", "s2pipe/ml/nets/mapping.py", "s2pipe/ml/trees.py"):
         path = REPO / f
         out[f] = hashlib.sha1(path.read_bytes()).hexdigest()[:12] if path.exists() else None
     return out

@@ -111,7 +111,7 @@ def load_slovenia(root: Path | None = None, *, max_cloud: float = MAX_CLOUD, dro
 
 def split_slovenia(labels: xr.DataArray, **kw) -> tuple[xr.DataArray, xr.DataArray]:
     """(train, test) label rasters: ``spatial_split`` with ``SPLIT`` (overridable by keyword)."""
-    from s2pipe.labels import spatial_split
+    from s2pipe.ml.labels import spatial_split
 
     return spatial_split(labels, **{**SPLIT, **kw})
 
@@ -133,8 +133,8 @@ def majority_oa(train: xr.DataArray, test: xr.DataArray) -> tuple[int, float]:
 def evaluate_windows(mapper, images: xr.DataArray, test: xr.DataArray, *, classes, names, ends=None,
                      seq_len: int = SEQ_LEN) -> dict:
     """Score ``temporal=True`` and ``False`` for each end date; returns per-mode lists of Scores."""
-    from s2pipe.maps import class_map
-    from s2pipe.metrics import score_map
+    from s2pipe.ml.metrics import score_map
+    from s2pipe.products.maps import class_map
 
     T = images.sizes["time"]
     ends = list(range(seq_len, T + 1)) if ends is None else list(ends)

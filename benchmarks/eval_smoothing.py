@@ -1,5 +1,5 @@
 """Does spatial smoothing of class probabilities help on real data? Held-out scores with and without
-``s2pipe.maps.smooth_probabilities`` (Bayesian smoothing of the logits, as ``sits_smooth``; and a Gaussian filter).
+``s2pipe.products.maps.smooth_probabilities`` (Bayesian smoothing of the logits, as ``sits_smooth``; and a Gaussian filter).
 
 For each data set of ``benchmarks/eval_mapping_real.py`` (its loaders and spatial folds, imported) and each tree
 model (random forest, LightGBM: per-pixel, so the raw maps are the noisiest), one mapper is trained per fold
@@ -43,8 +43,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     from s2pipe.mapping import train_mapper
-    from s2pipe.maps import class_map, smooth_probabilities
-    from s2pipe.metrics import score_map
+    from s2pipe.ml.metrics import score_map
+    from s2pipe.products.maps import class_map, smooth_probabilities
 
     ev = _eval_real()
     t_all = time.perf_counter()

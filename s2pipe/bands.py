@@ -3,6 +3,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+__all__ = [
+    "Band", "BANDS", "SPECTRAL_10", "SCL", "BANDS_10M", "BANDS_20M", "SCL_CLASSES", "DEFAULT_CLEAR_CLASSES",
+    "resolution_group", "check_bands",
+]
+
 
 class Band(NamedTuple):
     name: str

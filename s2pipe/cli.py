@@ -10,11 +10,12 @@ from typing import Annotated, Optional
 
 import typer
 
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # cluster start/stop chatter
 
+import s2pipe.flows  # noqa: E402,F401 - s2pipe's Prefect settings, before anything imports Prefect
 from s2pipe.errors import InputError, S2PipeError, TransientError  # noqa: E402
+
+__all__ = ["app"]
 
 app = typer.Typer(
     help=(
@@ -144,10 +145,10 @@ def demo(
     then train a U-Net + ConvLSTM mapper on its road and mangrove vectors, map the region at the end of 2021 and
     of 2022, and find the road built in between."""
     _setup_logging(verbose)
-    from s2pipe.catalog import load_profile
     from s2pipe.config import load_config
-    from s2pipe.demo import generate_demo
-    from s2pipe.progress import ProgressLine
+    from s2pipe.runtime.progress import ProgressLine
+    from s2pipe.stac.catalog import load_profile
+    from s2pipe.synthetic.demo import generate_demo
 
     try:
         profile = load_profile("local-demo")
@@ -206,8 +207,8 @@ def search(
     _setup_logging(False)
     import contextlib
 
-    from s2pipe.catalog import load_profile
     from s2pipe.search import search_items
+    from s2pipe.stac.catalog import load_profile
 
     try:
         box = tuple(float(v) for v in bbox.split(","))
@@ -216,7 +217,7 @@ def search(
         profile = load_profile(catalog)
         with contextlib.ExitStack() as stack:
             if profile.is_local_demo and url is None:
-                from s2pipe.demo import demo_server, generate_demo
+                from s2pipe.synthetic.demo import demo_server, generate_demo
 
                 region = generate_demo(Path(profile.demo_root or "out/demo"))
                 url = stack.enter_context(demo_server(region)).url
@@ -237,7 +238,7 @@ def search(
 @app.command()
 def catalogs() -> None:
     """List the built-in catalog profiles."""
-    from s2pipe.catalog import list_profiles, load_profile
+    from s2pipe.stac.catalog import list_profiles, load_profile
 
     for name in list_profiles():
         p = load_profile(name)
@@ -250,8 +251,8 @@ def demo_data(
 ) -> None:
     """Generate the demo region only (COGs, STAC items, vector labels); idempotent."""
     _setup_logging(False)
-    from s2pipe.demo import generate_demo
-    from s2pipe.progress import ProgressLine
+    from s2pipe.runtime.progress import ProgressLine
+    from s2pipe.synthetic.demo import generate_demo
 
     region = generate_demo(root, progress=ProgressLine("generating demo scenes", unit="scenes"))
     typer.echo(f"demo region in {region.root}: items {region.items_path}, bbox {region.bbox}, {region.start}..{region.end}")
@@ -265,8 +266,8 @@ def serve_demo(
     """Serve the demo region with a real STAC API on 127.0.0.1 until Ctrl-C (for QGIS, pystac-client, ...)."""
     import time
 
-    from s2pipe.demo import generate_demo
-    from s2pipe.stac_server import LocalStacServer
+    from s2pipe.stac.server import LocalStacServer
+    from s2pipe.synthetic.demo import generate_demo
 
     region = generate_demo(root)
     with LocalStacServer([region.collection_path, region.items_path], port=port) as server:
@@ -281,7 +282,7 @@ def serve_demo(
 @app.command()
 def info(path: Annotated[Path, typer.Argument(help="A Zarr store written by s2pipe.")]) -> None:
     """Summarise a cube written by s2pipe: variables, grid, dates, provenance."""
-    from s2pipe.store import open_cube
+    from s2pipe.store.zarr import open_cube
 
     try:
         ds = open_cube(path)

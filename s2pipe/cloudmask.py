@@ -14,8 +14,8 @@ import xarray as xr
 from s2pipe.bands import DEFAULT_CLEAR_CLASSES, SCL, SCL_CLASSES
 from s2pipe.errors import InputError
 
-__all__ = ["DEFAULT_CLEAR_CLASSES", "DEFAULT_SCALE", "DEFAULT_OFFSET", "clear_mask", "mask_clouds", "mask_array",
-           "clear_band_max"]
+__all__ = ["DEFAULT_CLEAR_CLASSES", "DEFAULT_SCALE", "DEFAULT_OFFSET", "clear_mask", "observed_mask", "mask_clouds",
+           "mask_array", "clear_band_max"]
 
 DEFAULT_SCALE = 1e-4
 """Reflectance per DN when the cube carries no ``scale`` coordinate."""
@@ -155,6 +155,24 @@ def _split_cube(cube: xr.DataArray, clear_classes, scl_band: str, what: str):
     # Keep the same-dims coords of dn only once: strip them from the other inputs.
     scl = cube.drop_vars(drop).sel(band=scl_band, drop=True).reset_coords(drop=True)
     return dn, scl, scale, offset, lut
+
+
+def observed_mask(cube: xr.DataArray, *, clear_classes=DEFAULT_CLEAR_CLASSES) -> xr.DataArray:
+    """Bool (time, y, x): the pixels of a raw cube that are clear observations.
+
+    A pixel is observed on a date when its SCL class is in ``clear_classes`` and the cube's first band has data
+    there (DN > 0). This is the ``observed`` variable of the output store.
+
+    Parameters
+    ----------
+    cube
+        Raw cube ``"dn"`` (time, band, y, x) with an ``SCL`` band (``build_cube(..., include_scl=True)``).
+    clear_classes
+        SCL codes counted as clear (see ``clear_mask``).
+    """
+    if "band" not in cube.dims or "SCL" not in set(cube.band.values.tolist()):
+        raise InputError("observed_mask needs the raw cube with its SCL band; build it with include_scl=True (argument: cube)")
+    return clear_mask(cube.sel(band="SCL"), clear_classes=clear_classes) & (cube.isel(band=0) > 0)
 
 
 def mask_clouds(cube: xr.DataArray, *, clear_classes=DEFAULT_CLEAR_CLASSES, scl_band: str = SCL) -> xr.DataArray:

@@ -13,10 +13,21 @@ from typing import Any, Literal
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from s2pipe.bands import DEFAULT_CLEAR_CLASSES, SCL_CLASSES, SPECTRAL_10, check_bands
 from s2pipe.errors import InputError
+
+__all__ = [
+    "DaskConfig", "GapfillConfig", "NormalizeConfig", "StorageConfig", "RunConfig", "RUN_POLICY", "load_config",
+]
 
 
 class DaskConfig(BaseModel):
@@ -25,7 +36,7 @@ class DaskConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     address: str | None = Field(None, description="Scheduler address (tcp://host:8786) of an existing cluster; None starts a LocalCluster.")
-    spec: str | None = Field(None, description="Path of a cluster spec YAML (see deploy/dask/ and s2pipe.cluster) that starts the cluster for the run; exclusive with address.")
+    spec: str | None = Field(None, description="Path of a cluster spec YAML (see deploy/dask/ and s2pipe.runtime.cluster) that starts the cluster for the run; exclusive with address.")
     n_workers: int = Field(2, ge=1, description="LocalCluster only: worker processes.")
     threads_per_worker: int = Field(1, ge=1, description="LocalCluster only: threads per worker.")
     memory_limit: str = Field("4GiB", description="LocalCluster only: memory limit per worker (Dask spills, then pauses, above it).")
@@ -83,7 +94,7 @@ class NormalizeConfig(BaseModel):
 
 
 class StorageConfig(BaseModel):
-    """Object-store settings for ``s3://``, ``gs://``, ``az://`` outputs and inputs (s2pipe.storage). Not secret:
+    """Object-store settings for ``s3://``, ``gs://``, ``az://`` outputs and inputs (s2pipe.runtime.objectstore). Not secret:
     credentials come from the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN,
     GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN, ...)
     or the named profile, and are never stored in the config, the output or the run summary."""
@@ -141,7 +152,7 @@ class RunConfig(BaseModel):
     @classmethod
     def _output(cls, v: Any) -> Any:
         """A local path stays a ``Path``; a URL is validated (never echoing credentials) and kept as text."""
-        from s2pipe.storage import check_url, is_url
+        from s2pipe.runtime.objectstore import check_url, is_url
 
         if isinstance(v, (str, os.PathLike)) and is_url(v):
             try:
@@ -181,8 +192,8 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _region_and_dates(self) -> "RunConfig":
-        from s2pipe.catalog import load_profile
         from s2pipe.search import parse_region  # one place validates regions
+        from s2pipe.stac.catalog import load_profile
 
         load_profile(self.catalog)  # an unknown catalog fails here, before Prefect or Dask start
 
@@ -242,7 +253,7 @@ def _describe(exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
         if isinstance(got, str):  # URLs may carry credentials (refused, never repeated)
-            from s2pipe.assets import redact_href
+            from s2pipe.stac.assets import redact_href
 
             got = redact_href(got)
         lines.append(f"  {where}: {msg} (got {got!r})" if where != "config" else f"  {msg}")

@@ -25,18 +25,29 @@ import numpy as np
 import pandas as pd
 import pystac
 import rioxarray  # noqa: F401  (registers the .rio accessor)
+import stackstac
 import xarray as xr
 from affine import Affine
-import stackstac
 from pyproj import Transformer
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 from stackstac.nodata_reader import NodataReader, exception_matches, nodata_for_window
-from stackstac.rio_reader import (MULTITHREADED_DRIVER_ALLOWLIST, AutoParallelRioReader, SelfCleaningDatasetReader,
-                                  SingleThreadedRioDataset, ThreadLocalRioDataset)
+from stackstac.rio_reader import (
+    MULTITHREADED_DRIVER_ALLOWLIST,
+    AutoParallelRioReader,
+    SelfCleaningDatasetReader,
+    SingleThreadedRioDataset,
+    ThreadLocalRioDataset,
+)
 
 from s2pipe.bands import SCL, SPECTRAL_10, check_bands
 from s2pipe.errors import InputError, NoScenesError
+from s2pipe.stac.items import item_dict
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE", "SOLAR_DAY", "ReadPath", "READ_PATHS", "TimeChunks", "TIME_CHUNKS", "Grid",
+    "build_cube", "grid_of", "PlainReadRioReader", "direct_plan", "DirectReadRioReader", "default_chunk_size",
+]
 
 DEFAULT_CHUNK_SIZE = 2048
 """Default spatial chunk (pixels): a multiple of the 256/512/1024-px blocks of Sentinel-2 COGs (a chunk smaller
@@ -88,7 +99,7 @@ def build_cube(
     None covers all items. ``epsg``: output CRS (default: the most common item EPSG). ``resolution``: pixel
     size in metres (CRS units). ``chunk_size``: spatial chunk in pixels (default ``DEFAULT_CHUNK_SIZE``).
     ``storage``: non-secret object-store settings (``s2pipe.config.StorageConfig`` or a mapping) for ``s3://``,
-    ``gs://``, ``az://`` hrefs, given to GDAL as configuration options (``s2pipe.storage.gdal_options``: S3
+    ``gs://``, ``az://`` hrefs, given to GDAL as configuration options (``s2pipe.runtime.objectstore.gdal_options``: S3
     endpoint, profile, region, unsigned requests) through stackstac's ``gdal_env``; credentials stay in the
     environment. ``read``: "auto" reads assets already on the output pixel lattice directly with GDAL's resampling
     on read (``DirectReadRioReader``) and warps the others; "warp" warps every asset (stackstac's ``WarpedVRT``).
@@ -106,7 +117,7 @@ def build_cube(
         raise InputError(f"read={read!r} is not a read path; pass one of {list(READ_PATHS)} (argument: read)")
     if time_chunks not in TIME_CHUNKS:
         raise InputError(f"time_chunks={time_chunks!r}; pass one of {list(TIME_CHUNKS)} (argument: time_chunks)")
-    plain = [_plain_item(it) for it in items]
+    plain = [item_dict(it, caller="build_cube") for it in items]
     if not plain:
         raise NoScenesError(
             "build_cube got an empty item list; widen the search region, the dates or the cloud-cover "
@@ -156,8 +167,8 @@ def build_cube(
     scale, offset, shift = _scales_offsets(plain, days, day_keys, all_bands)
 
     ref_x, ref_y = _block_origin(plain[0], all_bands, out_epsg)
-    y_chunks = _aligned_chunks(height, round((ref_y - bounds[3]) / resolution), chunk)
-    x_chunks = _aligned_chunks(width, round((bounds[0] - ref_x) / resolution), chunk)
+    y_chunks = _block_aligned_chunks(height, round((ref_y - bounds[3]) / resolution), chunk)
+    x_chunks = _block_aligned_chunks(width, round((bounds[0] - ref_x) / resolution), chunk)
 
     common = dict(
         epsg=out_epsg, resolution=resolution, bounds=bounds, snap_bounds=False,
@@ -166,7 +177,7 @@ def build_cube(
         sortby_date=False, xy_coords="center", properties=False, band_coords=False,
         reader=DirectReadRioReader if read == "auto" else PlainReadRioReader,
     )
-    from s2pipe.storage import gdal_options
+    from s2pipe.runtime.objectstore import gdal_options
 
     if gdal_options(storage):
         common["gdal_env"] = stackstac.DEFAULT_GDAL_ENV.updated(always=gdal_options(storage))
@@ -411,14 +422,6 @@ class DirectReadRioReader(PlainReadRioReader):
         return out
 
 
-def _plain_item(item: pystac.Item | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(item, pystac.Item):
-        return item.to_dict(transform_hrefs=False)
-    if isinstance(item, dict):
-        return item
-    raise InputError(f"build_cube: items must be pystac.Item or STAC item dicts, got {type(item).__name__} {item!r:.80}")
-
-
 def _check_assets(items: list[dict], bands: tuple[str, ...]) -> None:
     for band in bands:
         missing = [it["id"] for it in items if band not in it.get("assets", {})]
@@ -427,7 +430,7 @@ def _check_assets(items: list[dict], bands: tuple[str, ...]) -> None:
             raise InputError(
                 f"band {band!r} is missing from {len(missing)} of {len(items)} items ({', '.join(missing[:5])}{more}); "
                 f"the items offer {sorted(items[0].get('assets', {}))}; drop it from bands (argument: bands) "
-                "or normalize the items with s2pipe.items.normalize_item"
+                "or normalize the items with s2pipe.stac.items.normalize_item"
             )
 
 
@@ -441,7 +444,7 @@ def _common_epsg(items: list[dict]) -> int:
     if not counts:
         raise InputError(
             f"none of the {len(items)} items has properties['proj:epsg']; pass epsg=... (argument: epsg) or "
-            "normalize the items with s2pipe.items.normalize_item"
+            "normalize the items with s2pipe.stac.items.normalize_item"
         )
     return counts.most_common(1)[0][0]
 
@@ -521,7 +524,14 @@ def _block_origin(item: dict, bands: tuple[str, ...], epsg: int) -> tuple[float,
     return 0.0, 0.0
 
 
-def _aligned_chunks(n: int, offset_px: int, chunk: int) -> tuple[int, ...]:
+def default_chunk_size(block_size: int) -> int:
+    """The cube's spatial chunk (px) for COGs of internal tiles of ``block_size`` px: a multiple of the block
+    size near 512 px, so that a read never splits a COG tile and a time-whole block stays a bounded size."""
+    b = int(block_size)
+    return b * max(1, round(512 / b)) if b <= 512 else b
+
+
+def _block_aligned_chunks(n: int, offset_px: int, chunk: int) -> tuple[int, ...]:
     """Chunk lengths covering ``n`` pixels with edges at ``offset_px`` + k * ``chunk`` from the block origin."""
     first = chunk - (offset_px % chunk)
     out = [min(first, n)]

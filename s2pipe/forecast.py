@@ -15,7 +15,7 @@ and divided by one scalar, its RMS over the training series (``normalize="block"
 shapes and gives the small differences the same weight as the values.
 
 **Integration.** ``rk4`` / ``euler``: one step of a ResNet whose δ is two fully connected layers (``hidden``
-units, tanh) shared across steps (``s2pipe.models.dynamics``). ``lstm``: an LSTM of about the same number
+units, tanh) shared across steps (``s2pipe.ml.nets.dynamics``). ``lstm``: an LSTM of about the same number
 of parameters. Forecasts feed the **whole predicted state** back (the predicted ``s'`` too, as in the
 paper's Fig. 2 b), the consistent choice for a model trained to map states to states.
 
@@ -35,8 +35,8 @@ import json
 import math
 import time as _time
 from dataclasses import dataclass
-from statistics import NormalDist
 from pathlib import Path
+from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
@@ -45,9 +45,14 @@ import torch
 import xarray as xr
 
 from s2pipe.errors import InputError
-from s2pipe.placement import current_placement, inference_tasks, on_device, torch_threads
-from s2pipe.weights import read_payload
-from s2pipe.models.dynamics import SCHEMES, Scheme, build_dynamics
+from s2pipe.ml.nets.dynamics import SCHEMES, Scheme, build_dynamics
+from s2pipe.ml.weights import read_payload
+from s2pipe.runtime.placement import (
+    current_placement,
+    inference_tasks,
+    on_device,
+    torch_threads,
+)
 
 __all__ = ["DynamicsConfig", "DynamicsModel", "fit_dynamics", "load_dynamics", "annual_phase", "rmse_by_lead",
            "spectral_angle_by_lead", "resolve_device", "TRAINING_MODES", "seasonal_reference", "hindcast",
@@ -804,10 +809,9 @@ def fit_dynamics(
     ramp = max(1, int(0.3 * epochs))
     idx_t = torch.arange(length + 1, device=dev)
     losses = []
-    threads = torch.get_num_threads()
-    if dev.type == "cpu" and bs * X.shape[-1] * int(hidden) < _SMALL_MACS:
-        torch.set_num_threads(1)  # small matmuls: on the shared 2-core machine a second thread was 4-6x slower
-    try:
+    # small matmuls: on the shared 2-core machine a second thread was 4-6x slower
+    small = dev.type == "cpu" and bs * X.shape[-1] * int(hidden) < _SMALL_MACS
+    with torch_threads(1 if small else None):
         module.train()
         t0 = _time.perf_counter()
         for ep in range(epochs):
@@ -856,8 +860,6 @@ def fit_dynamics(
         if dev.type == "cuda":
             torch.cuda.synchronize()
         seconds = _time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(threads)
     cfg = dataclasses.replace(tmp.config, epochs=int(epochs), batch_size=bs,
                               warmup=int(length if scheme == "lstm" else 0))
     model = DynamicsModel(cfg, module, mean=mean, basis=basis, offset=offset, scale=scale, device=dev,
@@ -996,7 +998,7 @@ def forecast_cube(model: DynamicsModel, history: xr.DataArray, *, steps: int = 1
     ``(time=steps, band, y, x)``, lazy for Dask input, equal to ``model.forecast`` on the pixels without
     gaps; with ``level`` (see ``DynamicsModel.forecast``) a Dataset of ``mean``, ``lower``, ``upper``.
 
-    Inside a GPU ``s2pipe.placement.inference_placement`` block, the forecast tasks of Dask input (keys
+    Inside a GPU ``s2pipe.runtime.placement.inference_placement`` block, the forecast tasks of Dask input (keys
     ``forecast_block-…``) ask for a ``GPU`` worker resource and each runs on its worker's device (CUDA when
     available there, else CPU) with a per-process copy of ``model``.
     """

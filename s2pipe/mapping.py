@@ -53,10 +53,29 @@ import torch
 import xarray as xr
 
 from s2pipe.errors import InputError
-from s2pipe.weights import read_payload, save_payload
 from s2pipe.forecast import resolve_device
-from s2pipe.placement import current_placement, inference_tasks, on_device, torch_threads
-from s2pipe.models.mapping import SequenceHead, TemporalHead, UNet, joint_loss, receptive_radius
+from s2pipe.ml.inputs import (
+    check_images,
+    check_labels,
+    class_names,
+    positive_int,
+    spatial_coords,
+    training_bands,
+)
+from s2pipe.ml.nets.mapping import (
+    SequenceHead,
+    TemporalHead,
+    UNet,
+    joint_loss,
+    receptive_radius,
+)
+from s2pipe.ml.weights import read_payload, save_payload
+from s2pipe.runtime.placement import (
+    current_placement,
+    inference_tasks,
+    on_device,
+    torch_threads,
+)
 
 __all__ = ["MapperConfig", "Mapper", "MapperKind", "MAPPER_KINDS", "Architecture", "ARCHITECTURES", "ClassWeight",
            "train_mapper", "load_mapper", "default_epochs", "default_patch", "EPOCH_PATCHES", "HEAD_PIXELS",
@@ -191,98 +210,6 @@ class MapperConfig:
         return int(math.ceil(r / self.multiple) * self.multiple)
 
 
-# ------------------------------------------------------------------------------------------ input checks
-def _check_images(images, *, argument: str = "images", min_dates: int = 1) -> xr.DataArray:
-    if not isinstance(images, xr.DataArray):
-        raise InputError(f"{argument} must be an xarray.DataArray with dims ('time', 'band', 'y', 'x'), "
-                         f"got {type(images).__name__}")
-    if set(images.dims) != {"time", "band", "y", "x"}:
-        raise InputError(f"{argument} has dims {images.dims}; it needs ('time', 'band', 'y', 'x') "
-                         "(transpose/rename, or expand_dims('time') for a single date)")
-    images = images.transpose("time", "band", "y", "x")
-    T = images.sizes["time"]
-    if T < min_dates:
-        raise InputError(f"{argument} has {T} dates but at least {min_dates} are needed (seq_len); pass more dates "
-                         f"or a smaller seq_len")
-    if "time" in images.coords and T > 1:
-        t = images["time"].values
-        try:
-            ok = bool(np.all(t[1:] > t[:-1]))
-        except TypeError:
-            ok = True
-        if not ok:
-            raise InputError(f"{argument}'s time coordinate is not strictly increasing; sortby('time') first")
-    if not np.issubdtype(images.dtype, np.number) or np.issubdtype(images.dtype, np.complexfloating):
-        raise InputError(f"{argument} has dtype {images.dtype}; pass real numbers (reflectance)")
-    return images
-
-
-def _check_labels(labels, images: xr.DataArray) -> np.ndarray:
-    """(y, x) labels → int64 array, negative (and NaN) = unlabelled."""
-    if not isinstance(labels, xr.DataArray):
-        raise InputError(f"labels must be an xarray.DataArray with dims ('y', 'x'), got {type(labels).__name__}")
-    if set(labels.dims) != {"y", "x"}:
-        raise InputError(f"labels has dims {labels.dims}; it needs ('y', 'x') (one class id per pixel)")
-    labels = labels.transpose("y", "x")
-    shape, want = (labels.sizes["y"], labels.sizes["x"]), (images.sizes["y"], images.sizes["x"])
-    if shape != want:
-        raise InputError(f"labels is {shape[0]}×{shape[1]} (y×x) but images is {want[0]}×{want[1]}; pass labels on "
-                         "the grid of images (e.g. labels.interp_like / rasterize on grid_of(images))")
-    for d in ("y", "x"):
-        if d in labels.coords and d in images.coords:
-            a, b = labels[d].values, images[d].values
-            if np.issubdtype(a.dtype, np.number) and np.issubdtype(b.dtype, np.number):
-                same = np.allclose(a, b, rtol=0, atol=1e-6 * max(1.0, float(np.nanmax(np.abs(b)))))
-            else:
-                same = np.array_equal(a, b)
-            if not same:
-                raise InputError(f"labels' {d} coordinate differs from images' (first values {a[:2].tolist()} vs "
-                                 f"{b[:2].tolist()}); pass labels on the grid of images (labels.reindex_like(images))")
-    v = np.asarray(labels.values)
-    if np.issubdtype(v.dtype, np.floating):
-        finite = np.isfinite(v)
-        if np.any(v[finite] != np.round(v[finite])):
-            raise InputError("labels holds non-integer values; pass integer class ids (-1 = unlabelled)")
-        v = np.where(finite, v, -1)
-    elif not np.issubdtype(v.dtype, np.integer):
-        raise InputError(f"labels has dtype {v.dtype}; pass integer class ids (-1 = unlabelled)")
-    return v.astype(np.int64)
-
-
-def _training_bands(images: xr.DataArray, bands: list) -> xr.DataArray:
-    """``images`` reduced to a trained mapper's ``bands``, in their order (by the band coordinate when it has one;
-    otherwise the band count must match)."""
-    if "band" in images.coords:
-        missing = [b for b in bands if b not in set(images["band"].values.tolist())]
-        if missing:
-            raise InputError(f"images lacks the training bands {missing}; pass images with bands {bands}")
-        return images.sel(band=bands)
-    if images.sizes["band"] != len(bands):
-        raise InputError(f"images has {images.sizes['band']} bands but the mapper was trained on "
-                         f"{len(bands)} ({bands}); select those bands")
-    return images
-
-
-def _names_of(labels, classes: np.ndarray) -> dict[str, str]:
-    """{id: name} of the trained classes from a labels ``classes`` attribute ({} when it has none)."""
-    given = getattr(labels, "attrs", {}).get("classes")
-    if not isinstance(given, dict):
-        return {}
-    names = {str(k).strip(): str(v) for k, v in given.items()}
-    return {str(int(c)): names[str(int(c))] for c in classes if str(int(c)) in names}
-
-
-def _positive_int(name: str, value, *, lo: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise InputError(f"{name}={value!r} must be an integer >= {lo}")
-    return int(value)
-
-
-def _spatial_coords(da: xr.DataArray) -> dict:
-    """Coordinates without time/band dims (x, y, spatial_ref, …)."""
-    return {n: c for n, c in da.coords.items() if not ({"time", "band"} & set(c.dims)) and n not in ("time", "band")}
-
-
 # ------------------------------------------------------------------------------------------ mapper
 class Mapper:
     """A trained land-cover mapper: U-Net, ConvLSTM head and per-band standardisation.
@@ -352,7 +279,7 @@ class Mapper:
                 False: the U-Net on the last date alone (the paper's single-image baseline).
             batch_size: dates per U-Net pass.
             device: torch device; None keeps the mapper's, except for Dask input inside a GPU
-                ``s2pipe.placement.inference_placement`` block: there each chunk task picks its worker's device
+                ``s2pipe.runtime.placement.inference_placement`` block: there each chunk task picks its worker's device
                 (CUDA when available there, else CPU).
             halo: Dask input only: overlap (pixels, a multiple of ``2**depth``) read around each chunk;
                 None: ``config.halo(temporal=...)``, the receptive radius, which makes chunked and whole-image
@@ -365,13 +292,13 @@ class Mapper:
             x/y (and spatial_ref) coordinates and attrs (crs, transform, …) of ``images``; lazy (Dask) when
             ``images`` is Dask-backed, with its y/x chunks (aligned to multiples of ``2**depth``). Its chunk tasks
             (keys ``mapper-predict-…``) ask for a ``GPU`` worker resource inside a GPU ``inference_placement``
-            block (``s2pipe.placement``).
+            block (``s2pipe.runtime.placement``).
         """
         cfg = self.config
         n = cfg.seq_len if temporal else 1
-        images = _check_images(images, min_dates=n)
-        batch_size = _positive_int("batch_size", batch_size)
-        images = _training_bands(images, cfg.bands)
+        images = check_images(images, min_dates=n)
+        batch_size = positive_int("batch_size", batch_size)
+        images = training_bands(images, cfg.bands)
         placement = current_placement()
         per_worker = device is None and placement is not None and placement.gpu
         if device is not None:
@@ -386,15 +313,15 @@ class Mapper:
         if recent.chunks is None:
             data = self._predict_array(np.asarray(recent.values), temporal=temporal, batch_size=batch_size)
         else:
-            h = cfg.halo(temporal=temporal) if halo is None else _positive_int("halo", halo, lo=0)
+            h = cfg.halo(temporal=temporal) if halo is None else positive_int("halo", halo, lo=0)
             if h % m:
                 raise InputError(f"halo={halo!r} must be a multiple of 2**depth = {m} pixels (max-pool alignment); "
                                  f"pass e.g. halo={int(math.ceil(h / m) * m)}")
             if threads is not None:
-                threads = _positive_int("threads", threads)
+                threads = positive_int("threads", threads)
             data = self._predict_dask(recent.data, temporal=temporal, batch_size=batch_size, halo=h, n_classes=K,
                                       threads=threads, per_worker_device=per_worker)
-        coords = {"class": self.classes, **_spatial_coords(recent)}
+        coords = {"class": self.classes, **spatial_coords(recent)}
         attrs = {**images.attrs, "mapping_mode": "temporal" if temporal else "single-date",
                  "mapping_dates": int(n), "mapping_last_date": str(np.asarray(recent["time"].values)[-1])[:10]
                  if "time" in recent.coords else None}
@@ -413,7 +340,7 @@ class Mapper:
 
         arr = arr.rechunk({0: -1, 1: -1})
         m = self.config.multiple
-        arr = arr.rechunk({2: _aligned_chunks(arr.chunks[2], m, halo), 3: _aligned_chunks(arr.chunks[3], m, halo)})
+        arr = arr.rechunk({2: _halo_chunks(arr.chunks[2], m, halo), 3: _halo_chunks(arr.chunks[3], m, halo)})
 
         def block(b, block_info=None):
             info = block_info[0]
@@ -463,7 +390,7 @@ def _mapper_on(mapper: Mapper, device: torch.device) -> Mapper:
     return Mapper(mapper.config, fcn, head, device=device)
 
 
-def _aligned_chunks(chunks: tuple[int, ...], m: int, halo: int) -> tuple[int, ...]:
+def _halo_chunks(chunks: tuple[int, ...], m: int, halo: int) -> tuple[int, ...]:
     """Chunk sizes along y or x that are multiples of ``m`` (but the last) and at least ``halo`` (all)."""
     size = int(sum(chunks))
     ok = all(c % m == 0 for c in chunks[:-1]) and (len(chunks) == 1 or min(chunks) >= halo)
@@ -484,8 +411,8 @@ def _aligned_chunks(chunks: tuple[int, ...], m: int, halo: int) -> tuple[int, ..
 
 def load_mapper(path, *, device=None):
     """Load a mapper written by ``Mapper.save`` or ``TreeMapper.save`` (``torch.load(weights_only=True)``: no code
-    runs): a ``Mapper`` (U-Net + ConvLSTM) or an ``s2pipe.trees.TreeMapper`` (random forest, LightGBM)."""
-    from s2pipe import trees
+    runs): a ``Mapper`` (U-Net + ConvLSTM) or an ``s2pipe.ml.trees.TreeMapper`` (random forest, LightGBM)."""
+    from s2pipe.ml import trees
 
     payload = read_payload(path, fmt=(_FORMAT, trees.FORMAT), what="mapper", owner="mapper")
     if payload["format"] == trees.FORMAT:
@@ -626,7 +553,7 @@ def train_mapper(
 ):
     """Train a land-cover mapper on one labelled image time series: by default the U-Net, then the ConvLSTM
     head; ``model="random-forest"`` or ``"lightgbm"``: a per-pixel tree classifier on all the window's dates
-    (``s2pipe.trees.train_tree_mapper``, which documents its own options).
+    (``s2pipe.ml.trees.train_tree_mapper``, which documents its own options).
 
     Args:
         images: (time, band, y, x) reflectance, at least ``seq_len`` dates in time order; NumPy- or Dask-backed
@@ -678,14 +605,14 @@ def train_mapper(
         residual_head: "paper" only: the ConvLSTM head learns a correction of the sequence's mean U-Net map
             (starting as that average); False: the paper's plain head, which learns the whole map from scratch.
         progress: optional ``progress(done, total)`` callback, called after every epoch of either stage.
-        tree_options: options of ``s2pipe.trees.train_tree_mapper`` (tree models only).
+        tree_options: options of ``s2pipe.ml.trees.train_tree_mapper`` (tree models only).
     Returns:
         The trained ``Mapper`` (``losses`` per epoch and stage, ``train_seconds``), or a ``TreeMapper``.
     """
     if model not in MAPPER_KINDS:
         raise InputError(f"model={model!r} is not a mapper kind; pass one of {list(MAPPER_KINDS)}")
     if model != "unet-convlstm":
-        from s2pipe.trees import train_tree_mapper
+        from s2pipe.ml.trees import train_tree_mapper
 
         given = locals()
         unet_only = [name for name, par in inspect.signature(train_mapper).parameters.items()
@@ -693,14 +620,14 @@ def train_mapper(
                      and not _same(given[name], par.default)]
         if unet_only:
             raise InputError(f"{unet_only} are options of model='unet-convlstm', not of model={model!r} (tree options "
-                             f"are {sorted(_TREE_SHARED - {'model'})} and those of s2pipe.trees.train_tree_mapper); "
+                             f"are {sorted(_TREE_SHARED - {'model'})} and those of s2pipe.ml.trees.train_tree_mapper); "
                              "leave them out")
         return train_tree_mapper(images, labels, model=model, seq_len=seq_len, seed=seed, bands=bands,
                                  progress=progress, **tree_options)
     if tree_options:
         raise InputError(f"{sorted(tree_options)} are options of the tree mappers, not of model='unet-convlstm'")
-    seq_len = 5 if seq_len is None else _positive_int("seq_len", seq_len)
-    images = _check_images(images, min_dates=seq_len)
+    seq_len = 5 if seq_len is None else positive_int("seq_len", seq_len)
+    images = check_images(images, min_dates=seq_len)
     if bands is not None:
         bands = list(bands) if isinstance(bands, (list, tuple, np.ndarray)) else [bands]
         have = images["band"].values.tolist() if "band" in images.coords else list(range(images.sizes["band"]))
@@ -708,16 +635,16 @@ def train_mapper(
         if missing:
             raise InputError(f"bands={bands!r}: {missing} not in images' bands {have}; pass a subset of them")
         images = images.sel(band=bands) if "band" in images.coords else images.isel(band=bands)
-    target_ids = _check_labels(labels, images)
+    target_ids = check_labels(labels, images)
     classes = np.unique(target_ids[target_ids >= 0])
     if len(classes) < 2:
         raise InputError(f"labels holds {len(classes)} class(es) {classes.tolist()} but at least 2 are needed; "
                          "label pixels of several classes (-1 = unlabelled)")
-    depth = _positive_int("depth", depth)
-    base = _positive_int("base", base)
-    batch_size = _positive_int("batch_size", batch_size)
+    depth = positive_int("depth", depth)
+    base = positive_int("base", base)
+    batch_size = positive_int("batch_size", batch_size)
     m = 2 ** depth
-    patch = _positive_int("patch", patch, lo=m)
+    patch = positive_int("patch", patch, lo=m)
     if patch % m:
         raise InputError(f"patch={patch} must be a multiple of 2**depth = {m}; pass e.g. patch={patch // m * m}")
     K = len(classes)
@@ -730,7 +657,7 @@ def train_mapper(
                              "or another architecture")
         head_kernel = 3
     else:
-        head_kernel = 1 if head_kernel is None else _positive_int("head_kernel", head_kernel)
+        head_kernel = 1 if head_kernel is None else positive_int("head_kernel", head_kernel)
         if head_kernel % 2 == 0:
             raise InputError(f"head_kernel={head_kernel} must be odd (same-size convolutions); pass e.g. 1 or 3")
     class_weight = ("none" if paper else "sqrt") if class_weight is None else class_weight
@@ -738,16 +665,16 @@ def train_mapper(
         raise InputError(f"class_weight={class_weight!r} is not known; pass one of {list(_CLASS_WEIGHTS)}")
     if not (isinstance(head_dropout, (int, float)) and 0 <= head_dropout < 1):
         raise InputError(f"head_dropout={head_dropout!r} must be a number in [0, 1)")
-    hidden = int(max(8 if paper else 16, K)) if hidden is None else _positive_int("hidden", hidden)
+    hidden = int(max(8 if paper else 16, K)) if hidden is None else positive_int("hidden", hidden)
     if epochs is not None:
-        epochs = _positive_int("epochs", epochs, lo=2)
+        epochs = positive_int("epochs", epochs, lo=2)
         n_fcn = min(epochs - 1, max(1, int(round(2 * epochs / 3))))
         split = (n_fcn, epochs - n_fcn)
     else:
         split = default_epochs(images.sizes["y"], images.sizes["x"],
                                default_patch(images.sizes["y"], images.sizes["x"], patch, multiple=m))
-    fcn_epochs = split[0] if fcn_epochs is None else _positive_int("fcn_epochs", fcn_epochs)
-    temporal_epochs = split[1] if temporal_epochs is None else _positive_int("temporal_epochs", temporal_epochs)
+    fcn_epochs = split[0] if fcn_epochs is None else positive_int("fcn_epochs", fcn_epochs)
+    temporal_epochs = split[1] if temporal_epochs is None else positive_int("temporal_epochs", temporal_epochs)
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise InputError(f"lr={lr!r} must be a positive number; pass e.g. lr=1e-3")
     temporal_lr = float(lr) if temporal_lr is None else temporal_lr
@@ -777,7 +704,7 @@ def train_mapper(
         alpha=float(alpha), mean=[float(x) for x in mean], std=[float(x) for x in std],
         patch=0, batch_size=batch_size, fcn_epochs=fcn_epochs, temporal_epochs=temporal_epochs,
         epoch_patches=EPOCH_PATCHES, lr=float(lr), temporal_lr=float(temporal_lr), lr_steps=lr_steps,
-        lr_factor=float(lr_factor), augment=bool(augment), seed=int(seed), names=_names_of(labels, classes),
+        lr_factor=float(lr_factor), augment=bool(augment), seed=int(seed), names=class_names(labels, classes),
         residual_head=bool(residual_head), architecture=str(architecture), head_kernel=int(head_kernel),
         class_weight=str(class_weight), class_weights=_class_weights(target_ids, classes, class_weight),
         head_dropout=float(head_dropout))

@@ -19,7 +19,7 @@ import xarray as xr
 from s2pipe.bands import BANDS, resolution_group
 from s2pipe.errors import InputError
 
-__all__ = ["METHODS", "compute_scale", "scale_from_max", "normalize", "invert", "band_percentile"]
+__all__ = ["METHODS", "compute_scale", "scale_from_max", "cube_scale", "normalize", "invert", "band_percentile"]
 
 Method = Literal["global_max_by_resolution", "global_max", "per_band_max", "per_band_percentile"]
 METHODS: tuple[str, ...] = ("global_max_by_resolution", "global_max", "per_band_max", "per_band_percentile")
@@ -309,6 +309,51 @@ def scale_from_max(band_max: xr.DataArray, *, method: Method = "global_max_by_re
             gm = bmax[sel]
             values[sel] = np.nan if np.all(np.isnan(gm)) else np.nanmax(gm)
     return _scale_array(values, band_max["band"].values, method)
+
+
+def cube_scale(
+    cube: xr.DataArray,
+    reflectance: xr.DataArray,
+    *,
+    method: Method = "global_max_by_resolution",
+    percentile: float = 99.0,
+    clear_classes=None,
+    band_max: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """The divisors of a regional cube, from one reduction over its clear observations.
+
+    The max-based methods reduce the raw DN of ``cube`` (``cloudmask.clear_band_max``: no float32 cube is built
+    for the statistics), or take the per-pixel maxima ``band_max`` already reduced by a staging pass;
+    ``per_band_percentile`` reduces ``reflectance``. Cressman values are convex combinations of clear
+    observations, so the maximum over the observations is the maximum of the gap-filled cube whenever the output
+    keeps the acquisition dates, and an upper bound otherwise.
+
+    Parameters
+    ----------
+    cube
+        Raw cube ``"dn"`` (time, band, y, x) uint16 with its SCL band.
+    reflectance
+        The cloud-masked reflectance of ``cube`` (time, band, y, x) float32, NaN = missing.
+    method, percentile
+        As in ``compute_scale``.
+    clear_classes
+        SCL codes counted as clear (default: ``cloudmask.DEFAULT_CLEAR_CLASSES``).
+    band_max
+        Maxima (band, ...) of the clear reflectance, e.g. ``store.staging.band_max``; skips the reduction.
+
+    Returns
+    -------
+    xr.DataArray
+        (band,) float64 divisors, as ``compute_scale`` returns them.
+    """
+    from s2pipe.cloudmask import DEFAULT_CLEAR_CLASSES, clear_band_max
+
+    method = _check_method(method)
+    if method == "per_band_percentile":
+        return compute_scale(reflectance, method=method, percentile=percentile)
+    if band_max is None:
+        band_max = clear_band_max(cube, clear_classes=DEFAULT_CLEAR_CLASSES if clear_classes is None else clear_classes)
+    return scale_from_max(band_max, method=method)
 
 
 def _check_band_names(bands: list[str], method: str) -> None:

@@ -34,9 +34,11 @@ from pystac_client.stac_api_io import StacApiIO
 from shapely.geometry.base import BaseGeometry
 from urllib3 import Retry
 
-from s2pipe.catalog import CatalogProfile, load_profile
 from s2pipe.errors import CatalogUnreachableError, InputError, NoScenesError
-from s2pipe.items import item_datetime, normalize_item
+from s2pipe.stac.catalog import CatalogProfile, load_profile
+from s2pipe.stac.items import item_datetime, normalize_item
+
+__all__ = ["RETRY_STATUS", "PAGE_SIZE", "T", "parse_region", "parse_day", "search_items"]
 
 log = logging.getLogger("s2pipe.search")
 
@@ -370,7 +372,7 @@ def search_items(
     if url is None and profile.is_local_demo:
         raise InputError(
             f"catalog {profile.name!r} is served by a local server that s2pipe starts; pass its address "
-            "(argument: url), e.g. from s2pipe.demo.demo_server"
+            "(argument: url), e.g. from s2pipe.synthetic.demo.demo_server"
         )
     if not isinstance(api, str) or not api.startswith(("http://", "https://")):
         raise InputError(f"STAC API URL {api!r} must start with http:// or https:// (argument: url)")

@@ -5,13 +5,11 @@ import os
 import tempfile
 from pathlib import Path
 
-# Offline-quiet Prefect, set before anything imports prefect.
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# A Prefect home of the test session's own, and s2pipe's Prefect settings, before anything imports prefect.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="s2pipe-prefect-"))
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-
 import pytest  # noqa: E402
+
+import s2pipe.flows  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("S2PIPE_SHARED_DATA", REPO.parent / "shared" / "data"))

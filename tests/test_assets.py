@@ -1,4 +1,4 @@
-"""check_assets on real files: tiny COGs from s2pipe.testing, broken copies of them, a loopback HTTP server."""
+"""check_assets on real files: tiny COGs from s2pipe.synthetic.scenes, broken copies of them, a loopback HTTP server."""
 from __future__ import annotations
 
 import http.server
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from s2pipe.assets import AssetCheck, check_assets, redact_href
 from s2pipe.cube import build_cube
 from s2pipe.errors import AssetError, NoScenesError
-from s2pipe.testing import make_scenes
+from s2pipe.stac.assets import AssetCheck, check_assets, redact_href
+from s2pipe.synthetic.scenes import make_scenes
 
 BANDS = ("B02", "B03", "SCL")
 RETRIES = 2
@@ -328,9 +328,9 @@ def test_on_a_distributed_client_same_results(scenes, http_server, tmp_path):
 
 @pytest.mark.slow
 def test_demo_region_normalized_items(tmp_path):
-    from s2pipe.catalog import load_profile
-    from s2pipe.demo import DemoConfig, generate_demo
-    from s2pipe.items import load_item_dicts, normalize_items
+    from s2pipe.stac.catalog import load_profile
+    from s2pipe.stac.items import load_item_dicts, normalize_items
+    from s2pipe.synthetic.demo import DemoConfig, generate_demo
 
     region = generate_demo(tmp_path / "demo", DemoConfig(start="2021-12-01", end="2021-12-31", tile_size=64,
                                                          overlap=16, block_size=128, seed=3))

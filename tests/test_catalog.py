@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from s2pipe.bands import BANDS, SPECTRAL_10
-from s2pipe.catalog import CATALOG_DIR, CatalogProfile, list_profiles, load_profile
 from s2pipe.errors import InputError
+from s2pipe.stac.catalog import CATALOG_DIR, CatalogProfile, list_profiles, load_profile
 
 PROFILES = ["earth-search-v1-c1-l2a", "earth-search-v1-l2a", "local-demo", "planetary-computer-l2a"]
 

@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from s2pipe.cli import EXIT_INPUT, EXIT_TRANSIENT, app
-from s2pipe.stac_server import free_port
+from s2pipe.stac.server import free_port
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""build_cube on real synthetic COGs (s2pipe.testing.make_scenes): grid exactness, resampling, solar-day merging."""
+"""build_cube on real synthetic COGs (s2pipe.synthetic.scenes.make_scenes): grid exactness, resampling, solar-day merging."""
 from __future__ import annotations
 
 import copy
@@ -12,7 +12,13 @@ from pyproj import Transformer
 from s2pipe.bands import SPECTRAL_10
 from s2pipe.cube import build_cube, grid_of
 from s2pipe.errors import InputError, NoScenesError
-from s2pipe.testing import BASELINE_OFFSET_DN, TILE_BIAS_DN, make_scenes, read_cog, synthetic_reflectance
+from s2pipe.synthetic.scenes import (
+    BASELINE_OFFSET_DN,
+    TILE_BIAS_DN,
+    make_scenes,
+    read_cog,
+    synthetic_reflectance,
+)
 
 SIZE = 64  # 10 m pixels per tile side
 ORIGIN = (399960.0, 5000040.0)
@@ -308,7 +314,7 @@ def test_direct_read_equals_warped_read(one_tile, chunk_size):
 def test_direct_read_two_tiles_nodata_columns_and_merge(two_tiles):
     """Two overlapping tiles, the first with nodata columns: same footprint, same solar-day mosaic; the cubic 20 m
     bands as close to the synthetic truth as the warped read."""
-    from s2pipe.testing import TILE_BIAS_DN
+    from s2pipe.synthetic.scenes import TILE_BIAS_DN
 
     direct = build_cube(two_tiles, bands=["B02", "B05", "B11"], chunk_size=32)
     warped = build_cube(two_tiles, bands=["B02", "B05", "B11"], chunk_size=32, read="warp")

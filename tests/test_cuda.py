@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -65,7 +64,7 @@ def test_inference_runs_on_the_gpu_worker(models):
     """A real worker advertising GPU=1 gets every inference chunk, and computes it on its CUDA device."""
     distributed = pytest.importorskip("distributed")
     from s2pipe.forecast import DynamicsModel, forecast_cube
-    from s2pipe.placement import inference_placement
+    from s2pipe.runtime.placement import inference_placement
 
     mapper, dyn = models
     seen: list[tuple[str, str]] = []

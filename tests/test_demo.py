@@ -12,9 +12,15 @@ import rasterio
 from rasterio.features import rasterize
 
 from s2pipe.bands import BANDS, SPECTRAL_10
-from s2pipe.demo import CLASSES, DemoConfig, DemoRegion, generate_demo, load_demo
 from s2pipe.errors import InputError, OutputConflictError
-from s2pipe.stac_items import BASELINE_CHANGE, EARTH_SEARCH_KEYS
+from s2pipe.synthetic.demo import (
+    CLASSES,
+    DemoConfig,
+    DemoRegion,
+    generate_demo,
+    load_demo,
+)
+from s2pipe.synthetic.items import BASELINE_CHANGE, EARTH_SEARCH_KEYS
 
 SMALL = DemoConfig(start="2021-07-01", end="2022-02-28", revisit_days=10, tile_size=32, overlap=8, block_size=16)
 TINY = DemoConfig(start="2021-03-01", end="2021-03-31", revisit_days=10, tile_size=16, overlap=4, block_size=16)

@@ -16,17 +16,19 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from s2pipe.cluster import (
+from s2pipe.config import DaskConfig, load_config
+from s2pipe.errors import InputError
+from s2pipe.runtime.cluster import (
     ClusterSpec,
     create_cluster,
     dask_client,
     daskcluster_crd_schema,
     daskcluster_schema_errors,
     load_cluster_spec,
+)
+from s2pipe.runtime.cluster import (
     main as cluster_main,
 )
-from s2pipe.config import DaskConfig, load_config
-from s2pipe.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from s2pipe.stac_server import free_port
-from s2pipe.store import STATE_DIR, write_cube
 from test_store import arrays, make_dataset
+
+from s2pipe.stac.server import free_port
+from s2pipe.store.zarr import STATE_DIR, write_cube
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

@@ -11,7 +11,7 @@ import rasterio
 import xarray as xr
 
 from s2pipe.config import load_config
-from s2pipe.demo import DemoConfig, generate_demo
+from s2pipe.synthetic.demo import DemoConfig, generate_demo
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +123,7 @@ def test_flow_store_equals_an_independent_numpy_reference_chain(flow_run):
     brute-force loop, divided by the NumPy maximum of each band group; plus the store's metadata."""
     from shapely.geometry import box, shape
 
-    from s2pipe.catalog import load_profile
+    from s2pipe.stac.catalog import load_profile
     from tests.helpers import reference_chain, snapped_grid
 
     region, profile, out, _ = flow_run
@@ -189,12 +189,12 @@ def _count_reads(monkeypatch) -> dict:
 def _streaming_budget(monkeypatch, summary, ref) -> None:
     import dask.utils
 
-    import s2pipe.flows.regional_cube as rc
+    import s2pipe.runtime.cluster as cluster
     from s2pipe.config import DaskConfig
 
     raw_bytes = summary["dates_in"] * (ref.sizes["band"] + 1) * ref.sizes["y"] * ref.sizes["x"] * 2
-    assert raw_bytes <= rc.PERSIST_FRACTION * dask.utils.parse_bytes(DaskConfig().memory_limit)  # flow_run persisted
-    monkeypatch.setattr(rc, "PERSIST_FRACTION", 0.1 * raw_bytes / dask.utils.parse_bytes(DaskConfig().memory_limit))
+    assert raw_bytes <= cluster.PERSIST_FRACTION * dask.utils.parse_bytes(DaskConfig().memory_limit)  # flow_run persisted
+    monkeypatch.setattr(cluster, "PERSIST_FRACTION", 0.1 * raw_bytes / dask.utils.parse_bytes(DaskConfig().memory_limit))
 
 
 def _same_store(got: xr.Dataset, ref: xr.Dataset, output) -> None:
@@ -278,8 +278,8 @@ def test_scheduled_appends_extend_the_cube_like_one_run(flow_run, tmp_path):
     """append=True: a first run creates, a later window appends only the new dates (old chunks untouched, new
     dates equal to one run over the whole window, in reflectance units), the same window again changes nothing,
     and a store built with other parameters is refused untouched."""
-    from s2pipe.flows.regional_cube import regional_cube
     from s2pipe.errors import OutputConflictError
+    from s2pipe.flows.regional_cube import regional_cube
     from s2pipe.normalize import invert
 
     region, profile, full_out, _ = flow_run
@@ -322,8 +322,8 @@ def test_a_truncated_asset_leaves_its_scene_out_or_fails_in_strict_mode(flow_run
     summary; strict=True fails naming it, before anything is written."""
     import shutil
 
-    from s2pipe.flows.regional_cube import regional_cube
     from s2pipe.errors import AssetError
+    from s2pipe.flows.regional_cube import regional_cube
 
     region, profile, _, _ = flow_run
     src = Path(region.root)
@@ -477,8 +477,8 @@ def test_flow_on_an_existing_dask_scheduler(flow_run, tmp_path):
 
 
 def test_output_built_from_another_grid_is_refused_and_left_untouched(flow_run):
-    from s2pipe.flows.regional_cube import regional_cube
     from s2pipe.errors import OutputConflictError
+    from s2pipe.flows.regional_cube import regional_cube
 
     region, profile, out, _ = flow_run
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
@@ -644,7 +644,7 @@ def test_map_cli_random_forest_train_predict_with_uncertainty(flow_run, tmp_path
     from typer.testing import CliRunner
 
     from s2pipe.cli import app
-    from s2pipe.maps import uncertainty
+    from s2pipe.products.maps import uncertainty
 
     region, _, out, _ = flow_run
     runner = CliRunner()

@@ -1,4 +1,4 @@
-"""Spectral-dynamics forecasting (s2pipe.forecast, s2pipe.models.dynamics, s2pipe.synthetic)."""
+"""Spectral-dynamics forecasting (s2pipe.forecast, s2pipe.ml.nets.dynamics, s2pipe.synthetic.dynamics)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,10 +8,22 @@ import torch
 import xarray as xr
 
 from s2pipe.errors import InputError
-from s2pipe.forecast import (DynamicsModel, annual_phase, fit_dynamics, forecast_cube, load_dynamics,
-                             rmse_by_lead, spectral_angle_by_lead, _differences)
-from s2pipe.models.dynamics import Delta, LSTMDynamics, ResNetDynamics, lstm_hidden_for
-from s2pipe.synthetic import TRAIN_STEPS, albedo_spectra, hapke_reflectance, hapke_series
+from s2pipe.forecast import (
+    _differences,
+    annual_phase,
+    fit_dynamics,
+    forecast_cube,
+    load_dynamics,
+    rmse_by_lead,
+    spectral_angle_by_lead,
+)
+from s2pipe.ml.nets.dynamics import Delta, LSTMDynamics, ResNetDynamics, lstm_hidden_for
+from s2pipe.synthetic.dynamics import (
+    TRAIN_STEPS,
+    albedo_spectra,
+    hapke_reflectance,
+    hapke_series,
+)
 
 torch.set_num_threads(1)
 

@@ -20,8 +20,8 @@ import xarray as xr
 
 from s2pipe.cloudmask import mask_clouds
 from s2pipe.gapfill import cressman
+from s2pipe.ml.pixels import align_mask, as_yx, training_pixels
 from s2pipe.normalize import compute_scale, normalize
-from s2pipe.pixels import align_mask, as_yx, training_pixels
 
 TRAIN_PIXELS, EVAL_PIXELS = 150, 400
 # The library's defaults (rollout training, annual clock, seasonal blend, hindcast calibration) with a
@@ -32,7 +32,7 @@ FIT_3Y = dict(FIT, epochs=7)  # three years hold 3x the samples: about the same 
 
 @pytest.fixture(scope="module")
 def refl(shared_data):
-    from s2pipe.testing import romania_raw_cube
+    from s2pipe.synthetic.scenes import romania_raw_cube
 
     raw = romania_raw_cube(shared_data / "nrt-romania-s2l2a" / "romania_10m.npz")
     return mask_clouds(raw, clear_classes=(4, 5, 6, 7))

@@ -12,7 +12,9 @@ import xarray as xr
 
 from s2pipe.errors import InputError
 from s2pipe.gapfill import cressman, cressman_array, cressman_weights
-from tests.helpers import brute_force  # the loop written from the contract (also used by the reference chain)
+from tests.helpers import (
+    brute_force,  # the loop written from the contract (also used by the reference chain)
+)
 
 DAY = pd.Timedelta(days=1)
 

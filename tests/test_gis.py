@@ -10,8 +10,8 @@ import rasterio
 import xarray as xr
 
 from s2pipe.cube import build_cube, grid_of
-from s2pipe.store import write_cube
-from s2pipe.testing import make_scenes, read_cog
+from s2pipe.store.zarr import write_cube
+from s2pipe.synthetic.scenes import make_scenes, read_cog
 
 BANDS = ["B02", "B05"]
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from s2pipe.demo import DemoConfig, demo_server, generate_demo
 from s2pipe.search import search_items
-from s2pipe.catalog import load_profile
+from s2pipe.stac.catalog import load_profile
+from s2pipe.synthetic.demo import DemoConfig, demo_server, generate_demo
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = DemoConfig(start="2021-06-01", end="2021-07-31", revisit_days=5, tile_size=16, overlap=4, block_size=16)
@@ -79,7 +79,7 @@ def test_installed_wheel_runs_from_another_folder(fresh_venv, tmp_path):
     for profile in (REPO / "catalogs").glob("*.yaml"):
         assert profile.stem in out.stdout
     probe = (
-        "import importlib.util, json, s2pipe, s2pipe.catalog as c, s2pipe.flows.regional_cube as rc\n"
+        "import importlib.util, json, s2pipe, s2pipe.stac.catalog as c, s2pipe.flows.regional_cube as rc\n"
         "from prefect.flows import load_flow_from_entrypoint\n"
         "flow = load_flow_from_entrypoint('s2pipe.flows.update.regional_update')\n"
         "print(json.dumps({'s2pipe': s2pipe.__file__, 'flows': rc.__file__, 'catalogs': str(c.CATALOG_DIR),\n"

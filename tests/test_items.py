@@ -1,4 +1,4 @@
-"""The item adapter (s2pipe.items) on every real item file in ../shared/data/stac-s2-items."""
+"""The item adapter (s2pipe.stac.items) on every real item file in ../shared/data/stac-s2-items."""
 from __future__ import annotations
 
 import copy
@@ -11,9 +11,9 @@ import pystac
 import pytest
 
 from s2pipe.bands import BANDS, SPECTRAL_10
-from s2pipe.catalog import load_profile
 from s2pipe.errors import InputError
-from s2pipe.items import (
+from s2pipe.stac.catalog import load_profile
+from s2pipe.stac.items import (
     is_normalized,
     item_datetime,
     load_item_dicts,
@@ -21,7 +21,7 @@ from s2pipe.items import (
     normalize_items,
     solar_day,
 )
-from s2pipe.stac_items import earth_search_item
+from s2pipe.synthetic.items import earth_search_item
 
 # Facts read off the files (inventory.json and the items' own properties), not computed by s2pipe:
 # file -> (profile, EPSG, expected offset of every spectral band in reflectance units).

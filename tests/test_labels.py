@@ -12,7 +12,13 @@ import xarray as xr
 from shapely.geometry import LineString, Point, Polygon
 
 from s2pipe.errors import InputError
-from s2pipe.labels import IGNORE, LabelSource, line_footprint, rasterize_labels, spatial_split
+from s2pipe.ml.labels import (
+    IGNORE,
+    LabelSource,
+    line_footprint,
+    rasterize_labels,
+    spatial_split,
+)
 
 EPSG = 32617
 RES = 10.0
@@ -229,7 +235,7 @@ def test_spatial_split_blocks():
 @pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")  # rioxarray + affine >= 2.4
 def test_demo_vectors_match_the_demo_landcover(tmp_path):
     """The demo's road/mangrove vectors rasterized on the grid of its landcover.tif agree with that raster."""
-    from s2pipe.demo import ROAD, MANGROVE, DemoConfig, generate_demo
+    from s2pipe.synthetic.demo import MANGROVE, ROAD, DemoConfig, generate_demo
 
     region = generate_demo(tmp_path / "demo", DemoConfig(start="2021-01-01", end="2021-01-06", tile_size=128,
                                                          overlap=0, n_tiles=1, block_size=64), workers=0)

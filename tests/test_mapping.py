@@ -1,4 +1,4 @@
-"""Land-cover mapping (s2pipe.mapping, s2pipe.models.mapping): modules, loss, training, chunked prediction."""
+"""Land-cover mapping (s2pipe.mapping, s2pipe.ml.nets.mapping): modules, loss, training, chunked prediction."""
 from __future__ import annotations
 
 import json
@@ -12,10 +12,27 @@ import xarray as xr
 from torch.nn import functional as F
 
 from s2pipe.errors import InputError
-from s2pipe.mapping import (Mapper, MapperConfig, _aligned_chunks, _augment, _class_weights, default_epochs,
-                            default_patch, load_mapper, train_mapper)
-from s2pipe.models.mapping import (ConvLSTM, SequenceHead, TemporalHead, UNet, joint_loss, receptive_radius,
-                                   temporal_radius, unet_radius)
+from s2pipe.mapping import (
+    Mapper,
+    MapperConfig,
+    _augment,
+    _class_weights,
+    _halo_chunks,
+    default_epochs,
+    default_patch,
+    load_mapper,
+    train_mapper,
+)
+from s2pipe.ml.nets.mapping import (
+    ConvLSTM,
+    SequenceHead,
+    TemporalHead,
+    UNet,
+    joint_loss,
+    receptive_radius,
+    temporal_radius,
+    unet_radius,
+)
 
 BANDS = ["B02", "B03", "B04", "B08"]
 
@@ -166,10 +183,10 @@ def test_augment_keeps_images_and_labels_aligned():
 
 
 def test_aligned_chunks():
-    assert _aligned_chunks((64, 64, 22), 8, 64) == (64, 86)
-    assert _aligned_chunks((50, 50, 50), 8, 16) == (48, 48, 54)
-    assert _aligned_chunks((40, 40), 8, 64) == (80,)
-    assert _aligned_chunks((64, 64, 30), 8, 24) == (64, 64, 30)
+    assert _halo_chunks((64, 64, 22), 8, 64) == (64, 86)
+    assert _halo_chunks((50, 50, 50), 8, 16) == (48, 48, 54)
+    assert _halo_chunks((40, 40), 8, 64) == (80,)
+    assert _halo_chunks((64, 64, 30), 8, 24) == (64, 64, 30)
 
 
 def test_default_epochs_and_patch_scale_with_image():
@@ -360,8 +377,8 @@ def test_clear_errors(trained, scene):
 
 
 def test_save_is_atomic(trained, tmp_path, monkeypatch):
-    """``Mapper.save`` goes through ``s2pipe.weights.save_payload``: an interrupted write leaves the previous file."""
-    import s2pipe.weights as weights
+    """``Mapper.save`` goes through ``s2pipe.ml.weights.save_payload``: an interrupted write leaves the previous file."""
+    import s2pipe.ml.weights as weights
 
     mapper, _ = trained
     path = mapper.save(tmp_path / "m.pt")

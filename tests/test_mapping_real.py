@@ -29,8 +29,8 @@ import pytest
 import torch
 
 from s2pipe.mapping import default_epochs
-from s2pipe.maps import class_map
-from s2pipe.metrics import score_map
+from s2pipe.ml.metrics import score_map
+from s2pipe.products.maps import class_map
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_mapping_real.py"
 CLASSES = [2, 3, 4, 8]

@@ -13,9 +13,20 @@ from affine import Affine
 from scipy import ndimage
 
 from s2pipe.errors import InputError
-from s2pipe.maps import (APPEARED, DISAPPEARED, NO_CHANGE, class_map, detect_change, smooth_probabilities,
-                         uncertainty, write_change, write_class_map, write_probabilities, write_uncertainty)
-from s2pipe.store import open_cube
+from s2pipe.products.maps import (
+    APPEARED,
+    DISAPPEARED,
+    NO_CHANGE,
+    class_map,
+    detect_change,
+    smooth_probabilities,
+    uncertainty,
+    write_change,
+    write_class_map,
+    write_probabilities,
+    write_uncertainty,
+)
+from s2pipe.store.zarr import open_cube
 
 EPSG = 32617
 RES = 10.0

@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 
 from s2pipe.errors import InputError
-from s2pipe.metrics import Scores, confusion_matrix, score_map
+from s2pipe.ml.metrics import Scores, confusion_matrix, score_map
 
 # truth -1 = unlabelled; prediction 255 = nodata
 TRUTH = np.array([1, 1, 1, 1, 2, 2, 2, 3, 3, -1], dtype=np.int16)

@@ -17,7 +17,14 @@ import pytest
 import xarray as xr
 
 from s2pipe.errors import InputError, OutputConflictError, StoreLockedError
-from s2pipe.store import STATE_DIR, append_cube, open_cube, store_lock, store_state, write_cube, write_json
+from s2pipe.store.zarr import (
+    STATE_DIR,
+    append_cube,
+    open_cube,
+    store_lock,
+    store_state,
+    write_cube,
+)
 from tests.test_flow import _config, prefect_harness, tiny_demo  # noqa: F401  (fixtures)
 from tests.test_store import make_dataset
 
@@ -164,7 +171,7 @@ def test_lock_on_s3_refuses_a_second_writer(s3):
 
 def test_lock_race_on_s3_one_winner(s3):
     """Several writers starting at once (threads of other 'hosts'): exactly one gets the lock."""
-    from s2pipe import store
+    from s2pipe.store import zarr as store
 
     url = f"s3://{BUCKET}/race.zarr"
     results, barrier = [], threading.Barrier(4)
@@ -215,7 +222,7 @@ def test_urls_with_credentials_are_refused_without_echo(url, tmp_path):
 
 def test_output_urls_and_settings(tmp_path):
     from s2pipe.config import RunConfig, StorageConfig
-    from s2pipe.storage import gdal_options, location, storage_options
+    from s2pipe.runtime.objectstore import gdal_options, location, storage_options
 
     base = dict(bbox=(0, 0, 1, 1), start="2021-01-01", end="2021-02-01")
     cfg = RunConfig(**base, output="s3://bucket/cubes/c.zarr/",
@@ -239,7 +246,7 @@ def test_gs_and_az_urls_resolve_to_their_filesystems(monkeypatch, caplog, capfd)
     """No GCS/Azure server here: the URLs resolve to gcsfs / adlfs with the settings, secrets stay unlogged."""
     gcsfs = pytest.importorskip("gcsfs")
     adlfs = pytest.importorskip("adlfs")
-    from s2pipe.storage import location
+    from s2pipe.runtime.objectstore import location
 
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "s2pipetest")
     monkeypatch.setenv("AZURE_STORAGE_KEY", "c2VjcmV0" + SECRET)
@@ -265,8 +272,8 @@ def test_build_cube_reads_s3_hrefs_through_gdal(s3, tmp_path):
     import rasterio
 
     from s2pipe.cube import build_cube
-    from s2pipe.storage import gdal_options
-    from s2pipe.testing import make_scenes
+    from s2pipe.runtime.objectstore import gdal_options
+    from s2pipe.synthetic.scenes import make_scenes
 
     items = [it.to_dict() for it in make_scenes(tmp_path, n_dates=2, size=32, block_size=128, bands=("B04", "B08"))]
     for it in items:

@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 
 from s2pipe.errors import InputError
-from s2pipe.pixels import align_mask, as_yx, training_pixels
+from s2pipe.ml.pixels import align_mask, as_yx, training_pixels
 
 NY, NX = 6, 5
 X0, Y0, RES = 1000.0, 2000.0, 10.0  # top-left corner; centres at +5 / -5
@@ -125,7 +125,7 @@ def test_gaps_dropped_and_reported(caplog):
     cube = make_cube().copy()
     cube[2, 1, 4, 4] = np.nan  # one date, one band
     cube[:, :, 0, 1] = np.nan  # whole series
-    with caplog.at_level(logging.INFO, logger="s2pipe.pixels"):
+    with caplog.at_level(logging.INFO, logger="s2pipe.ml.pixels"):
         px = training_pixels(cube)
     assert px.attrs["dropped_gap_pixels"] == 2 and px.sizes["pixel"] == NY * NX - 2
     assert (4, 4) not in rc(px) and (0, 1) not in rc(px)

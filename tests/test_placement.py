@@ -1,4 +1,4 @@
-"""GPU placement of model inference (s2pipe.placement): on a real distributed cluster, inference tasks run only
+"""GPU placement of model inference (s2pipe.runtime.placement): on a real distributed cluster, inference tasks run only
 on the worker advertising a ``GPU`` resource when there is one, and anywhere (no annotation) when there is none;
 results equal the computation without a cluster."""
 from __future__ import annotations
@@ -7,15 +7,19 @@ import logging
 import threading
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-import xarray as xr
 
 from s2pipe.forecast import DynamicsModel, fit_dynamics, forecast_cube
 from s2pipe.mapping import Mapper, train_mapper
-from s2pipe.placement import (
-    Placement, current_placement, gpu_workers, has_gpu_workers, inference_placement, inference_tasks, on_device,
+from s2pipe.runtime.placement import (
+    Placement,
+    current_placement,
+    gpu_workers,
+    has_gpu_workers,
+    inference_placement,
+    inference_tasks,
+    on_device,
 )
 from tests.helpers import class_images, periodic_cube
 
@@ -128,7 +132,7 @@ def test_no_client_means_cpu_placement(models, caplog):
     if _get_global_client() is not None:
         pytest.skip("a default Dask client exists in this process")
     assert gpu_workers() == [] and not has_gpu_workers()
-    with caplog.at_level(logging.INFO, logger="s2pipe.placement"), inference_placement() as placement:
+    with caplog.at_level(logging.INFO, logger="s2pipe.runtime.placement"), inference_placement() as placement:
         assert placement == Placement(gpu=False)
     assert "no Dask cluster" in caplog.text
 
@@ -137,7 +141,7 @@ def test_gpu_workers_are_found_and_inference_runs_only_there(gpu_cluster, models
                                                               caplog):
     client, gpu_address = gpu_cluster
     assert gpu_workers(client) == [gpu_address] and has_gpu_workers(client) and has_gpu_workers()
-    with caplog.at_level(logging.INFO, logger="s2pipe.placement"):
+    with caplog.at_level(logging.INFO, logger="s2pipe.runtime.placement"):
         with inference_placement(client) as placement:
             assert placement.gpu and placement.gpu_workers == (gpu_address,) and placement.n_workers == 2
             assert current_placement() is placement
@@ -183,7 +187,7 @@ def test_without_gpu_workers_nothing_changes(models, expected, record_inference,
     cluster, client, extra = _start_cluster(2, gpu_worker=False)
     try:
         assert gpu_workers(client) == [] and not has_gpu_workers(client)
-        with caplog.at_level(logging.INFO, logger="s2pipe.placement"):
+        with caplog.at_level(logging.INFO, logger="s2pipe.runtime.placement"):
             with inference_placement(client) as placement:
                 assert placement == Placement(gpu=False, n_workers=2)
                 assert dask.config.get("optimization.fuse.active", None) == fuse  # config untouched
@@ -221,7 +225,7 @@ def test_task_threads_share_the_host_cores_between_all_its_workers(gpu_cluster, 
     """The one CPU-thread policy of inference tasks: the host's cores divided by the Dask threads of every
     worker on the host (here 2 workers x 1 thread on one host), at least 1; an explicit value wins; outside a
     distributed worker the library's own setting (None)."""
-    import s2pipe.placement as placement
+    import s2pipe.runtime.placement as placement
 
     client, _ = gpu_cluster
 

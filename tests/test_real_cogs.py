@@ -2,7 +2,7 @@
 
 Two real scenes of ../shared/data/nrt-romania-s2l2a (EPSG:3035, 10 m bands at 10 m, 20 m bands and SCL at 20 m): the
 clear 2015-08-31 of the GeoTIFFs and the partly cloudy 2018-08-05 of the .npz cubes (same grid). Each band is written
-as a single-band tiled COG with ``s2pipe.cog.write_cog``, each scene described by an Earth Search v1 item, served by
+as a single-band tiled COG with ``s2pipe.products.cog.write_cog``, each scene described by an Earth Search v1 item, served by
 ``rustac serve`` (``LocalStacServer``), found with ``search_items`` and read with ``build_cube``.
 Their origin (5271982.58, 2533004.21) is not on the 10 m lattice that ``build_cube`` snaps the grid to, so every
 asset is warped: the real case of a catalog on a grid of its own.
@@ -19,11 +19,11 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
-from s2pipe.cog import write_cog
 from s2pipe.cube import build_cube
+from s2pipe.products.cog import write_cog
 from s2pipe.search import search_items
-from s2pipe.stac_items import earth_search_item
-from s2pipe.stac_server import LocalStacServer
+from s2pipe.stac.server import LocalStacServer
+from s2pipe.synthetic.items import earth_search_item
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
 

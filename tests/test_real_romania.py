@@ -13,7 +13,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import xarray as xr
 
 from s2pipe.cloudmask import mask_clouds
 from s2pipe.gapfill import cressman
@@ -24,7 +23,7 @@ R_DAYS = 10
 @pytest.fixture(scope="module")
 def raw(shared_data):
     """The real cube in the raw layout of docs/architecture.md: "dn" uint16 (time, band, y, x), SCL last."""
-    from s2pipe.testing import romania_raw_cube
+    from s2pipe.synthetic.scenes import romania_raw_cube
 
     return romania_raw_cube(shared_data / "nrt-romania-s2l2a" / "romania_10m.npz")
 

@@ -14,10 +14,10 @@ import pystac_client
 import pytest
 import shapely.geometry
 
-from s2pipe.catalog import load_profile
 from s2pipe.errors import CatalogUnreachableError, InputError, NoScenesError
 from s2pipe.search import parse_day, parse_region, search_items
-from s2pipe.stac_server import LocalStacServer, free_port
+from s2pipe.stac.catalog import load_profile
+from s2pipe.stac.server import LocalStacServer, free_port
 
 PC_ITEMS = "planetary-computer/rustac_100-items_T13TDE_2024.json"
 C1_ITEMS = "earth-search-v1/rustac_sentinel-2-c1-l2a_item-collection.json"

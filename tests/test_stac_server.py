@@ -16,9 +16,9 @@ import pytest
 from pyproj import Transformer
 from shapely.geometry import box, shape
 
-from s2pipe.demo import DemoConfig, demo_server, generate_demo
 from s2pipe.errors import S2PipeError
-from s2pipe.stac_server import LocalStacServer
+from s2pipe.stac.server import LocalStacServer
+from s2pipe.synthetic.demo import DemoConfig, demo_server, generate_demo
 
 CONFIG = DemoConfig(start="2021-06-01", end="2021-08-31", revisit_days=5, tile_size=16, overlap=4, block_size=16)
 

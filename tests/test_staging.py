@@ -1,4 +1,4 @@
-"""The staging store of streamed runs (s2pipe.staging): what it holds, its maxima, resume and replacement."""
+"""The staging store of streamed runs (s2pipe.store.staging): what it holds, its maxima, resume and replacement."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from s2pipe import staging
-from s2pipe.store import STATE_DIR
+from s2pipe.store import staging
+from s2pipe.store.zarr import STATE_DIR
 
 
 def _cube(seed: int = 0, *, dask: bool) -> tuple[xr.Dataset, xr.DataArray]:

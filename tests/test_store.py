@@ -14,7 +14,7 @@ import xarray as xr
 import zarr
 
 from s2pipe.errors import InputError, OutputConflictError
-from s2pipe.store import STATE_DIR, open_cube, write_cube
+from s2pipe.store.zarr import STATE_DIR, open_cube, write_cube
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")  # rioxarray + affine
 NT, NB, NY, NX = 4, 3, 40, 56
@@ -337,7 +337,7 @@ def test_bool_variable_is_stored_as_bytes_and_text_is_refused(tmp_path):
 # ------------------------------------------------------------------------------------------ one writer at a time
 _HOLD = """
 import sys, time
-from s2pipe.store import store_lock
+from s2pipe.store.zarr import store_lock
 with store_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -348,7 +348,7 @@ import sys, time
 sys.path.insert(0, sys.argv[2])
 from test_store import make_dataset
 from s2pipe.errors import StoreLockedError
-from s2pipe.store import write_cube
+from s2pipe.store.zarr import write_cube
 ds = make_dataset()
 while time.time() < float(sys.argv[3]):  # start both writers together
     time.sleep(0.005)
@@ -365,7 +365,7 @@ def test_live_lock_refuses_a_second_writer_and_touches_nothing(tmp_path, referen
     import sys
 
     from s2pipe.errors import StoreLockedError
-    from s2pipe.store import lock_path
+    from s2pipe.store.zarr import lock_path
 
     path = tmp_path / "cube.zarr"
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(path), "60"], stdout=subprocess.PIPE, text=True)

@@ -1,4 +1,4 @@
-"""Per-pixel tree mappers (s2pipe.trees): random forest and LightGBM as first-class mappers.
+"""Per-pixel tree mappers (s2pipe.ml.trees): random forest and LightGBM as first-class mappers.
 
 Synthetic data check the contract (features, NaN, classes and names, Dask = NumPy, save/load = trained,
 the forest = scikit-learn's own ``predict_proba``, errors); the real Slovenia series (the data and split of
@@ -19,9 +19,9 @@ import xarray as xr
 
 from s2pipe.errors import InputError
 from s2pipe.mapping import load_mapper, train_mapper
-from s2pipe.maps import class_map
-from s2pipe.metrics import score_map
-from s2pipe.trees import FORMAT, TreeMapper, train_tree_mapper
+from s2pipe.ml.metrics import score_map
+from s2pipe.ml.trees import FORMAT, TreeMapper, train_tree_mapper
+from s2pipe.products.maps import class_map
 
 IDS = [1, 5, 7]
 NAMES = {"1": "water", "5": "forest", "7": "road"}

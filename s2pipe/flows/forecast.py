@@ -3,7 +3,7 @@
 ``forecast-train``: training pixels (class raster / bbox, optional 4 neighbours) of a time window of the cube
 -> ``fit_dynamics`` -> a saved model. ``forecast-predict``: the model -> ``forecast_cube`` over the whole cube
 (chunk by chunk on the Dask cluster) -> a forecast Zarr store with the cube's grid conventions.
-Thin orchestration: the numerical work lives in ``s2pipe.pixels`` and ``s2pipe.forecast``.
+Thin orchestration: the numerical work lives in ``s2pipe.ml.pixels`` and ``s2pipe.forecast``.
 """
 import time
 from pathlib import Path
@@ -13,15 +13,17 @@ import xarray as xr
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from s2pipe.flows.regional_cube import run_logger
-from s2pipe.cluster import dask_client
 from s2pipe.config import DaskConfig
 from s2pipe.errors import InputError
+from s2pipe.flows.regional_cube import run_logger
 from s2pipe.forecast import fit_dynamics, forecast_cube, load_dynamics
-from s2pipe.pixels import align_mask, as_yx, training_pixels
-from s2pipe.placement import inference_placement
-from s2pipe.progress import ProgressLine
-from s2pipe.store import open_cube, write_cube
+from s2pipe.ml.pixels import align_mask, as_yx, training_pixels
+from s2pipe.runtime.cluster import dask_client
+from s2pipe.runtime.placement import inference_placement
+from s2pipe.runtime.progress import ProgressLine
+from s2pipe.store.zarr import open_cube, write_cube
+
+__all__ = ["pixels_task", "fit_task", "forecast_train", "predict_task", "forecast_predict"]
 
 
 def _window(da: xr.DataArray, start: str | None, end: str | None) -> xr.DataArray:

@@ -10,7 +10,7 @@ of the date sequence; trees: of their one mode, the window's dates).
 in an output folder.
 ``map-change``: two class-map COGs -> the change of target classes as a COG and GeoPackage polygons.
 ``demo-maps``: the three on the demo region (roads and mangroves, and the road built in 2022).
-Thin orchestration: the work lives in ``s2pipe.labels``, ``s2pipe.mapping``, ``s2pipe.maps``, ``s2pipe.metrics``.
+Thin orchestration: the work lives in ``s2pipe.ml.labels``, ``s2pipe.mapping``, ``s2pipe.products.maps``, ``s2pipe.ml.metrics``.
 """
 import os
 import time
@@ -23,20 +23,31 @@ import xarray as xr
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from s2pipe.flows.regional_cube import run_logger
-from s2pipe.cluster import dask_client
 from s2pipe.config import DaskConfig
 from s2pipe.errors import InputError
-from s2pipe.labels import LabelSource, rasterize_labels, spatial_split
+from s2pipe.flows.regional_cube import run_logger
 from s2pipe.mapping import MAPPER_KINDS, load_mapper, train_mapper
-from s2pipe.maps import (
-    class_map, detect_change, read_class_map, smooth_probabilities, write_change, write_class_map,
-    write_probabilities, write_uncertainty,
+from s2pipe.ml.labels import LabelSource, rasterize_labels, spatial_split
+from s2pipe.ml.metrics import score_map
+from s2pipe.products.maps import (
+    class_map,
+    detect_change,
+    read_class_map,
+    smooth_probabilities,
+    write_change,
+    write_class_map,
+    write_probabilities,
+    write_uncertainty,
 )
-from s2pipe.metrics import score_map
-from s2pipe.placement import inference_placement
-from s2pipe.quicklook import map_quicklook
-from s2pipe.store import open_cube, write_json
+from s2pipe.products.quicklook import map_quicklook
+from s2pipe.runtime.cluster import dask_client
+from s2pipe.runtime.placement import inference_placement
+from s2pipe.store.zarr import open_cube, write_json
+
+__all__ = [
+    "label_sources", "report_path", "labels_task", "train_task", "evaluate_task", "map_train", "predict_task",
+    "map_predict", "change_task", "map_change", "demo_maps",
+]
 
 _LABEL_KEYS = {f.name for f in LabelSource.__dataclass_fields__.values()}
 
@@ -116,7 +127,7 @@ def train_task(cube_path: str, variable: str, start: str | None, end: str | None
 def _modes(mapper) -> tuple[tuple[str, bool], ...]:
     """(report key, temporal) of the prediction modes a mapper has: the U-Net + ConvLSTM has a single date and
     a sequence; a tree mapper one mode, its ``seq_len`` dates ("single_date" when that is 1)."""
-    from s2pipe.trees import TreeMapper
+    from s2pipe.ml.trees import TreeMapper
 
     if isinstance(mapper, TreeMapper):
         return (("sequence" if mapper.config.seq_len > 1 else "single_date", True),)
@@ -166,7 +177,7 @@ def map_train(
 
     ``model``: "unet-convlstm" (U-Net + ConvLSTM; ``seq_len`` None: 5 dates; ``epochs``, ``device``), or a
     per-pixel "random-forest" / "lightgbm" (``seq_len`` None: all the window's dates; ``tree_options``: the
-    keywords of ``s2pipe.trees.train_tree_mapper``, e.g. {"n_estimators": 300, "n_jobs": 2}).
+    keywords of ``s2pipe.ml.trees.train_tree_mapper``, e.g. {"n_estimators": 300, "n_jobs": 2}).
 
     ``labels``: label sources (see ``label_sources``), burned in order (later wins) over ``background`` (0 =
     an "other" class, -1 = unlabelled). ``split``: hold out ``test_fraction`` of the labelled pixels spatially
@@ -281,7 +292,7 @@ def map_predict(
     ``probability.zarr`` (with ``entropy`` and ``margin``), ``class_map.tif``, ``entropy.tif``, ``margin.tif``,
     ``map.png`` and ``summary.json`` into the folder ``output``. ``labels`` (optional, as for ``map-train``) are
     drawn in the PNG and compared with the map. ``smoothing``: None (off, the default), or the keywords of
-    ``s2pipe.maps.smooth_probabilities`` ({} for its defaults: Bayesian, 7 x 7 window) applied before writing."""
+    ``s2pipe.products.maps.smooth_probabilities`` ({} for its defaults: Bayesian, 7 x 7 window) applied before writing."""
     if not Path(model).is_file():
         raise InputError(f"model {model} does not exist; train one with `s2pipe map train`")
     if smoothing is not None and not isinstance(smoothing, Mapping):

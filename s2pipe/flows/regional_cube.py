@@ -1,7 +1,7 @@
 """The ``regional-cube`` flow: region + time window -> cloud-masked, gap-filled, normalized Zarr cube.
 
 One Prefect task per stage (search, cube, cloud mask, gap fill, normalisation, write, quick-look; a cube too
-large for the cluster's memory is staged first, see ``s2pipe.staging``). The
+large for the cluster's memory is staged first, see ``s2pipe.store.staging``). The
 tasks build and run Dask graphs on a cluster: a ``LocalCluster`` by default, or an existing scheduler
 (``dask.address``); Prefect never sees chunks. Bad input raises ``InputError`` before anything is sent or
 written; catalog hiccups (``TransientError``) are retried with backoff.
@@ -20,21 +20,35 @@ import xarray as xr
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from s2pipe import __version__, staging
-from s2pipe.assets import AssetCheck, check_assets
-from s2pipe.catalog import CatalogProfile, load_profile
-from s2pipe.cloudmask import clear_band_max, clear_mask, mask_clouds
-from s2pipe.cluster import dask_client
+from s2pipe import __version__
+from s2pipe.cloudmask import mask_clouds, observed_mask
 from s2pipe.config import RunConfig, load_config
-from s2pipe.cube import build_cube
+from s2pipe.cube import build_cube, default_chunk_size
 from s2pipe.errors import NoScenesError, TransientError
 from s2pipe.gapfill import cressman
-from s2pipe.normalize import compute_scale, normalize, scale_from_max
-from s2pipe.progress import ProgressLine
+from s2pipe.normalize import cube_scale, normalize
+from s2pipe.runtime import cluster
+from s2pipe.runtime.cluster import dask_client, persist_budget
+from s2pipe.runtime.objectstore import ObjectPath, is_url, location, storage_environment
+from s2pipe.runtime.progress import ProgressLine
 from s2pipe.search import search_items
-from s2pipe.incremental import extended_attrs, new_output_dates, plan_append, stored_scale
-from s2pipe.storage import ObjectPath, is_url, location, storage_environment
-from s2pipe.store import append_cube, write_cube
+from s2pipe.stac.assets import AssetCheck, check_assets
+from s2pipe.stac.catalog import CatalogProfile, load_profile
+from s2pipe.store import staging
+from s2pipe.store.dataset import output_dataset
+from s2pipe.store.incremental import (
+    extended_attrs,
+    new_output_dates,
+    plan_append,
+    stored_scale,
+)
+from s2pipe.store.zarr import append_cube, write_cube
+
+__all__ = [
+    "run_logger", "demo_data_task", "search_task", "check_assets_task", "cube_task", "mask_task",
+    "gapfill_task", "normalize_task", "stage_task", "write_task", "quicklook_task", "run_summary_path",
+    "output_of", "regional_cube",
+]
 
 
 def _is_transient(task, task_run, state) -> bool:
@@ -58,7 +72,7 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
 @task(name="demo-data", cache_policy=NO_CACHE)
 def demo_data_task(root: str):
     """The local demo region at ``root``: reuse the one there (whatever its configuration), else generate the default."""
-    from s2pipe.demo import generate_demo, load_demo
+    from s2pipe.synthetic.demo import generate_demo, load_demo
 
     if (Path(root) / "manifest.json").is_file():
         return load_demo(Path(root))
@@ -93,18 +107,18 @@ def check_assets_task(items: list, cfg: RunConfig, client) -> AssetCheck:
 
 @task(name="cube", cache_policy=NO_CACHE)
 def cube_task(items: list, cfg: RunConfig, profile: CatalogProfile) -> tuple[xr.DataArray, bool]:
-    """The lazy raw cube, read into cluster memory when it fits in ``PERSIST_FRACTION`` of it; returns it and
-    whether it was read (False: it streams region by region, see ``s2pipe.staging``)."""
+    """The lazy raw cube, read into cluster memory when it fits in ``runtime.cluster.persist_budget()``; returns it and
+    whether it was read (False: it streams region by region, see ``s2pipe.store.staging``)."""
     cube = build_cube(
         items, bands=cfg.bands, include_scl=True, bbox=_bbox(cfg), epsg=cfg.epsg, resolution=cfg.resolution,
-        chunk_size=cfg.chunk_size or _aligned_chunk(profile), storage=cfg.storage, time_chunks="all",
+        chunk_size=cfg.chunk_size or default_chunk_size(profile.block_size), storage=cfg.storage, time_chunks="all",
     )
     cube.attrs.update(catalog=profile.name, catalog_url=profile.url)
     log = run_logger()
     log.info(f"cube: {dict(cube.sizes)} uint16, {cube.nbytes / 2**30:.2f} GiB, chunks {cube.data.chunksize}")
-    budget = PERSIST_FRACTION * _cluster_memory()
+    budget = persist_budget()
     if cube.nbytes > budget:
-        log.info(f"the cube exceeds {PERSIST_FRACTION:.0%} of the cluster memory ({budget / 2**30:.2f} GiB): "
+        log.info(f"the cube exceeds {cluster.PERSIST_FRACTION:.0%} of the cluster memory ({budget / 2**30:.2f} GiB): "
                  "it streams region by region")
         return cube, False
     # Small enough to hold: read every scene once, then the statistics pass and the region writes run from
@@ -115,15 +129,13 @@ def cube_task(items: list, cfg: RunConfig, profile: CatalogProfile) -> tuple[xr.
     from distributed import wait
 
     wait(cube.data)
-    log.info(f"cube read into cluster memory in {time.monotonic() - t0:.1f} s (fits in {PERSIST_FRACTION:.0%} of it)")
+    log.info(f"cube read into cluster memory in {time.monotonic() - t0:.1f} s (fits in {cluster.PERSIST_FRACTION:.0%} of it)")
     return cube, True
 
 
 @task(name="cloud-mask", cache_policy=NO_CACHE)
 def mask_task(cube: xr.DataArray, cfg: RunConfig) -> tuple[xr.DataArray, xr.DataArray]:
-    reflectance = mask_clouds(cube, clear_classes=cfg.clear_classes)
-    clear = clear_mask(cube.sel(band="SCL"), clear_classes=cfg.clear_classes) & (cube.isel(band=0) > 0)
-    return reflectance, clear
+    return mask_clouds(cube, clear_classes=cfg.clear_classes), observed_mask(cube, clear_classes=cfg.clear_classes)
 
 
 @task(name="gap-fill", cache_policy=NO_CACHE)
@@ -139,15 +151,10 @@ def gapfill_task(reflectance: xr.DataArray, cfg: RunConfig, times=None) -> tuple
 @task(name="normalize", cache_policy=NO_CACHE)
 def normalize_task(cube: xr.DataArray, reflectance: xr.DataArray, filled: xr.DataArray, cfg: RunConfig, *,
                    staged: xr.Dataset | None = None) -> xr.DataArray:
-    """Scale factors from the clear observations (one reduction pass), applied to the gap-filled cube.
+    """Scale factors from the clear observations (``normalize.cube_scale``), applied to the gap-filled cube.
 
-    The max-based methods reduce the raw DN of ``cube`` (``clear_band_max``: no float32 cube is built for the
-    statistics); ``per_band_percentile`` reduces ``reflectance``.
-
-    Cressman values are convex combinations of clear observations, so the maximum over the observations is
-    the maximum of the gap-filled cube whenever the output keeps the acquisition dates, and an upper bound
-    otherwise. A resumed run reuses the factors stored in the existing output. ``staged``: the staging store
-    of a streamed run, whose per-pixel maxima (``staging.band_max``) replace the statistics pass.
+    A resumed run reuses the factors stored in the existing output. ``staged``: the staging store of a streamed
+    run, whose per-pixel maxima (``staging.band_max``) replace the statistics pass.
     """
     log = run_logger()
     n = cfg.normalize
@@ -155,12 +162,9 @@ def normalize_task(cube: xr.DataArray, reflectance: xr.DataArray, filled: xr.Dat
     if scale is None:
         t0 = time.monotonic()
         log.info(f"normalisation statistics ({n.method}) over {reflectance.sizes['time']} dates ...")
-        if n.method == "per_band_percentile":
-            scale = compute_scale(reflectance, method=n.method, percentile=n.percentile)
-        elif staged is not None:
-            scale = scale_from_max(staging.band_max(staged), method=n.method)
-        else:
-            scale = scale_from_max(clear_band_max(cube, clear_classes=cfg.clear_classes), method=n.method)
+        band_max = staging.band_max(staged) if staged is not None and n.method != "per_band_percentile" else None
+        scale = cube_scale(cube, reflectance, method=n.method, percentile=n.percentile,
+                           clear_classes=cfg.clear_classes, band_max=band_max)
         log.info(f"normalisation factors computed in {time.monotonic() - t0:.1f} s: "
                  + ", ".join(f"{b}={float(s):.4f}" for b, s in zip(scale.band.values, scale.values)))
     else:
@@ -186,7 +190,7 @@ class _RegionCount:
 
 @task(name="stage", cache_policy=NO_CACHE)
 def stage_task(raw: xr.Dataset, reflectance: xr.DataArray, cfg: RunConfig) -> xr.Dataset:
-    """Phase 1 of a streamed run (``s2pipe.staging``): the unnormalized cube and its per-pixel maxima, staged."""
+    """Phase 1 of a streamed run (``s2pipe.store.staging``): the unnormalized cube and its per-pixel maxima, staged."""
     log = run_logger()
     where = staging.staging_path(cfg.output, storage=cfg.storage)
     log.info(f"staging the unnormalized cube in {where} region by region (each scene read once)")
@@ -196,7 +200,7 @@ def stage_task(raw: xr.Dataset, reflectance: xr.DataArray, cfg: RunConfig) -> xr
 
 
 def _stage_first(cfg: RunConfig, plan) -> bool:
-    """Whether a streamed run stages its cube before normalising (``s2pipe.staging``): for the max-based
+    """Whether a streamed run stages its cube before normalising (``s2pipe.store.staging``): for the max-based
     methods of a new output, or to finish one whose staging store is complete. Otherwise the factors are
     known (a resumed or appended output) or need every value (``per_band_percentile``): one pass as before."""
     if plan is not None or cfg.normalize.method == "per_band_percentile":
@@ -226,8 +230,8 @@ def quicklook_task(cube: xr.DataArray, path: Path | str, storage=None) -> Path |
     """The quick-look PNG beside the store ``path`` (an object-store URL: rendered locally, then uploaded)."""
     import tempfile
 
-    from s2pipe.quicklook import quicklook
-    from s2pipe.store import open_cube
+    from s2pipe.products.quicklook import quicklook
+    from s2pipe.store.zarr import open_cube
 
     store = location(path, storage)
     target = store.with_suffix(".png")
@@ -280,17 +284,36 @@ class _Warnings(logging.Handler):
             logging.getLogger(name).removeHandler(self)
 
 
+def _untimed(name: str, task, *args, **kwargs):
+    return task.fn(*args, **kwargs)
+
+
+def output_of(cube: xr.DataArray, reflectance: xr.DataArray, clear: xr.DataArray, cfg: RunConfig, *,
+              persisted: bool, plan=None, new_dates=None, timed=_untimed) -> xr.Dataset:
+    """The stages after the cloud mask as the flow runs them: gap fill, then (a streamed cube: stage first, so
+    that each COG pixel is read once) normalise, and the output Dataset. ``timed(name, task, *args)`` runs each
+    task (default: its function, outside a flow run, as ``benchmarks/bench_scale.py`` calls it)."""
+    filled, weight = timed("gap_fill", gapfill_task, reflectance, cfg, new_dates)
+    staged = None
+    if not persisted and _stage_first(cfg, plan):
+        raw = output_dataset(filled, weight, clear, cube=cube, parameters=cfg.parameters())
+        staged = timed("stage", stage_task, raw, reflectance, cfg)
+        filled, weight, clear = staged["reflectance"], staged["weight"], staged["observed"]
+    normalized = timed("normalize", normalize_task, cube, reflectance, filled, cfg, staged=staged)
+    return output_dataset(normalized, weight, clear, cube=cube, parameters=cfg.parameters())
+
+
 @flow(name="regional-cube")
 def regional_cube(config: RunConfig) -> dict[str, Any]:
     """Build the gap-filled, normalized Zarr datacube of one region and time window.
 
     With ``append`` an existing store is extended with the output dates after its last one (only the scenes
-    that can reach them are read; see ``s2pipe.incremental``); when nothing new was acquired the run changes
+    that can reach them are read; see ``s2pipe.store.incremental``); when nothing new was acquired the run changes
     nothing. Beside the output it writes a JSON run summary (``run_summary_path``), also when the run fails:
     status, mode (create / resume / append / up-to-date), scenes used, regions written by this run and resumed
     from an earlier one, seconds per stage, warnings.
     """
-    from s2pipe.store import write_json
+    from s2pipe.store.zarr import write_json
 
     cfg = load_config(config)
     profile = load_profile(cfg.catalog)
@@ -329,7 +352,7 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
             with contextlib.ExitStack() as stack:
                 url = None
                 if profile.is_local_demo:
-                    from s2pipe.demo import demo_server
+                    from s2pipe.synthetic.demo import demo_server
 
                     region = demo_data_task(profile.demo_root or "out/demo")
                     url = stack.enter_context(demo_server(region)).url
@@ -355,16 +378,8 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
                     new_dates = new_output_dates(reflectance.time.values, last_date=plan.last_date, times=cfg.gapfill.times)
                     if len(new_dates) == 0:
                         return up_to_date(f"no acquisition after {plan.last_date.date()} up to {cfg.end}")
-                filled, weight = timed("gap_fill", gapfill_task, reflectance, cfg, new_dates)
-                if not persisted and _stage_first(cfg, plan):
-                    # each COG pixel read once: stage the unnormalized cube, then normalise from the staging store
-                    raw = assemble_output(filled, weight, clear, cube=cube, cfg=cfg)
-                    staged = timed("stage", stage_task, raw, reflectance, cfg)
-                    filled, weight, clear = staged["reflectance"], staged["weight"], staged["observed"]
-                    normalized = timed("normalize", normalize_task, cube, reflectance, filled, cfg, staged=staged)
-                else:
-                    normalized = timed("normalize", normalize_task, cube, reflectance, filled, cfg)
-                ds = assemble_output(normalized, weight, clear, cube=cube, cfg=cfg)
+                ds = output_of(cube, reflectance, clear, cfg, persisted=persisted, plan=plan, new_dates=new_dates,
+                               timed=timed)
                 if plan is not None:
                     ds.attrs = extended_attrs(plan.attrs, ds.attrs)
                 path, regions = timed("write", write_task, ds, cfg, append=plan is not None)
@@ -373,7 +388,7 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
                 record["mode"] = "append" if plan is not None else "resume" if regions["resumed"] else "create"
                 png = timed("quicklook", quicklook_task, cube, path, cfg.storage) if cfg.quicklook else None
         except BaseException as exc:
-            from s2pipe.assets import redact_href
+            from s2pipe.stac.assets import redact_href
 
             record.update(status="failed", error=redact_href(f"{type(exc).__name__}: {exc}")[:4000],
                           seconds=round(time.monotonic() - t0, 1), warnings=caught.messages)
@@ -398,70 +413,12 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
     return summary
 
 
-def assemble_output(normalized: xr.DataArray, weight: xr.DataArray, clear: xr.DataArray, *, cube: xr.DataArray, cfg: RunConfig) -> xr.Dataset:
-    """The Dataset written to Zarr: reflectance, Cressman weight, observed flag, provenance attributes."""
-    observed = clear.reindex(time=normalized.time, fill_value=False).astype("uint8")
-    observed.attrs = {"long_name": "value is a clear observation (1) or interpolated (0)", "flag_values": [0, 1]}
-    w = weight.isel(band=0, drop=True) if "band" in weight.dims else weight
-    w = w.astype("float32")
-    w.attrs = {"long_name": "summed Cressman weight of the clear observations", "units": "1"}
-    normalized = normalized.astype("float32")
-    # only the variable's own attributes: dataset-level provenance lives on the Dataset
-    normalized.attrs = {
-        "long_name": "normalized surface reflectance (invert with s2pipe.normalize.invert)",
-        "units": "1",
-        **{k: v for k, v in normalized.attrs.items() if k.startswith("normalize_")},
-    }
-    ds = xr.Dataset({"reflectance": normalized, "weight": w, "observed": observed})
-    for coord in ("scale", "offset"):
-        if coord in ds.coords:
-            ds = ds.drop_vars(coord)
-    ds.attrs = {
-        "title": "s2pipe Sentinel-2 L2A datacube (cloud-masked, Cressman gap-filled, normalized)",
-        "Conventions": "CF-1.9",
-        "crs": cube.attrs.get("crs"),
-        "transform": list(cube.attrs.get("transform", [])),
-        "resolution": cube.attrs.get("resolution"),
-        "software": f"s2pipe {__version__}",
-        "catalog": cube.attrs.get("catalog"),
-        "catalog_url": cube.attrs.get("catalog_url"),
-        "stac_items": list(cube.attrs.get("stac_items", [])),
-        "parameters": cfg.parameters(),
-        "source": "contains modified Copernicus Sentinel data",
-    }
-    if cube.attrs.get("dropped_items"):  # only then: a store written before the asset check resumes unchanged
-        ds.attrs.update(dropped_items=list(cube.attrs["dropped_items"]), dropped_assets=cube.attrs["dropped_assets"])
-    return ds
-
-
-PERSIST_FRACTION = 0.25
-"""A raw cube up to this fraction of the cluster's worker memory is persisted; a larger one streams region by
-region through a staging store (``s2pipe.staging``). Either way each COG pixel is read once."""
-
-
-def _cluster_memory() -> float:
-    """Summed memory limit of the current Dask client's workers in bytes (0 without a client)."""
-    try:
-        from distributed import get_client
-
-        workers = get_client().scheduler_info().get("workers", {})
-    except ValueError:
-        return 0.0
-    return float(sum(w.get("memory_limit") or 0 for w in workers.values()))
-
-
 def _bbox(cfg: RunConfig) -> tuple[float, float, float, float]:
     if cfg.bbox is not None:
         return cfg.bbox
     from s2pipe.search import parse_region
 
     return tuple(parse_region(geometry=cfg.geometry).bounds)
-
-
-def _aligned_chunk(profile: CatalogProfile) -> int:
-    """Spatial chunk = a multiple of the COG block size, near 512 px (bounded memory per time-whole block)."""
-    b = profile.block_size
-    return b * max(1, round(512 / b)) if b <= 512 else b
 
 
 if __name__ == "__main__":

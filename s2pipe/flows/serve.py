@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 
-from s2pipe.flows.regional_cube import regional_cube
 from s2pipe.config import load_config
+from s2pipe.flows.regional_cube import regional_cube
+
+__all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,12 +16,14 @@ from typing import Any
 import pandas as pd
 from prefect import flow
 
+from s2pipe.config import RunConfig, load_config
+from s2pipe.errors import InputError
 from s2pipe.flows.forecast import forecast_predict
 from s2pipe.flows.mapping import map_predict
 from s2pipe.flows.regional_cube import regional_cube, run_logger
-from s2pipe.config import RunConfig, load_config
-from s2pipe.errors import InputError
-from s2pipe.store import STATE_DIR, open_cube
+from s2pipe.store.zarr import is_complete, open_cube
+
+__all__ = ["products_folder", "due_dates", "regional_update"]
 
 MAP_PREFIX, FORECAST_PREFIX = "map-", "forecast-"
 
@@ -56,10 +58,6 @@ def due_dates(cube_dates: list[str], existing: list[str]) -> list[str]:
 
 def _map_done(folder: Path) -> bool:
     return (folder / "summary.json").is_file()
-
-
-def _forecast_done(store: Path) -> bool:
-    return (store / STATE_DIR / "complete").exists()
 
 
 @flow(name="regional-update")
@@ -98,7 +96,7 @@ def regional_update(
                 made["maps"].append(day)
         if forecaster is not None:
             target = folder / f"{FORECAST_PREFIX}{day}.zarr"
-            if not _forecast_done(target):
+            if not is_complete(target):
                 forecast_predict(str(cfg.output), forecaster, str(target), steps=forecast_steps, history_end=day,
                                  dask=cfg.dask)
                 made["forecasts"].append(day)

@@ -23,8 +23,8 @@ from typing import Any
 import xarray as xr
 
 from s2pipe.errors import OutputConflictError
-from s2pipe.storage import ObjectPath, location, rmtree
-from s2pipe.store import STATE_DIR, open_cube, write_cube
+from s2pipe.runtime.objectstore import ObjectPath, location, rmtree
+from s2pipe.store.zarr import is_complete, open_cube, write_cube
 
 __all__ = ["SUFFIX", "staging_path", "is_complete", "stage", "band_max", "remove"]
 
@@ -36,11 +36,6 @@ def staging_path(output: Any, *, storage: Any = None):
     """The staging store of ``output`` (a path, or an object-store URL with ``storage``): ``<output>.staging``."""
     path = location(output, storage)
     return path.with_name(path.name + SUFFIX)
-
-
-def is_complete(path: Any, *, storage: Any = None) -> bool:
-    """Whether ``path`` holds a store whose every region was written (``write_cube`` finished)."""
-    return (location(path, storage) / STATE_DIR / "complete").exists()
 
 
 def stage(ds: xr.Dataset, reflectance: xr.DataArray, output: Any, *, overwrite: bool = False,

@@ -14,6 +14,8 @@ import xarray as xr  # noqa: E402
 from s2pipe.bands import DEFAULT_CLEAR_CLASSES  # noqa: E402
 from s2pipe.normalize import invert  # noqa: E402
 
+__all__ = ["quicklook", "map_quicklook"]
+
 
 def _rgb(arr: np.ndarray) -> np.ndarray:
     """(3, y, x) reflectance -> (y, x, 3) display image (0..0.3 stretch, gamma 1/1.6)."""
@@ -125,7 +127,12 @@ def map_quicklook(
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    from s2pipe.maps import CHANGE_COLORS, CHANGE_NAMES, _class_names, _colormap
+    from s2pipe.products.maps import (
+        CHANGE_COLORS,
+        CHANGE_NAMES,
+        _class_names,
+        _colormap,
+    )
 
     path = Path(path)
 

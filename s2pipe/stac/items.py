@@ -36,8 +36,13 @@ import numpy as np
 import pystac
 
 from s2pipe.bands import SCL
-from s2pipe.catalog import CatalogProfile
 from s2pipe.errors import CatalogUnreachableError, InputError
+from s2pipe.stac.catalog import CatalogProfile
+
+__all__ = [
+    "SOLAR_DAY", "BASELINE_04_DATE", "BOA_OFFSET_FLAGS", "load_item_dicts", "item_dict", "item_datetime",
+    "solar_day", "is_normalized", "normalize_item", "normalize_items",
+]
 
 SOLAR_DAY = "s2pipe:solar_day"
 """Property holding the item's local solar date, ``YYYY-MM-DD``."""
@@ -77,15 +82,27 @@ def _item_dicts(data: Any, *, source: str) -> list[dict[str, Any]]:
     )
 
 
-def _as_dict(item: pystac.Item | Mapping[str, Any]) -> dict[str, Any]:
-    """A deep copy of ``item`` as a plain dict, without network access and without pystac migration."""
+def item_dict(item: pystac.Item | Mapping[str, Any], *, deep: bool = False, caller: str = "normalize_item") -> dict[str, Any]:
+    """``item`` as a plain STAC item dict: the one conversion of s2pipe, without network access and without
+    pystac's migration.
+
+    Parameters
+    ----------
+    item
+        A ``pystac.Item`` or a STAC item dict.
+    deep
+        Deep-copy a dict (a ``pystac.Item`` always gives a new dict); False returns the dict itself.
+    caller
+        The function named in the error for anything else.
+    """
     if isinstance(item, pystac.Item):
         # transform_hrefs=False: no root resolution (which may fetch the catalog root over HTTP).
         return item.to_dict(include_self_link=True, transform_hrefs=False)
     if isinstance(item, Mapping):
-        return copy.deepcopy(dict(item))
+        return copy.deepcopy(dict(item)) if deep else item if isinstance(item, dict) else dict(item)
     raise InputError(
-        f"cannot normalise {type(item).__name__} {item!r:.80}: pass a pystac.Item or a STAC item dict (argument: item)"
+        f"{caller}: items must be pystac.Item or STAC item dicts, got {type(item).__name__} {item!r:.80} "
+        "(argument: items)"
     )
 
 
@@ -297,7 +314,7 @@ def normalize_item(
         InputError: the item lacks a datetime or an EPSG code, or has none of the profile's bands.
         CatalogUnreachableError: signing was asked for and the token service could not be reached.
     """
-    d = _as_dict(item)
+    d = item_dict(item, deep=True)
     item_id = _item_id(d)
     props: dict[str, Any] = dict(d.get("properties") or {})
     src_assets: Mapping[str, Any] = d.get("assets") or {}

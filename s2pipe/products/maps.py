@@ -3,7 +3,7 @@
 * ``class_map``: class probabilities (class, y, x) -> uint8 class ids (y, x), ``nodata`` where unknown;
 * ``write_class_map``: a Cloud-Optimized GeoTIFF with an embedded colour table, class names in the metadata
   (``CLASS_<id>`` band tags and a JSON ``CLASSES`` dataset tag) and internal overviews;
-* ``write_probabilities``: the probabilities as a GIS-readable Zarr store (``s2pipe.store.write_cube``;
+* ``write_probabilities``: the probabilities as a GIS-readable Zarr store (``s2pipe.store.zarr.write_cube``;
   GDAL: ``ZARR:"path":/probability``, one band per class), with the uncertainty layers ``entropy`` and
   ``margin`` beside them;
 * ``uncertainty``: per-pixel entropy (normalised to 0..1 by log K) and margin (top-1 minus top-2 probability)
@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -34,6 +33,7 @@ from scipy import ndimage
 
 from s2pipe.cube import Grid, grid_of
 from s2pipe.errors import InputError
+from s2pipe.runtime.files import atomic_path
 
 __all__ = [
     "class_map", "write_class_map", "read_class_map", "write_probabilities", "uncertainty", "write_uncertainty",
@@ -189,12 +189,12 @@ def write_probabilities(proba: xr.DataArray, path: str | os.PathLike, *, overwri
     uncertainty layers ``entropy`` and ``margin`` (y, x) beside it (``uncertainty``; ``uncertainty_layers=False``:
     the probabilities only).
 
-    Through ``s2pipe.store.write_cube`` (CF grid mapping + GDAL ``_CRS``; resumable, ``OutputConflictError`` on
+    Through ``s2pipe.store.zarr.write_cube`` (CF grid mapping + GDAL ``_CRS``; resumable, ``OutputConflictError`` on
     a different existing store unless ``overwrite``). GDAL/QGIS: ``ZARR:"<path>":/probability``, one band per class
     in the order of the ``class`` coordinate (stored as a coordinate, and as ``classes`` names when known);
     ``ZARR:"<path>":/entropy`` and ``ZARR:"<path>":/margin``, one band each.
     """
-    from s2pipe.store import write_cube
+    from s2pipe.store.zarr import write_cube
 
     proba = _check_proba(proba)
     if "class" not in proba.coords:
@@ -277,7 +277,7 @@ def write_uncertainty(unc: xr.Dataset | xr.DataArray, folder: str | os.PathLike,
     ``<folder>/margin.tif`` (NaN nodata, DEFLATE with the floating-point predictor, internal overviews by
     averaging, band description and ``long_name``/``description`` metadata); ``unc`` may also be the
     probabilities (class, y, x), whose uncertainty is then computed. Returns {layer: path}."""
-    from s2pipe.cog import write_cog
+    from s2pipe.products.cog import write_cog
 
     if isinstance(unc, xr.DataArray):
         unc = uncertainty(unc)
@@ -425,7 +425,7 @@ def detect_change(
         raise InputError(
             f"earlier and later are on different grids: {grid.crs} {list(grid.transform)[:6]} {grid.shape} vs "
             f"{grid_b.crs} {list(grid_b.transform)[:6]} {grid_b.shape}; resample one onto the other's grid "
-            "(e.g. s2pipe.pixels.align_mask(later, earlier))"
+            "(e.g. s2pipe.ml.pixels.align_mask(later, earlier))"
         )
     invalid = (a == nodata) | (b == nodata)
     in_a, in_b = np.isin(a, targets) & ~invalid, np.isin(b, targets) & ~invalid
@@ -487,14 +487,8 @@ def write_change(
         return ChangeFiles(tif, None, 0)
     gdf = change_polygons(change)
     gpkg = Path(path_gpkg)
-    gpkg.parent.mkdir(parents=True, exist_ok=True)
-    tmp = gpkg.with_name(f".{gpkg.stem}.part-{uuid.uuid4().hex[:8]}.gpkg")
-    try:
+    with atomic_path(gpkg, companions=("-wal", "-shm")) as tmp:
         gdf.to_file(tmp, driver="GPKG", layer=layer, engine="pyogrio", geometry_type="MultiPolygon")
-        os.replace(tmp, gpkg)
-    finally:
-        for p in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
-            p.unlink(missing_ok=True)
     return ChangeFiles(tif, gpkg, len(gdf))
 
 
@@ -622,14 +616,14 @@ def _colormap(ids: Sequence[int], names: Mapping[int, str], colors: Mapping[int,
 def _write_cog_uint8(values: np.ndarray, path: str | os.PathLike, *, grid: Grid, nodata: int,
                      colormap: Mapping[int, tuple[int, ...]], description: str, tags: Mapping[str, str],
                      band_tags: Mapping[str, str], overviews: bool, blocksize: int, resampling: str) -> Path:
-    """A uint8 COG with colour table and metadata (``s2pipe.cog.write_cog``: temporary name, then renamed)."""
+    """A uint8 COG with colour table and metadata (``s2pipe.products.cog.write_cog``: temporary name, then renamed)."""
     if isinstance(blocksize, bool) or not isinstance(blocksize, (int, np.integer)) or blocksize < 16 or blocksize % 16:
         raise InputError(f"blocksize={blocksize!r} must be a multiple of 16 pixels; pass e.g. blocksize=512")
     if resampling not in ("nearest", "mode"):
         raise InputError(f"resampling={resampling!r} must be 'nearest' or 'mode' (class maps are categorical)")
     if values.size and (values.min() < 0 or values.max() > 255):
         raise InputError(f"values span {values.min()}..{values.max()}; a class map COG holds uint8 ids in 0..255")
-    from s2pipe.cog import write_cog
+    from s2pipe.products.cog import write_cog
 
     return write_cog(path, values.astype(np.uint8, copy=False), transform=Affine(*list(grid.transform)[:6]),
                      crs=f"EPSG:{grid.epsg}" if grid.epsg else grid.crs, nodata=nodata, blocksize=int(blocksize),

@@ -21,7 +21,7 @@ a feature with no NaN in training sends NaN to the child with more samples), Lig
 
 **Prediction** of a NumPy-backed cube is one in-memory pass over all pixels; a Dask-backed cube is predicted
 lazily, chunk by chunk (``dask.array.map_blocks``, keys ``mapper-predict-…``; per-pixel, so no halo), the
-inference tasks built inside ``s2pipe.placement.inference_tasks()`` like the U-Net's. Both give identical
+inference tasks built inside ``s2pipe.runtime.placement.inference_tasks()`` like the U-Net's. Both give identical
 probabilities: every pixel's arithmetic is the same whatever the chunking or the threads.
 
 **Threads.** Training uses ``n_jobs`` threads (scikit-learn ``n_jobs``, LightGBM ``num_threads``).
@@ -54,9 +54,16 @@ import torch
 import xarray as xr
 
 from s2pipe.errors import InputError
-from s2pipe.mapping import _check_images, _check_labels, _names_of, _positive_int, _spatial_coords, _training_bands
-from s2pipe.placement import available_cores, inference_tasks, task_threads
-from s2pipe.weights import save_payload
+from s2pipe.ml.inputs import (
+    check_images,
+    check_labels,
+    class_names,
+    positive_int,
+    spatial_coords,
+    training_bands,
+)
+from s2pipe.ml.weights import save_payload
+from s2pipe.runtime.placement import available_cores, inference_tasks, task_threads
 
 __all__ = ["FORMAT", "TreeKind", "TreeMapperConfig", "TreeMapper", "train_tree_mapper", "tree_mapper_from_payload",
            "RF_DEFAULTS", "LIGHTGBM_DEFAULTS"]
@@ -326,17 +333,17 @@ class TreeMapper:
                              f"{cfg.seq_len} dates as one feature vector); pass temporal=True, or train a "
                              f"single-date tree mapper with seq_len=1")
         n = cfg.seq_len
-        images = _check_images(images, min_dates=n)
-        images = _training_bands(images, cfg.bands)
+        images = check_images(images, min_dates=n)
+        images = training_bands(images, cfg.bands)
         if threads is not None:
-            threads = _positive_int("threads", threads)
+            threads = positive_int("threads", threads)
         recent = images.isel(time=slice(-n, None))
         K = len(cfg.classes)
         if recent.chunks is None:
             data = self._predict_array(np.asarray(recent.values), threads or available_cores())
         else:
             data = self._predict_dask(recent.data, n_classes=K, threads=threads)
-        coords = {"class": self.classes, **_spatial_coords(recent)}
+        coords = {"class": self.classes, **spatial_coords(recent)}
         attrs = {**images.attrs, "mapping_mode": "temporal" if n > 1 else "single-date", "mapping_model": cfg.model,
                  "mapping_dates": int(n), "mapping_last_date": _day(recent["time"].values[-1])
                  if "time" in recent.coords else None}
@@ -369,7 +376,7 @@ class TreeMapper:
     # -------------------------------------------------------------- persistence
     def save(self, path) -> Path:
         """Write one ``.pt`` file (a dict of tensors and JSON strings, no pickled code) atomically
-        (``s2pipe.weights.save_payload``); return ``path``."""
+        (``s2pipe.ml.weights.save_payload``); return ``path``."""
         path = Path(path)
         cfg = self.config
         payload: dict = {"format": FORMAT, "config": json.dumps(dataclasses.asdict(cfg))}
@@ -388,7 +395,7 @@ class TreeMapper:
 
 
 def tree_mapper_from_payload(payload: dict) -> TreeMapper:
-    """The ``TreeMapper`` of a payload read by ``s2pipe.weights.read_payload`` (``format == FORMAT``); builds the
+    """The ``TreeMapper`` of a payload read by ``s2pipe.ml.weights.read_payload`` (``format == FORMAT``); builds the
     estimator from arrays and text, without unpickling (``s2pipe.mapping.load_mapper`` calls this)."""
     if payload.get("format") != FORMAT:
         raise InputError(f"payload format {payload.get('format')!r} is not {FORMAT!r}; load it with load_mapper")
@@ -460,22 +467,22 @@ def train_tree_mapper(
     """
     if model not in _KINDS:
         raise InputError(f"model={model!r} is not a tree mapper; pass one of {list(_KINDS)}")
-    images = _check_images(images)
-    seq_len = images.sizes["time"] if seq_len is None else _positive_int("seq_len", seq_len)
-    images = _check_images(images, min_dates=seq_len)
+    images = check_images(images)
+    seq_len = images.sizes["time"] if seq_len is None else positive_int("seq_len", seq_len)
+    images = check_images(images, min_dates=seq_len)
     if bands is not None:
         images = _select_bands(images, bands)
-    seed = _positive_int("seed", seed, lo=0)
-    n_jobs = available_cores() if n_jobs is None else _positive_int("n_jobs", n_jobs)
+    seed = positive_int("seed", seed, lo=0)
+    n_jobs = available_cores() if n_jobs is None else positive_int("n_jobs", n_jobs)
     if n_estimators is not None:
-        n_estimators = _positive_int("n_estimators", n_estimators)
+        n_estimators = positive_int("n_estimators", n_estimators)
     if max_pixels is not None:
-        max_pixels = _positive_int("max_pixels", max_pixels)
+        max_pixels = positive_int("max_pixels", max_pixels)
     for bad in ("n_jobs", "num_threads", "random_state", "seed", "num_class", "objective", "warm_start"):
         if bad in options:
             raise InputError(f"{bad}={options[bad]!r} is set by train_tree_mapper; pass n_jobs=/seed= instead, "
                              "or leave it out")
-    target = _check_labels(labels, images)
+    target = check_labels(labels, images)
     classes = np.unique(target[target >= 0])
     if len(classes) < 2:
         raise InputError(f"labels holds {len(classes)} class(es) {classes.tolist()} but at least 2 are needed; "
@@ -506,7 +513,7 @@ def train_tree_mapper(
     cfg = TreeMapperConfig(
         model=model, bands=band_values, classes=[int(c) for c in classes], seq_len=int(seq_len), n_features=T * B,
         options=opts, seed=int(seed), train_pixels=int(len(flat)), class_pixels=counts,
-        names=_names_of(labels, classes), versions=versions,
+        names=class_names(labels, classes), versions=versions,
         first_date=_day(recent["time"].values[0]) if has_time else None,
         last_date=_day(recent["time"].values[-1]) if has_time else None)
     return TreeMapper(cfg, est, train_seconds=seconds)

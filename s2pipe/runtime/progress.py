@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import time
 
+__all__ = ["ProgressLine"]
+
 
 class ProgressLine:
     """Callable ``(done, total)`` that logs at most every ``every`` seconds (always the first and last call)."""

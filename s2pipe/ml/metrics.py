@@ -202,7 +202,7 @@ def _arrays(pred, truth) -> tuple[np.ndarray, np.ndarray]:
         except ValueError:
             raise InputError(
                 "pred and truth have different coordinates (another grid or extent); put them on one grid, e.g. "
-                "with s2pipe.pixels.align_mask(pred, truth)"
+                "with s2pipe.ml.pixels.align_mask(pred, truth)"
             ) from None
     p, t = np.asarray(getattr(pred, "values", pred)), np.asarray(getattr(truth, "values", truth))
     if p.shape != t.shape:

@@ -11,7 +11,7 @@ A cluster spec is a small YAML file (``DaskConfig.spec``; ready-made ones in ``d
 
 ``load_cluster_spec`` validates such a file completely without starting anything; ``create_cluster`` builds the
 cluster object (a SLURM cluster submits no job until it is scaled); ``start_cluster`` also scales it and
-waits for workers. ``python -m s2pipe.cluster SPEC`` starts one and prints its address for ``--dask-address``.
+waits for workers. ``python -m s2pipe.runtime.cluster SPEC`` starts one and prints its address for ``--dask-address``.
 """
 from __future__ import annotations
 
@@ -26,10 +26,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from s2pipe.config import DaskConfig
 from s2pipe.errors import InputError, TransientError
+
+__all__ = [
+    "KINDS", "LocalOptions", "SlurmOptions", "KubernetesOptions", "ScaleSpec", "AdaptSpec", "ClusterSpec",
+    "load_cluster_spec", "load_daskcluster_manifest", "daskcluster_crd_schema", "daskcluster_schema_errors",
+    "WORKER_MALLOC", "worker_environment", "create_cluster", "start_cluster", "dask_client", "main",
+    "PERSIST_FRACTION", "cluster_memory", "persist_budget",
+]
 
 KINDS = ("local", "slurm", "kubernetes")
 """The cluster kinds a spec may name."""
@@ -479,7 +493,7 @@ def dask_client(settings: DaskConfig) -> Iterator[Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m s2pipe.cluster SPEC``: start the spec's cluster and keep it up for ``--dask-address`` runs."""
+    """``python -m s2pipe.runtime.cluster SPEC``: start the spec's cluster and keep it up for ``--dask-address`` runs."""
     import argparse
     import time
 
@@ -503,3 +517,24 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+PERSIST_FRACTION = 0.25
+"""A raw cube up to this fraction of the cluster's worker memory is persisted; a larger one streams region by
+region through a staging store (``s2pipe.store.staging``). Either way each COG pixel is read once."""
+
+
+def cluster_memory() -> float:
+    """Summed memory limit of the current Dask client's workers in bytes (0 without a client)."""
+    try:
+        from distributed import get_client
+
+        workers = get_client().scheduler_info().get("workers", {})
+    except ValueError:
+        return 0.0
+    return float(sum(w.get("memory_limit") or 0 for w in workers.values()))
+
+
+def persist_budget() -> float:
+    """Bytes of raw cube that a run holds in cluster memory: ``PERSIST_FRACTION`` of ``cluster_memory()``."""
+    return PERSIST_FRACTION * cluster_memory()

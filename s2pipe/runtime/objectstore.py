@@ -25,6 +25,11 @@ from typing import Any
 
 from s2pipe.errors import InputError
 
+__all__ = [
+    "OBJECT_PROTOCOLS", "ATOMIC_CREATE", "is_url", "check_url", "storage_options", "gdal_options", "location",
+    "ObjectPath", "rmtree", "zarr_target", "zarr_store", "storage_environment",
+]
+
 OBJECT_PROTOCOLS = {
     "s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "abfs": "az", "abfss": "az", "adl": "az",
     "memory": "memory",
@@ -47,7 +52,7 @@ def is_url(location: str | os.PathLike | "ObjectPath") -> bool:
 
 
 def _redacted(url: str) -> str:
-    from s2pipe.assets import redact_href
+    from s2pipe.stac.assets import redact_href
 
     return redact_href(url)
 

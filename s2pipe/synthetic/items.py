@@ -9,6 +9,8 @@ from pyproj import Transformer
 
 from s2pipe.bands import BANDS
 
+__all__ = ["EARTH_SEARCH_KEYS", "BASELINE_CHANGE", "footprint_lonlat", "earth_search_item"]
+
 EARTH_SEARCH_KEYS: dict[str, str] = {
     "B01": "coastal", "B02": "blue", "B03": "green", "B04": "red", "B05": "rededge1", "B06": "rededge2",
     "B07": "rededge3", "B08": "nir", "B8A": "nir08", "B09": "nir09", "B11": "swir16", "B12": "swir22",

@@ -3,13 +3,16 @@ maps, uncertainty layers)."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from affine import Affine
+
+from s2pipe.runtime.files import atomic_path
+
+__all__ = ["write_cog"]
 
 
 def write_cog(
@@ -47,8 +50,6 @@ def write_cog(
         raise ValueError("write_cog needs epsg= or crs=")
     if not isinstance(transform, Affine):
         transform = Affine(*transform[:6])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part-{uuid.uuid4().hex[:8]}")
     profile = dict(
         driver="COG",
         width=array.shape[1],
@@ -67,19 +68,15 @@ def write_cog(
         profile["overview_resampling"] = overview_resampling.upper()
     if compress.upper() == "DEFLATE" and array.dtype.kind in "iuf":
         profile["predictor"] = 3 if array.dtype.kind == "f" else 2
-    try:
-        with rasterio.Env(GDAL_NUM_THREADS="1"):
-            with rasterio.open(tmp, "w", **profile) as dst:
-                dst.write(array, 1)
-                if colormap is not None:
-                    dst.write_colormap(1, dict(colormap))
-                if description is not None:
-                    dst.set_band_description(1, description)
-                if tags:
-                    dst.update_tags(**tags)
-                if band_tags:
-                    dst.update_tags(1, **band_tags)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, rasterio.Env(GDAL_NUM_THREADS="1"):
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(array, 1)
+            if colormap is not None:
+                dst.write_colormap(1, dict(colormap))
+            if description is not None:
+                dst.set_band_description(1, description)
+            if tags:
+                dst.update_tags(**tags)
+            if band_tags:
+                dst.update_tags(1, **band_tags)
     return path

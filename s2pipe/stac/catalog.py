@@ -16,13 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from s2pipe.bands import BANDS
 from s2pipe.errors import InputError
 
+__all__ = ["CATALOG_DIR", "LOCAL_DEMO_URL", "CatalogProfile", "list_profiles", "load_profile"]
 
 
 def _builtin_catalog_dir() -> Path:
     """The built-in profiles: ``S2PIPE_CATALOGS`` if set, else the installed package data, else the checkout's."""
     if "S2PIPE_CATALOGS" in os.environ:
         return Path(os.environ["S2PIPE_CATALOGS"])
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # s2pipe/
     installed = package / "catalogs"  # a wheel or `pip install .`
     return installed if installed.is_dir() else package.parent / "catalogs"  # an editable checkout
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from s2pipe.errors import S2PipeError
 
+__all__ = ["rustac_executable", "free_port", "LocalStacServer"]
+
 
 def rustac_executable() -> str:
     """Path of the ``rustac`` program installed beside this Python (or on PATH)."""

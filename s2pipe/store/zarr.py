@@ -22,7 +22,7 @@ Started again on the same grid and inputs, ``write_cube`` writes only the region
 grid or different inputs raise ``OutputConflictError`` before anything is written.
 
 Object stores: ``path`` may also be an ``s3://``, ``gs://``, ``az://`` (``abfs://``) or ``memory://`` URL
-(``s2pipe.storage``): the arrays go through zarr's fsspec store, the bookkeeping (``.s2pipe/``, the lock) through
+(``s2pipe.runtime.objectstore``): the arrays go through zarr's fsspec store, the bookkeeping (``.s2pipe/``, the lock) through
 the URL's fsspec filesystem, with the non-secret ``storage`` settings (``StorageConfig``: profile, endpoint_url,
 region, anon); credentials come from the environment or the profile and are never written to the store.
 """
@@ -50,9 +50,23 @@ from affine import Affine
 
 from s2pipe.cube import grid_of
 from s2pipe.errors import InputError, OutputConflictError, StoreLockedError
-from s2pipe.storage import ObjectPath, location, rmtree, zarr_store, zarr_target
+from s2pipe.runtime.files import atomic_path, pid_alive
+from s2pipe.runtime.objectstore import (
+    ObjectPath,
+    location,
+    rmtree,
+    zarr_store,
+    zarr_target,
+)
+
+__all__ = [
+    "STATE_DIR", "DEFAULT_REGION_SIZE", "MAX_CHUNK", "VOLATILE_ATTRS", "WRITE_TASK_BYTES", "Progress",
+    "write_cube", "lock_path", "state_path", "is_complete", "store_lock", "append_cube", "store_state",
+    "open_cube", "chunk_for", "write_json",
+]
 
 STATE_DIR = ".s2pipe"
+"""Folder inside a store that holds its write state: ``state.json``, ``complete``, ``done/`` (regions written)."""
 """Hidden folder inside the store: ``state.json`` (signature, layout), ``done/<iy>_<ix>``, ``complete``."""
 DEFAULT_REGION_SIZE = 1024
 """Default region side (pixels) when neither ``region_size`` nor the Dataset's chunks say otherwise."""
@@ -110,14 +124,16 @@ def lock_path(path: str | os.PathLike, *, storage: Any = None) -> Path | ObjectP
     return path.with_name(f".{path.name}.lock")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
+def state_path(path: Path | ObjectPath, name: str) -> Path | ObjectPath:
+    """The file or folder ``name`` of the write state of store ``path`` (``<path>/.s2pipe/<name>``)."""
+    return path / STATE_DIR / name
+
+
+def is_complete(path: str | os.PathLike | ObjectPath, *, storage: Any = None) -> bool:
+    """Whether ``path`` holds a store whose every region was written (``write_cube`` or ``append_cube`` finished).
+
+    ``path``/``storage``: a local path, or an object-store URL and its settings."""
+    return state_path(location(path, storage), "complete").exists()
 
 
 class store_lock:
@@ -147,7 +163,7 @@ class store_lock:
                 fd = self._create(me)
             except FileExistsError:
                 owner = self._owner()
-                if owner is not None and owner.get("host") == me["host"] and not _pid_alive(int(owner.get("pid", -1))):
+                if owner is not None and owner.get("host") == me["host"] and not pid_alive(int(owner.get("pid", -1))):
                     self.lock.unlink(missing_ok=True)  # its writer died: resumable, take over
                     continue
                 if owner is None:  # being written this instant, or unreadable: look again
@@ -203,11 +219,11 @@ def _write_cube(ds, path: Path | ObjectPath, *, overwrite: bool, region_size: in
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         _write_template(ds, path, signature=signature, chunk=chunk)
-        write_json(path / STATE_DIR / "state.json", state)
+        write_json(state_path(path, "state.json"), state)
     region, chunk = int(state["region_size"]), int(state["chunk"])  # a resumed run keeps the stored layout
 
-    _write_regions(ds, path, region=region, chunk=chunk, done_dir=path / STATE_DIR / "done", progress=progress)
-    complete = path / STATE_DIR / "complete"
+    _write_regions(ds, path, region=region, chunk=chunk, done_dir=state_path(path, "done"), progress=progress)
+    complete = state_path(path, "complete")
     if not complete.exists():  # it is written last: when present, every region was already written
         _consolidate(path)
         complete.touch()
@@ -300,7 +316,7 @@ def store_state(path: str | os.PathLike | ObjectPath, *, storage: Any = None) ->
     """The bookkeeping of an s2pipe store (grid incl. ``time`` as ISO strings, ``band``, inputs, layout,
     ``append`` while an append is pending, ``appends`` history), or None when ``path`` holds no s2pipe store.
     ``path``/``storage``: a local path, or an object-store URL and its settings."""
-    state_file = location(path, storage) / STATE_DIR / "state.json"
+    state_file = state_path(location(path, storage), "state.json")
     return json.loads(state_file.read_text()) if state_file.is_file() else None
 
 
@@ -312,7 +328,7 @@ def _append_cube(ds, path: Path | ObjectPath, *, progress: Progress | None) -> P
     state = store_state(path)
     if state is None:
         raise InputError(f"append_cube: {path} holds no s2pipe store; create it with write_cube first (argument: path)")
-    complete = path / STATE_DIR / "complete"
+    complete = state_path(path, "complete")
     pending = state.get("append")
     new_times = grid["time"]
     if pending is None:
@@ -331,7 +347,7 @@ def _append_cube(ds, path: Path | ObjectPath, *, progress: Progress | None) -> P
         pending = {"times": new_times, "n_old": len(state["grid"]["time"]), "id": uuid.uuid4().hex[:12],
                    "inputs": inputs}
         state["append"] = pending
-        write_json(path / STATE_DIR / "state.json", state)  # first: an interruption from here on is resumable
+        write_json(state_path(path, "state.json"), state)  # first: an interruption from here on is resumable
         complete.unlink(missing_ok=True)
         (path / ".zmetadata").unlink(missing_ok=True)  # stale shapes; readers fall back to the arrays' own metadata
     elif pending["times"] != new_times or pending["inputs"]["variables"].keys() != inputs["variables"].keys():
@@ -340,7 +356,7 @@ def _append_cube(ds, path: Path | ObjectPath, *, progress: Progress | None) -> P
             f"pending; run the same window again to finish it first (this run brings {new_times[0]}..{new_times[-1]})")
     n_old, n_new = int(pending["n_old"]), len(new_times)
     _grow_time(path, ds, n_old=n_old, n_new=n_new)
-    done_dir = path / STATE_DIR / f"append-{pending['id']}"
+    done_dir = state_path(path, f"append-{pending['id']}")
     _write_regions(ds, path, region=int(state["region_size"]), chunk=int(state["chunk"]), done_dir=done_dir,
                    progress=progress, time_offset=n_old)
 
@@ -353,7 +369,7 @@ def _append_cube(ds, path: Path | ObjectPath, *, progress: Progress | None) -> P
                     "appended": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     state = {k: v for k, v in state.items() if k != "append"}
     state.update(signature=signature, grid=signature_grid, inputs=inputs, appends=history)
-    write_json(path / STATE_DIR / "state.json", state)
+    write_json(state_path(path, "state.json"), state)
     _consolidate(path)
     complete.touch()
     rmtree(done_dir)
@@ -428,7 +444,7 @@ def open_cube(path: str | os.PathLike | ObjectPath, *, allow_incomplete: bool = 
     if not path.exists():
         raise InputError(f"no Zarr store at {path}; write one with write_cube / `s2pipe run` (argument: path)")
     state_dir = path / STATE_DIR
-    complete = (state_dir / "complete").exists()
+    complete = is_complete(path)
     if state_dir.exists() and not complete and not allow_incomplete:
         raise InputError(
             f"the store {path} is incomplete (an interrupted write); run the same job again to finish it, "
@@ -652,7 +668,7 @@ def _existing_state(path: Path | ObjectPath, signature: str, grid: dict, inputs:
         raise OutputConflictError(f"the output path {path} exists and is not a folder (not a Zarr store); {fix}")
     if not any(path.iterdir()):
         return None
-    state_file = path / STATE_DIR / "state.json"
+    state_file = state_path(path, "state.json")
     if state_file.exists():
         state = json.loads(state_file.read_text())
         if state.get("append"):
@@ -802,13 +818,8 @@ def write_json(path: str | os.PathLike | ObjectPath, obj: Any, *, storage: Any =
     if isinstance(path, ObjectPath):
         path.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

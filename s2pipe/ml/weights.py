@@ -2,13 +2,14 @@
 file holding a dict of tensors and JSON strings, written atomically and read without executing code."""
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import torch
 
 from s2pipe.errors import InputError
+from s2pipe.runtime.files import atomic_path
+
+__all__ = ["save_payload", "read_payload"]
 
 
 def save_payload(payload: dict, path) -> Path:
@@ -16,13 +17,8 @@ def save_payload(payload: dict, path) -> Path:
     ``torch.save``, under a temporary name beside it first and then renamed: a reader never sees half a file,
     and an interrupted save leaves the previous file intact. Returns ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

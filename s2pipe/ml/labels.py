@@ -38,7 +38,7 @@ __all__ = ["LabelSource", "rasterize_labels", "spatial_split", "IGNORE", "line_f
 log = logging.getLogger(__name__)
 
 IGNORE = -1
-"""Label value of unlabelled pixels (ignored by losses and by ``s2pipe.metrics``)."""
+"""Label value of unlabelled pixels (ignored by losses and by ``s2pipe.ml.metrics``)."""
 
 SplitMode = Literal["half", "blocks"]
 _MAX_CLASS = int(np.iinfo(np.int16).max)

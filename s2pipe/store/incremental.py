@@ -20,8 +20,13 @@ import pandas as pd
 import xarray as xr
 
 from s2pipe.errors import OutputConflictError
-from s2pipe.storage import ObjectPath, location
-from s2pipe.store import STATE_DIR, store_state
+from s2pipe.runtime.objectstore import ObjectPath, location
+from s2pipe.store.zarr import is_complete, store_state
+
+__all__ = [
+    "VARYING_PARAMETERS", "AppendPlan", "reach_days", "plan_append", "new_output_dates", "extended_attrs",
+    "stored_scale",
+]
 
 VARYING_PARAMETERS = frozenset({"start", "end", "output"})
 """Run parameters that may differ between the runs that build and extend one store."""
@@ -61,7 +66,7 @@ def plan_append(path: str | Path, parameters: dict[str, Any], *, start: dt.date,
     state = store_state(path)
     if state is None:
         return None
-    if not state.get("append") and not (path / STATE_DIR / "complete").exists():
+    if not state.get("append") and not is_complete(path):
         return None
     attrs = dict(state["inputs"]["attrs"])
     stored = attrs.get("parameters") or {}
@@ -116,7 +121,7 @@ def extended_attrs(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, Any
 def stored_scale(path: str | Path, bands, *, storage: Any = None) -> xr.DataArray | None:
     """Normalisation factors recorded in the store at ``path`` (reflectance attributes) for ``bands``, or None.
     ``path``/``storage``: a local path, or an object-store URL and its settings."""
-    from s2pipe.store import open_cube
+    from s2pipe.store.zarr import open_cube
 
     path = location(path, storage)
     if not path.is_dir():

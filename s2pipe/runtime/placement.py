@@ -44,7 +44,7 @@ __all__ = ["GPU", "Placement", "gpu_workers", "has_gpu_workers", "inference_plac
 GPU = "GPU"
 """Name of the Dask worker resource that marks a GPU worker."""
 
-_log = logging.getLogger("s2pipe.placement")
+_log = logging.getLogger("s2pipe.runtime.placement")
 _current: contextvars.ContextVar["Placement | None"] = contextvars.ContextVar("s2pipe_placement", default=None)
 
 
@@ -124,7 +124,7 @@ def inference_placement(client=None, *, logger: logging.Logger | logging.LoggerA
     ``client``: a ``distributed.Client``; None: the current default client (none: CPU placement, nothing
     changes). With GPU workers, inference tasks built in the block carry ``resources={"GPU": 1}`` and Dask's
     low-level fusion is off in the block (so the annotations reach the scheduler): build *and compute* the
-    graph inside it. The choice is logged on ``logger`` (default: the ``s2pipe.placement`` logger).
+    graph inside it. The choice is logged on ``logger`` (default: the ``s2pipe.runtime.placement`` logger).
     """
     client = _current_client() if client is None else client
     if client is None:

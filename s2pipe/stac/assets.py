@@ -37,6 +37,12 @@ from typing import Any
 import pystac
 
 from s2pipe.errors import AssetError, InputError, NoScenesError
+from s2pipe.stac.items import item_dict
+
+__all__ = [
+    "HEAD_BYTES", "AssetCheckFailure", "HTTPStatusError", "NotATiffError", "NotTiledError", "GridMismatchError",
+    "TruncatedAssetError", "AssetCheck", "redact_href", "check_assets", "check_asset",
+]
 
 HEAD_BYTES = 16384
 """Bytes read from the start of each file to parse the TIFF header and first IFD (one request over HTTP)."""
@@ -166,7 +172,7 @@ def check_assets(
         raise InputError(f"check_assets: timeout={timeout!r} must be a positive number of seconds (argument: timeout)")
 
     originals = list(items)
-    plain = [_plain(it) for it in originals]
+    plain = [item_dict(it, caller="check_assets") for it in originals]
     # one task per asset; results[i][band] = result dict
     tasks: list[tuple[int, str, dict[str, Any]]] = []
     results: dict[tuple[int, str], dict[str, Any]] = {}
@@ -461,15 +467,6 @@ def _http_range(url: str, offset: int, n: int, timeout: float) -> tuple[bytes, i
 
 
 # ----------------------------------------------------------------------------------------------- items
-
-
-def _plain(item: pystac.Item | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(item, pystac.Item):
-        return item.to_dict(transform_hrefs=False)
-    if isinstance(item, dict):
-        return item
-    raise InputError(f"check_assets: items must be pystac.Item or STAC item dicts, got {type(item).__name__} "
-                     f"{item!r:.80}")
 
 
 def _expected(item: dict[str, Any], asset: dict[str, Any]) -> dict[str, Any]:

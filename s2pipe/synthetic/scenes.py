@@ -18,8 +18,13 @@ import pystac
 from affine import Affine
 
 from s2pipe.bands import BANDS, SCL, SPECTRAL_10
-from s2pipe.cog import write_cog
-from s2pipe.stac_items import BASELINE_CHANGE, footprint_lonlat
+from s2pipe.products.cog import write_cog
+from s2pipe.synthetic.items import BASELINE_CHANGE, footprint_lonlat
+
+__all__ = [
+    "SCALE", "BASELINE_OFFSET_DN", "TILE_BIAS_DN", "SCL_CHOICES", "synthetic_reflectance", "solar_day",
+    "make_scenes", "read_cog", "romania_raw_cube",
+]
 
 SCALE = 1e-4
 """Reflectance per DN of the synthetic scenes."""

@@ -1,1 +1,0 @@
-"""Torch modules only (spectral forecasting, land-cover mapping): filled by later issues."""
