@@ -84,10 +84,10 @@ def main(argv=None) -> dict:
     import torch
     from bench_mapping import get_mapper, make_scene
     from distributed import Client, LocalCluster, get_task_stream
-    from flows import ephemeral_api
 
     from s2pipe.bands import BANDS
     from s2pipe.config import DaskConfig
+    from s2pipe.flows import ephemeral_api
     from s2pipe.forecast import fit_dynamics, load_dynamics
     from s2pipe.mapping import load_mapper
     from s2pipe.runtime.cluster import worker_environment

@@ -61,7 +61,7 @@ def _flow(module: str, name: str):
     import functools
     import importlib
 
-    from flows import ephemeral_api
+    from s2pipe.flows import ephemeral_api
 
     ephemeral_api.start_in_background()
     flow = getattr(importlib.import_module(f"s2pipe.flows.{module}"), name)

@@ -1,12 +1,12 @@
+"""The exception hierarchy: flows retry ``TransientError`` and fail fast on ``InputError``.
+
+Every message names the offending object, its value, and the argument (or action) that fixes it.
+"""
 
 __all__ = [
     "S2PipeError", "InputError", "NoScenesError", "OutputConflictError", "StoreLockedError", "TransientError",
     "CatalogUnreachableError", "AssetError",
 ]
-"""The exception hierarchy: flows retry ``TransientError`` and fail fast on ``InputError``.
-
-Every message names the offending object, its value, and the argument (or action) that fixes it.
-"""
 
 
 class S2PipeError(Exception):

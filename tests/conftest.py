@@ -35,3 +35,28 @@ def romania_10m(shared_data):
 
     with np.load(shared_data / "nrt-romania-s2l2a" / "romania_10m.npz", allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+# ------------------------------------------------------------------------------------------ flow runs
+@pytest.fixture(scope="module")
+def prefect_harness():
+    """A Prefect API of the test module's own (a temporary server and database)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """The flow tests' tiny demo region (``helpers.FLOW_DEMO``) and a catalog profile YAML that serves it."""
+    from helpers import FLOW_DEMO
+
+    from s2pipe.synthetic.demo import generate_demo
+
+    root = tmp_path_factory.mktemp("demo") / "region"
+    region = generate_demo(root, FLOW_DEMO)
+    profile = root.parent / "tiny-demo.yaml"
+    base = (REPO / "catalogs" / "local-demo.yaml").read_text()
+    profile.write_text(base.replace("demo_root: out/demo", f"demo_root: {root}"))
+    return region, profile

@@ -1,6 +1,8 @@
 """Independent reference implementations for the tests (plain NumPy / rasterio, none of s2pipe's stage code).
 
 ``brute_force``: Cressman / Gaussian gap filling as a loop written straight from the contract.
+``make_dataset``, ``arrays``, ``chunk_mtimes``: a small output-store Dataset and what a written store holds.
+``flow_config``, ``FLOW_DEMO``: the run configuration of the flow tests on their tiny demo region.
 ``reference_chain``: the whole regional-cube chain (read the source COGs onto the output grid, merge the
 scenes of a solar day, mask with SCL, gap-fill with ``brute_force``, normalise by the global maximum of each
 band group) from the item JSON of a region, to compare with a flow's store value by value.
@@ -9,10 +11,16 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
+import zarr
+
+from s2pipe.config import load_config
+from s2pipe.synthetic.demo import DemoConfig
 
 DAY = pd.Timedelta(days=1)
 
@@ -197,3 +205,73 @@ def periodic_cube(ny=16, nx=16, n_t=30, seed=0):
                         coords={"time": pd.date_range("2020-01-01", periods=n_t, freq="5D"),
                                 "band": ["B02", "B03", "B04", "B08"], "y": 100.0 - 10 * np.arange(ny),
                                 "x": 10.0 * np.arange(nx)})
+
+
+# ------------------------------------------------------------------------------------------ store datasets
+NT, NB, NY, NX = 4, 3, 40, 56
+TRANSFORM = [10.0, 0.0, 399960.0, 0.0, -10.0, 5000040.0]
+
+
+def make_dataset(*, backing: str = "dask", ny: int = NY, nx: int = NX, items=("A", "B"), fail_at=None) -> xr.Dataset:
+    """Reflectance (time, band, y, x) float32 with NaNs, weight (time, y, x) float32, observed uint8.
+
+    ``fail_at=(y, x)``: computing the block containing that pixel raises (a crash in the middle of a write).
+    """
+    rng = np.random.default_rng(42)
+    refl = rng.uniform(0, 1, (NT, NB, ny, nx)).astype("float32")
+    refl[refl < 0.05] = np.nan
+    weight = rng.uniform(0, 3, (NT, ny, nx)).astype("float32")
+    observed = (rng.uniform(0, 1, (NT, ny, nx)) > 0.3).astype("uint8")
+    if backing == "dask":
+        refl_d = da.from_array(refl, chunks=(NT, NB, 8, 8))  # time-whole blocks, as gap filling produces
+        if fail_at is not None:
+            def maybe_fail(block, block_info=None):
+                (y0, y1), (x0, x1) = block_info[0]["array-location"][2:]
+                if y0 <= fail_at[0] < y1 and x0 <= fail_at[1] < x1:
+                    raise RuntimeError("simulated worker crash")
+                return block
+            refl_d = refl_d.map_blocks(maybe_fail, dtype=refl.dtype)
+        refl, weight, observed = refl_d, da.from_array(weight, chunks=(NT, 8, 8)), da.from_array(observed, chunks=(NT, 8, 8))
+    x = TRANSFORM[2] + (np.arange(nx) + 0.5) * 10.0
+    y = TRANSFORM[5] - (np.arange(ny) + 0.5) * 10.0
+    coords = {"time": pd.date_range("2021-03-01", periods=NT, freq="5D"), "band": ["B02", "B03", "B8A"], "y": y, "x": x}
+    ds = xr.Dataset(
+        {
+            "reflectance": (("time", "band", "y", "x"), refl, {"long_name": "reflectance", "normalize_scale": [0.5, 0.5, 0.25]}),
+            "weight": (("time", "y", "x"), weight, {"units": "1"}),
+            "observed": (("time", "y", "x"), observed, {"flag_values": [0, 1]}),
+        },
+        coords=coords,
+        attrs={
+            "crs": "EPSG:32633", "transform": TRANSFORM, "resolution": 10.0, "stac_items": list(items),
+            "catalog": "local-demo", "catalog_url": "http://127.0.0.1:1234",
+            "parameters": {"radius": "10D", "bands": ["B02", "B03", "B8A"], "np": np.float64(1.5)},
+        },
+    )
+    return ds
+
+
+def arrays(path: Path) -> dict[str, np.ndarray]:
+    g = zarr.open_group(str(path), mode="r", zarr_format=2)
+    return {name: np.asarray(arr[...]) for name, arr in g.arrays()}
+
+
+def chunk_mtimes(path: Path, var: str = "reflectance") -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (path / var).iterdir() if not p.name.startswith(".")}
+
+
+# ------------------------------------------------------------------------------------------ flow runs
+FLOW_DEMO = DemoConfig(start="2021-12-01", end="2022-03-01", tile_size=64, overlap=16, block_size=128, seed=3)
+"""The tiny demo region of the flow tests (``conftest.tiny_demo``)."""
+
+
+def flow_config(region, profile, output, **kw):
+    """The RunConfig of the flow tests: the tiny demo region's default bbox and window, 5-day output grid,
+    32 px chunks, an in-process Dask cluster; ``kw`` replaces any field."""
+    data = {
+        "catalog": str(profile), "bbox": list(region.default_bbox), "start": region.start, "end": region.end,
+        "output": str(output), "gapfill": {"radius": "10D", "times": "5D"}, "chunk_size": 32,
+        "dask": {"n_workers": 1, "threads_per_worker": 2, "processes": False},
+    }
+    data.update(kw)
+    return load_config(data)

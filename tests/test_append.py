@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
+from helpers import NT, chunk_mtimes, make_dataset
 
 from s2pipe.errors import InputError, OutputConflictError
 from s2pipe.store.zarr import STATE_DIR, append_cube, open_cube, store_state, write_cube
-from tests.test_store import NT, chunk_mtimes, make_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from tests.helpers import class_images, periodic_cube
+from helpers import class_images, periodic_cube
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_store import arrays, make_dataset
+from helpers import arrays, make_dataset
 
 from s2pipe.stac.server import free_port
 from s2pipe.store.zarr import STATE_DIR, write_cube

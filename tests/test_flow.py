@@ -9,41 +9,28 @@ import pandas as pd
 import pytest
 import rasterio
 import xarray as xr
-
-from s2pipe.config import load_config
-from s2pipe.synthetic.demo import DemoConfig, generate_demo
+from helpers import flow_config
 
 pytestmark = pytest.mark.slow
 
-TINY = DemoConfig(start="2021-12-01", end="2022-03-01", tile_size=64, overlap=16, block_size=128, seed=3)
+_config = flow_config
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
+def _config_file(path: Path, cfg) -> Path:
+    """``cfg`` (a RunConfig) as the YAML file that `s2pipe run` reads."""
+    import yaml
 
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
-
-
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo") / "region"
-    region = generate_demo(root, TINY)
-    profile = root.parent / "tiny-demo.yaml"
-    base = (Path(__file__).resolve().parents[1] / "catalogs" / "local-demo.yaml").read_text()
-    profile.write_text(base.replace("demo_root: out/demo", f"demo_root: {root}"))
-    return region, profile
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return path
 
 
-def _config(region, profile, output, **kw):
-    data = {
-        "catalog": str(profile), "bbox": list(region.default_bbox), "start": region.start, "end": region.end,
-        "output": str(output), "gapfill": {"radius": "10D", "times": "5D"}, "chunk_size": 32,
-        "dask": {"n_workers": 1, "threads_per_worker": 2, "processes": False},
-    }
-    data.update(kw)
-    return load_config(data)
+def _cli(*args):
+    """`s2pipe ARGS...` in this process (reporting to the test's Prefect API): the typer result."""
+    from typer.testing import CliRunner
+
+    from s2pipe.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +67,30 @@ def test_flow_writes_a_complete_cube(flow_run):
     assert run["regions"]["written_by_this_run"] == run["regions"]["total"] > 0 and run["regions"]["resumed"] == 0
     assert set(run["stage_seconds"]) == {"search", "check_assets", "cube", "cloud_mask", "gap_fill", "normalize", "write", "quicklook"}
     assert isinstance(run["warnings"], list) and run["parameters"]["gapfill"]["radius"] == "10D"
+
+
+def test_cli_info_summarises_the_store(flow_run, tmp_path):
+    """`s2pipe info STORE`: variables, dates and the run's parameters; a folder that is no store: exit 2."""
+    _, _, out, summary = flow_run
+    result = _cli("info", out)
+    assert result.exit_code == 0, result.output
+    for word in ("reflectance", "weight", "observed", f"time: {summary['dates_out']}", "parameters:", '"radius": "10D"'):
+        assert word in result.output, word
+    missing = _cli("info", tmp_path / "nothing.zarr")
+    assert missing.exit_code == 2 and "no Zarr store" in missing.output
+
+
+def test_cli_run_on_an_unreachable_scheduler_exits_3_and_writes_nothing(flow_run, tmp_path):
+    """`s2pipe run --dask-address` of a scheduler that does not answer: exit 3 (transient), one error line."""
+    from s2pipe.stac.server import free_port
+
+    region, profile, _, _ = flow_run
+    out = tmp_path / "never.zarr"
+    cfg = _config_file(tmp_path / "run.yaml", _config(region, profile, out, quicklook=False))
+    result = _cli("run", cfg, "--dask-address", f"tcp://127.0.0.1:{free_port()}")
+    assert result.exit_code == 3, result.output
+    assert "error:" in result.output and "scheduler" in result.output.lower(), result.output
+    assert not out.exists()
 
 
 def test_gdal_reads_the_flow_output_georeferenced_and_equal_to_source_cogs(flow_run):
@@ -121,10 +132,10 @@ def test_flow_store_equals_an_independent_numpy_reference_chain(flow_run):
     """Every value of the flow's store against tests/helpers.reference_chain: the source COGs read with rasterio
     (20 m bands cubic on read, SCL nearest), solar days mosaicked, SCL-masked in NumPy, gap-filled with the
     brute-force loop, divided by the NumPy maximum of each band group; plus the store's metadata."""
+    from helpers import reference_chain, snapped_grid
     from shapely.geometry import box, shape
 
     from s2pipe.stac.catalog import load_profile
-    from tests.helpers import reference_chain, snapped_grid
 
     region, profile, out, _ = flow_run
     cfg = _config(region, profile, out)
@@ -276,8 +287,9 @@ def test_rerun_resumes_and_changes_nothing(flow_run):
 
 def test_scheduled_appends_extend_the_cube_like_one_run(flow_run, tmp_path):
     """append=True: a first run creates, a later window appends only the new dates (old chunks untouched, new
-    dates equal to one run over the whole window, in reflectance units), the same window again changes nothing,
-    and a store built with other parameters is refused untouched."""
+    dates equal to one run over the whole window, in reflectance units), the same window again (`s2pipe run
+    --append`) changes nothing, a store built with other parameters is refused untouched (exit 2, naming
+    --overwrite), and `--overwrite` replaces it."""
     from s2pipe.errors import OutputConflictError
     from s2pipe.flows.regional_cube import regional_cube
     from s2pipe.normalize import invert
@@ -308,21 +320,29 @@ def test_scheduled_appends_extend_the_cube_like_one_run(flow_run, tmp_path):
     assert grown.attrs["parameters"]["start"] == str(region.start)[:10]
 
     files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    again = regional_cube(_config(region, profile, out, append=True, quicklook=False))
-    assert again["mode"] == "up-to-date" and again["dates_appended"] == 0
+    same = _config_file(tmp_path / "same.yaml", _config(region, profile, out, quicklook=False))
+    again = _cli("run", same, "--append")  # the same window again, from the command line
+    assert again.exit_code == 0 and "is up to date" in again.output and "nothing written" in again.output, again.output
     assert {p: p.stat().st_mtime_ns for p in files} == files
 
     with pytest.raises(OutputConflictError, match="bands"):
         regional_cube(_config(region, profile, out, append=True, quicklook=False, bands=["B02", "B03", "B04"]))
     assert {p: p.stat().st_mtime_ns for p in files} == files
+    three = _config_file(tmp_path / "three.yaml", _config(region, profile, out, quicklook=False, bands=["B02", "B03", "B04"]))
+    refused = _cli("run", three)
+    assert refused.exit_code == 2 and "--overwrite" in refused.output, refused.output
+    assert {p: p.stat().st_mtime_ns for p in files} == files
+    replaced = _cli("run", three, "--overwrite")
+    assert replaced.exit_code == 0 and "cube written to" in replaced.output, replaced.output
+    with xr.open_zarr(out, consolidated=True) as ds:
+        assert ds.band.values.tolist() == ["B02", "B03", "B04"] and ds.sizes["time"] == full.sizes["time"]
 
 
 def test_a_truncated_asset_leaves_its_scene_out_or_fails_in_strict_mode(flow_run, tmp_path):
     """A COG cut short in the catalog: the scene is left out and recorded in the store's provenance and the run
-    summary; strict=True fails naming it, before anything is written."""
+    summary; `s2pipe run --strict` fails naming it, before anything is written."""
     import shutil
 
-    from s2pipe.errors import AssetError
     from s2pipe.flows.regional_cube import regional_cube
 
     region, profile, _, _ = flow_run
@@ -340,8 +360,9 @@ def test_a_truncated_asset_leaves_its_scene_out_or_fails_in_strict_mode(flow_run
     prof.write_text(Path(profile).read_text().replace(f"demo_root: {src}", f"demo_root: {copy}"))
 
     out = tmp_path / "strict.zarr"
-    with pytest.raises(AssetError, match=victim["id"]):
-        regional_cube(_config(region, prof, out, strict=True, quicklook=False))
+    result = _cli("run", _config_file(tmp_path / "strict.yaml", _config(region, prof, out, quicklook=False)), "--strict")
+    assert result.exit_code == 1 and victim["id"] in result.output and "error:" in result.output, result.output
+    assert isinstance(result.exception, SystemExit)
     assert not out.exists()
 
     out = tmp_path / "lenient.zarr"
@@ -544,14 +565,16 @@ def test_gdal_warps_the_output_to_the_requested_lonlat_region(flow_run):
 
 
 def test_forecast_flows_train_and_predict_on_the_cube(flow_run, tmp_path):
-    """forecast-train on class pixels of the cube, forecast-predict over the whole cube -> GIS-ready Zarr."""
-    from s2pipe.flows.forecast import forecast_predict, forecast_train
+    """`s2pipe forecast train` on class pixels of the cube, forecast-predict over the whole cube -> GIS-ready
+    Zarr (`s2pipe forecast predict` runs in ``test_scheduled_update_extends_the_cube_and_its_products``)."""
+    from s2pipe.flows.forecast import forecast_predict
 
     region, _, out, _ = flow_run
-    trained = forecast_train(str(out), str(tmp_path / "m.pt"), mask=str(region.landcover_path), classes=[1, 2, 3, 4],
-                             max_pixels=300, epochs=2, hidden=16)
-    assert Path(trained["model"]).is_file() and trained["pixels"] > 0
-    done = forecast_predict(str(out), trained["model"], str(tmp_path / "fc.zarr"), steps=4,
+    model = tmp_path / "m.pt"
+    trained = _cli("forecast", "train", out, "--model", model, "--mask", region.landcover_path, "--classes", "1,2,3,4",
+                   "--max-pixels", 300, "--epochs", 2, "--hidden", 16)
+    assert trained.exit_code == 0 and model.is_file(), trained.output
+    done = forecast_predict(str(out), str(model), str(tmp_path / "fc.zarr"), steps=4,
                             dask={"n_workers": 1, "threads_per_worker": 2, "processes": False})
     fc = xr.open_zarr(done["output"], consolidated=True, decode_coords="all")
     cube = xr.open_zarr(out, consolidated=True)
@@ -567,6 +590,7 @@ def test_mapping_flows_train_predict_change(flow_run, tmp_path):
     import pyogrio
 
     from s2pipe.flows.mapping import map_change, map_predict, map_train, report_path
+    from s2pipe.products.maps import uncertainty
 
     region, _, out, _ = flow_run
     labels = [{"data": str(region.mangroves_path), "class_id": 1, "name": "mangrove"},
@@ -576,7 +600,10 @@ def test_mapping_flows_train_predict_change(flow_run, tmp_path):
     assert report["names"] == {"0": "background", "1": "mangrove", "2": "road"}
     for mode in ("single_date", "sequence"):
         held = report["held_out"][mode]
-        assert held["n_pixels"] > 0 and 0 <= held["overall_accuracy"] <= 1
+        confusion = np.asarray(held["confusion"])
+        assert held["n_pixels"] == confusion.sum() > 0  # every held-out pixel scored once, by the confusion matrix
+        assert held["overall_accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
+        assert [held["per_class"][n]["support"] for n in held["names"]] == confusion.sum(axis=1).tolist()
 
     dask = {"n_workers": 1, "threads_per_worker": 2, "processes": False}
     cube = xr.open_zarr(out, consolidated=True)
@@ -593,7 +620,10 @@ def test_mapping_flows_train_predict_change(flow_run, tmp_path):
         assert np.allclose(proba.sum(axis=0), 1, atol=1e-4)
         for name in ("entropy", "margin"):  # uncertainty layers: in the store and as COGs
             with rasterio.open(f'ZARR:"{product["probability"]}":/{name}') as src, rasterio.open(product[name]) as cog:
-                assert np.array_equal(src.read(1), cog.read(1), equal_nan=True) and 0 <= np.nanmin(cog.read(1)) <= 1
+                layer = cog.read(1)
+                assert np.array_equal(src.read(1), layer, equal_nan=True)
+                ref = uncertainty(xr.DataArray(proba, dims=("class", "y", "x")))[name].values
+                np.testing.assert_allclose(layer, ref, rtol=1e-5, atol=1e-6)  # recomputed from the probabilities
         with rasterio.open(product["class_map"]) as src:
             assert src.crs == rasterio.crs.CRS.from_string(cube.attrs["crs"])
             assert src.overviews(1) or max(src.shape) <= 128  # small maps: one 128 px block, no overview needed
@@ -607,9 +637,9 @@ def test_mapping_flows_train_predict_change(flow_run, tmp_path):
     with rasterio.open(change["raster"]) as src:
         values = src.read(1)
     assert int((values == 1).sum()) == change["changed_pixels"]["appeared"]
-    if change["polygons"]:
-        info = pyogrio.read_info(change["vectors"])
-        assert info["features"] == change["polygons"] and info["geometry_type"] == "MultiPolygon"
+    info = pyogrio.read_info(change["vectors"])  # the GeoPackage is written also when it holds no polygon
+    assert info["features"] == change["polygons"] and info["geometry_type"] == "MultiPolygon"
+    assert (change["polygons"] > 0) == (sum(change["changed_pixels"].values()) > 0)  # min_pixels=1: every patch
     assert Path(change["png"]).is_file()
 
 
@@ -706,6 +736,14 @@ def test_scheduled_update_extends_the_cube_and_its_products(flow_run, tmp_path):
         assert fc.attrs["forecast_from"] == last and fc.sizes["time"] == 2
 
     every = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and "run.json" not in p.name}
-    third = regional_update(_config(region, profile, out, quicklook=False), **kw)
-    assert third["cube"]["mode"] == "up-to-date" and third["maps"] == third["forecasts"] == []
+    cfg = _config_file(tmp_path / "weekly.yaml", _config(region, profile, out, quicklook=False))
+    third = _cli("update", cfg, "--mapper", mapper, "--forecaster", forecaster, "--products", products,
+                 "--end", region.end)  # `s2pipe update`, nothing new: nothing changes
+    assert third.exit_code == 0 and "is up to date" in third.output and "none new" in third.output, third.output
     assert {p: p.stat().st_mtime_ns for p in every} == every
+
+    fc_cli = tmp_path / "fc-cli.zarr"
+    predicted = _cli("forecast", "predict", out, "--model", forecaster, "--output", fc_cli, "--steps", 2)
+    assert predicted.exit_code == 0, predicted.output
+    with xr.open_zarr(fc_cli, consolidated=True) as fc, xr.open_zarr(out, consolidated=True) as cube:
+        assert fc.sizes["time"] == 2 and fc.attrs["forecast_from"] == str(cube.time.values[-1])[:10]

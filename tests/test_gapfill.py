@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from helpers import (
+    brute_force,  # the loop written from the contract (also used by the reference chain)
+)
 
 from s2pipe.errors import InputError
 from s2pipe.gapfill import cressman, cressman_array, cressman_weights
-from tests.helpers import (
-    brute_force,  # the loop written from the contract (also used by the reference chain)
-)
 
 DAY = pd.Timedelta(days=1)
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from helpers import flow_config as _config
+from helpers import make_dataset
 
 from s2pipe.errors import InputError, OutputConflictError, StoreLockedError
 from s2pipe.store.zarr import (
@@ -25,8 +27,6 @@ from s2pipe.store.zarr import (
     store_state,
     write_cube,
 )
-from tests.test_flow import _config, prefect_harness, tiny_demo  # noqa: F401  (fixtures)
-from tests.test_store import make_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
 

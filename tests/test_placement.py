@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from helpers import class_images, periodic_cube
 
 from s2pipe.forecast import DynamicsModel, fit_dynamics, forecast_cube
 from s2pipe.mapping import Mapper, train_mapper
@@ -21,7 +22,6 @@ from s2pipe.runtime.placement import (
     inference_tasks,
     on_device,
 )
-from tests.helpers import class_images, periodic_cube
 
 distributed = pytest.importorskip("distributed")
 

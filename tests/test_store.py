@@ -6,69 +6,15 @@ import os
 from pathlib import Path
 
 import dask
-import dask.array as da
 import numpy as np
-import pandas as pd
 import pytest
-import xarray as xr
 import zarr
+from helpers import NB, NT, NX, NY, TRANSFORM, arrays, chunk_mtimes, make_dataset  # noqa: F401
 
 from s2pipe.errors import InputError, OutputConflictError
 from s2pipe.store.zarr import STATE_DIR, open_cube, write_cube
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")  # rioxarray + affine
-NT, NB, NY, NX = 4, 3, 40, 56
-TRANSFORM = [10.0, 0.0, 399960.0, 0.0, -10.0, 5000040.0]
-
-
-def make_dataset(*, backing: str = "dask", ny: int = NY, nx: int = NX, items=("A", "B"), fail_at=None) -> xr.Dataset:
-    """Reflectance (time, band, y, x) float32 with NaNs, weight (time, y, x) float32, observed uint8.
-
-    ``fail_at=(y, x)``: computing the block containing that pixel raises (a crash in the middle of a write).
-    """
-    rng = np.random.default_rng(42)
-    refl = rng.uniform(0, 1, (NT, NB, ny, nx)).astype("float32")
-    refl[refl < 0.05] = np.nan
-    weight = rng.uniform(0, 3, (NT, ny, nx)).astype("float32")
-    observed = (rng.uniform(0, 1, (NT, ny, nx)) > 0.3).astype("uint8")
-    if backing == "dask":
-        refl_d = da.from_array(refl, chunks=(NT, NB, 8, 8))  # time-whole blocks, as gap filling produces
-        if fail_at is not None:
-            def maybe_fail(block, block_info=None):
-                (y0, y1), (x0, x1) = block_info[0]["array-location"][2:]
-                if y0 <= fail_at[0] < y1 and x0 <= fail_at[1] < x1:
-                    raise RuntimeError("simulated worker crash")
-                return block
-            refl_d = refl_d.map_blocks(maybe_fail, dtype=refl.dtype)
-        refl, weight, observed = refl_d, da.from_array(weight, chunks=(NT, 8, 8)), da.from_array(observed, chunks=(NT, 8, 8))
-    x = TRANSFORM[2] + (np.arange(nx) + 0.5) * 10.0
-    y = TRANSFORM[5] - (np.arange(ny) + 0.5) * 10.0
-    coords = {"time": pd.date_range("2021-03-01", periods=NT, freq="5D"), "band": ["B02", "B03", "B8A"], "y": y, "x": x}
-    ds = xr.Dataset(
-        {
-            "reflectance": (("time", "band", "y", "x"), refl, {"long_name": "reflectance", "normalize_scale": [0.5, 0.5, 0.25]}),
-            "weight": (("time", "y", "x"), weight, {"units": "1"}),
-            "observed": (("time", "y", "x"), observed, {"flag_values": [0, 1]}),
-        },
-        coords=coords,
-        attrs={
-            "crs": "EPSG:32633", "transform": TRANSFORM, "resolution": 10.0, "stac_items": list(items),
-            "catalog": "local-demo", "catalog_url": "http://127.0.0.1:1234",
-            "parameters": {"radius": "10D", "bands": ["B02", "B03", "B8A"], "np": np.float64(1.5)},
-        },
-    )
-    return ds
-
-
-def arrays(path: Path) -> dict[str, np.ndarray]:
-    g = zarr.open_group(str(path), mode="r", zarr_format=2)
-    return {name: np.asarray(arr[...]) for name, arr in g.arrays()}
-
-
-def chunk_mtimes(path: Path, var: str = "reflectance") -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in (path / var).iterdir() if not p.name.startswith(".")}
-
-
 def snapshot(path: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(path)): (p.stat().st_mtime_ns, p.stat().st_size) for p in path.rglob("*") if p.is_file()}
 
@@ -346,7 +292,7 @@ with store_lock(sys.argv[1]):
 _WRITE = """
 import sys, time
 sys.path.insert(0, sys.argv[2])
-from test_store import make_dataset
+from helpers import make_dataset
 from s2pipe.errors import StoreLockedError
 from s2pipe.store.zarr import write_cube
 ds = make_dataset()

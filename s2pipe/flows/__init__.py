@@ -4,6 +4,8 @@ Importing this package (not its modules) imports nothing of Prefect's; it sets s
 settings (``PREFECT_DEFAULTS``) in the environment, where they are not set already, before Prefect loads them."""
 import os
 
+__all__ = ["PREFECT_DEFAULTS"]
+
 PREFECT_DEFAULTS: dict[str, str] = {
     # The first start of Prefect's temporary API server on a fresh machine runs its database migrations, which
     # can take longer than Prefect's 20 s default on a busy 2-core machine: give it time instead of failing.
