@@ -12,6 +12,8 @@ nor Dask. (``normalize`` is not among them: ``s2pipe.normalize`` is the stage's 
 """
 from __future__ import annotations
 
+# ruff: noqa: F401  (the TYPE_CHECKING imports at the end are the public names, for type checkers)
+
 import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
@@ -90,7 +92,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-if TYPE_CHECKING:  # noqa: F401 - for type checkers and IDEs; at run time ``__getattr__`` imports these on first use
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time ``__getattr__`` imports these on first use
     from s2pipe.cloudmask import mask_clouds, observed_mask
     from s2pipe.config import RunConfig, load_config
     from s2pipe.cube import build_cube, grid_of
