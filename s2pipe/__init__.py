@@ -13,7 +13,6 @@ nor Dask. (``normalize`` is not among them: ``s2pipe.normalize`` is the stage's 
 from __future__ import annotations
 
 # ruff: noqa: F401  (the TYPE_CHECKING imports at the end are the public names, for type checkers)
-
 import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any

@@ -376,7 +376,7 @@ _LABEL_HELP = ("Vector labels PATH:CLASS_ID[:NAME] (GeoPackage/GeoJSON/Shapefile
 
 
 def _label_specs(labels: list[str] | None, *, line_width: float, width_column: str | None) -> list[dict]:
-    """``PATH:CLASS_ID[:NAME]`` strings -> label-source dicts of ``s2pipe.flows.mapping.label_sources``."""
+    """``PATH:CLASS_ID[:NAME]`` strings -> label-source dicts of ``s2pipe.ml.labels.label_sources``."""
     specs = []
     for text in labels or []:
         parts = text.rsplit(":", 2)
@@ -440,7 +440,7 @@ def map_train_cmd(
             raise InputError("--n-estimators/--n-jobs are options of the tree mappers; pass --model random-forest "
                              "or lightgbm, or leave them out")
         specs = _label_specs(label, line_width=line_width, width_column=width_column)
-        from s2pipe.flows.mapping import label_sources
+        from s2pipe.ml.labels import label_sources
 
         label_sources(specs)  # bad labels fail here, before Prefect starts or anything is written
         map_train = _flow("mapping", "map_train")
@@ -481,7 +481,7 @@ def map_predict_cmd(
 
     try:
         specs = _label_specs(label, line_width=line_width, width_column=width_column) or None
-        from s2pipe.flows.mapping import label_sources
+        from s2pipe.ml.labels import label_sources
 
         if specs:
             label_sources(specs)

@@ -9,8 +9,10 @@ Search, Planetary Computer, or the local demo catalog served by ``rustac serve``
   to the query extension, and is always applied again on the client (so are the window, the region and
   the collection), so results do not depend on which extensions a server implements;
 - HTTP 429/5xx answers are retried per request by urllib3 (``Retry`` with exponential backoff and
-  ``Retry-After``); connection errors, time-outs and broken pages (invalid JSON) are retried by s2pipe around
-  opening the client and around the search as a whole. After ``retries`` retries, :class:`CatalogUnreachableError` names the URL.
+  ``Retry-After``); connection errors, time-outs and broken pages (invalid JSON) are retried around opening the
+  client and around the search as a whole, by ``s2pipe.runtime.retry.RetryPolicy`` (the one retry policy: see
+  there which layer retries what). After ``retries`` retries, :class:`CatalogUnreachableError` names the URL and
+  the attempts made.
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ import datetime as dt
 import json
 import logging
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -35,6 +36,7 @@ from shapely.geometry.base import BaseGeometry
 from urllib3 import Retry
 
 from s2pipe.errors import CatalogUnreachableError, InputError, NoScenesError
+from s2pipe.runtime.retry import RetryPolicy
 from s2pipe.stac.catalog import CatalogProfile, load_profile
 from s2pipe.stac.items import item_datetime, normalize_item
 
@@ -235,48 +237,45 @@ def _failure_kind(exc: BaseException) -> str:
     return "time-out" if "timed out" in str(exc).lower() else "connection failed"
 
 
-def _unreachable(url: str, exc: BaseException, retries: int) -> CatalogUnreachableError:
+def _unreachable(url: str, exc: BaseException, attempts: int) -> CatalogUnreachableError:
     detail = _failure_kind(exc)
     return CatalogUnreachableError(
-        f"STAC API {url} is unreachable after {retries} retries ({detail}: {str(exc)[:300]}); check the URL "
+        f"STAC API {url} is unreachable after {attempts} attempts ({detail}: {str(exc)[:300]}); check the URL "
         "(argument: url, or the profile's url), the network, or try again later with more retries "
         "(arguments: retries, backoff, timeout)"
     )
 
 
 def _with_retries(fn: Callable[[], T], *, url: str, what: str, retries: int, backoff: float) -> T:
-    """Run ``fn``; retry connection errors/time-outs with exponential backoff; translate API errors."""
-    for attempt in range(retries + 1):
-        try:
-            return fn()
-        except (APIError, requests.RequestException) as exc:
-            status = getattr(exc, "status_code", None)
-            if status is None and _is_connection_failure(exc):
-                if attempt < retries:
-                    delay = backoff * 2**attempt
-                    log.warning(f"{what} at {url} failed ({_failure_kind(exc)}); retry {attempt + 1}/{retries} in {delay:.1f} s")
-                    time.sleep(delay)
-                    continue
-                raise _unreachable(url, exc, retries) from exc
-            if status in RETRY_STATUS:  # urllib3 already retried this one
-                raise _unreachable(url, exc, retries) from exc
-            if status is not None and 400 <= status < 500:
-                raise InputError(
-                    f"STAC API {url} rejected the {what} request with HTTP {status}: {str(exc)[:300]}; "
-                    "check the url, collection and search arguments"
-                ) from exc
-            raise CatalogUnreachableError(f"{what} at STAC API {url} failed: {str(exc)[:300]}") from exc
-        except json.JSONDecodeError as exc:  # a page cut short or garbled on the way: worth another try
-            if attempt < retries:
-                delay = backoff * 2**attempt
-                log.warning(f"{what} at {url} got a broken page (invalid JSON); retry {attempt + 1}/{retries} in {delay:.1f} s")
-                time.sleep(delay)
-                continue
-            raise CatalogUnreachableError(
-                f"{what} at STAC API {url} got a broken page (invalid JSON: {str(exc)[:200]}) after {retries} retries; "
-                "the server or a proxy in between cuts its answers: try again later or with more retries "
-                "(arguments: retries, backoff)") from exc
-    raise AssertionError("unreachable")  # pragma: no cover
+    """Run ``fn`` under the search's ``RetryPolicy``: connection errors, time-outs and broken pages (invalid JSON)
+    are retried with exponential backoff; API errors are translated into s2pipe's errors."""
+    policy = RetryPolicy(retries=retries, backoff=backoff)
+
+    def transient(exc: BaseException) -> bool:
+        if isinstance(exc, (APIError, requests.RequestException)):
+            return getattr(exc, "status_code", None) is None and _is_connection_failure(exc)
+        return isinstance(exc, json.JSONDecodeError)  # a page cut short or garbled on the way
+
+    def give_up(exc: BaseException, attempts: int) -> CatalogUnreachableError:
+        if isinstance(exc, json.JSONDecodeError) and not isinstance(exc, requests.RequestException):
+            return CatalogUnreachableError(
+                f"{what} at STAC API {url} got a broken page (invalid JSON: {str(exc)[:200]}) after {attempts} "
+                "attempts; the server or a proxy in between cuts its answers: try again later or with more retries "
+                "(arguments: retries, backoff)")
+        return _unreachable(url, exc, attempts)
+
+    try:
+        return policy.call(fn, retry_on=transient, what=f"{what} at {url}", give_up=give_up)
+    except (APIError, requests.RequestException) as exc:  # not transient
+        status = getattr(exc, "status_code", None)
+        if status in RETRY_STATUS:  # urllib3 already retried this one, per request
+            raise _unreachable(url, exc, retries + 1) from exc
+        if status is not None and 400 <= status < 500:
+            raise InputError(
+                f"STAC API {url} rejected the {what} request with HTTP {status}: {str(exc)[:300]}; "
+                "check the url, collection and search arguments"
+            ) from exc
+        raise CatalogUnreachableError(f"{what} at STAC API {url} failed: {str(exc)[:300]}") from exc
 
 
 def _open_client(url: str, *, retries: int, backoff: float, timeout: float) -> Client:

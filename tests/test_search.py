@@ -258,14 +258,14 @@ def test_parse_region_and_day():
 def test_unreachable_catalog_after_retries(pc):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     t0 = time.monotonic()
-    with pytest.raises(CatalogUnreachableError, match=rf"STAC API {url} is unreachable after 2 retries \(connection failed: .*Connection refused"):
+    with pytest.raises(CatalogUnreachableError, match=rf"STAC API {url} is unreachable after 3 attempts \(connection failed: .*Connection refused"):
         search_items(pc, **GOOD, url=url, retries=2, backoff=0.01)
     assert time.monotonic() - t0 < 5
 
 
 def test_time_out_is_retried_then_reported(listener, pc):
     url, connections = listener
-    with pytest.raises(CatalogUnreachableError, match=r"unreachable after 1 retries \(time-out: .*read timeout=0.2"):
+    with pytest.raises(CatalogUnreachableError, match=r"unreachable after 2 attempts \(time-out: .*read timeout=0.2"):
         search_items(pc, **GOOD, url=url, retries=1, backoff=0.01, timeout=0.2)
     assert connections() == 2
 
@@ -347,7 +347,7 @@ def gateway():
 
 def test_http_503_is_retried_then_reported(gateway, pc):
     gw = gateway(None, failures=10**6)
-    with pytest.raises(CatalogUnreachableError, match=rf"{gw.url} is unreachable after 2 retries \(HTTP 503"):
+    with pytest.raises(CatalogUnreachableError, match=rf"{gw.url} is unreachable after 3 attempts \(HTTP 503"):
         search_items(pc, **GOOD, url=gw.url, retries=2, backoff=0.01)
     assert len(gw.seen) == 3  # one request + 2 retries, no more
 
@@ -370,7 +370,7 @@ def test_broken_page_is_retried_then_survived(gateway, pc_server, pc, pc_feature
 def test_broken_pages_fail_clearly_naming_the_request(gateway, pc_server, pc):
     gw = gateway(pc_server.url, failures=0)
     gw.broken = 10**6
-    with pytest.raises(CatalogUnreachableError, match=rf"search at STAC API {gw.url}.*broken page.*after 2 retries"):
+    with pytest.raises(CatalogUnreachableError, match=rf"search at STAC API {gw.url}.*broken page.*after 3 attempts"):
         search_items(pc, **GOOD, url=gw.url, retries=2, backoff=0.01)
     assert sum(p.startswith("/search") for _, p in gw.seen) == 3  # one request + 2 retries
 

@@ -14,7 +14,7 @@ Thin orchestration: the work lives in ``s2pipe.ml.labels``, ``s2pipe.mapping``, 
 """
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +27,7 @@ from s2pipe.config import DaskConfig
 from s2pipe.errors import InputError
 from s2pipe.flows.regional_cube import run_logger
 from s2pipe.mapping import MAPPER_KINDS, load_mapper, train_mapper
-from s2pipe.ml.labels import LabelSource, rasterize_labels, spatial_split
+from s2pipe.ml.labels import label_sources, rasterize_labels, spatial_split
 from s2pipe.ml.metrics import score_map
 from s2pipe.products.maps import (
     class_map,
@@ -45,38 +45,9 @@ from s2pipe.runtime.placement import inference_placement
 from s2pipe.store.zarr import open_cube, write_json
 
 __all__ = [
-    "label_sources", "report_path", "labels_task", "train_task", "evaluate_task", "map_train", "predict_task",
+    "report_path", "labels_task", "train_task", "evaluate_task", "map_train", "predict_task",
     "map_predict", "change_task", "map_change", "demo_maps",
 ]
-
-_LABEL_KEYS = {f.name for f in LabelSource.__dataclass_fields__.values()}
-
-
-def label_sources(specs: Sequence[Mapping[str, Any] | LabelSource]) -> list[LabelSource]:
-    """``LabelSource`` s from flow parameters: dicts with the ``LabelSource`` fields (``data``: a vector file path,
-    ``class_id``, optional ``name``, ``line_width``, ``width_column``, ``where``, ``layer``)."""
-    if isinstance(specs, (Mapping, LabelSource)):
-        specs = [specs]
-    if not specs:
-        raise InputError("no label sources given; pass labels=[{'data': 'roads.gpkg', 'class_id': 2}, ...] "
-                         "(CLI: --label roads.gpkg:2:road)")
-    out = []
-    for i, spec in enumerate(specs):
-        if isinstance(spec, LabelSource):
-            out.append(spec)
-            continue
-        unknown = set(spec) - _LABEL_KEYS
-        if unknown or "data" not in spec or "class_id" not in spec:
-            raise InputError(f"label source {i} {dict(spec)!r}: needs 'data' and 'class_id'"
-                             + (f", unknown keys {sorted(unknown)}" if unknown else "")
-                             + f"; allowed keys {sorted(_LABEL_KEYS)}")
-        data = spec["data"]
-        if isinstance(data, (str, os.PathLike)) and not Path(data).exists():
-            raise InputError(f"label source {i}: vector file {data} does not exist; pass an existing "
-                             "GeoPackage/GeoJSON/Shapefile")
-        out.append(LabelSource(**dict(spec)))
-    return out
-
 
 def _window(cube: xr.Dataset, variable: str, start: str | None, end: str | None, *, min_dates: int,
             cube_path: str) -> xr.DataArray:

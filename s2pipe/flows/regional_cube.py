@@ -24,7 +24,7 @@ from s2pipe import __version__
 from s2pipe.cloudmask import mask_clouds, observed_mask
 from s2pipe.config import RunConfig, load_config
 from s2pipe.cube import build_cube, default_chunk_size
-from s2pipe.errors import NoScenesError, TransientError
+from s2pipe.errors import NoScenesError
 from s2pipe.gapfill import cressman
 from s2pipe.normalize import cube_scale, normalize
 from s2pipe.runtime import cluster
@@ -51,17 +51,6 @@ __all__ = [
 ]
 
 
-def _is_transient(task, task_run, state) -> bool:
-    """Retry a task only when it failed with a TransientError (never on bad input)."""
-    try:
-        state.result()
-    except TransientError:
-        return True
-    except BaseException:
-        return False
-    return False
-
-
 def run_logger() -> logging.Logger | logging.LoggerAdapter:
     try:
         return get_run_logger()
@@ -79,7 +68,7 @@ def demo_data_task(root: str):
     return generate_demo(Path(root), progress=ProgressLine("generating demo scenes", unit="scenes", logger=run_logger()))
 
 
-@task(name="search", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_is_transient)
+@task(name="search", cache_policy=NO_CACHE)  # search_items retries (s2pipe.runtime.retry); Prefect does not
 def search_task(cfg: RunConfig, profile: CatalogProfile, url: str | None) -> list:
     log = run_logger()
     log.info(f"searching {url or profile.url} collection {profile.collection!r} {cfg.start}..{cfg.end}, cloud <= {cfg.max_cloud}%")

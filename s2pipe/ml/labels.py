@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +33,7 @@ from scipy import ndimage
 from s2pipe.cube import Grid, grid_of
 from s2pipe.errors import InputError
 
-__all__ = ["LabelSource", "rasterize_labels", "spatial_split", "IGNORE", "line_footprint"]
+__all__ = ["LabelSource", "label_sources", "rasterize_labels", "spatial_split", "IGNORE", "line_footprint"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,35 @@ class LabelSource:
         if isinstance(self.data, (str, os.PathLike)):
             return Path(self.data).stem
         return f"class {int(self.class_id)}"
+
+
+_LABEL_KEYS = {f.name for f in LabelSource.__dataclass_fields__.values()}
+
+
+def label_sources(specs: Sequence[Mapping[str, Any] | LabelSource]) -> list[LabelSource]:
+    """``LabelSource`` s from flow parameters: dicts with the ``LabelSource`` fields (``data``: a vector file path,
+    ``class_id``, optional ``name``, ``line_width``, ``width_column``, ``where``, ``layer``)."""
+    if isinstance(specs, (Mapping, LabelSource)):
+        specs = [specs]
+    if not specs:
+        raise InputError("no label sources given; pass labels=[{'data': 'roads.gpkg', 'class_id': 2}, ...] "
+                         "(CLI: --label roads.gpkg:2:road)")
+    out = []
+    for i, spec in enumerate(specs):
+        if isinstance(spec, LabelSource):
+            out.append(spec)
+            continue
+        unknown = set(spec) - _LABEL_KEYS
+        if unknown or "data" not in spec or "class_id" not in spec:
+            raise InputError(f"label source {i} {dict(spec)!r}: needs 'data' and 'class_id'"
+                             + (f", unknown keys {sorted(unknown)}" if unknown else "")
+                             + f"; allowed keys {sorted(_LABEL_KEYS)}")
+        data = spec["data"]
+        if isinstance(data, (str, os.PathLike)) and not Path(data).exists():
+            raise InputError(f"label source {i}: vector file {data} does not exist; pass an existing "
+                             "GeoPackage/GeoJSON/Shapefile")
+        out.append(LabelSource(**dict(spec)))
+    return out
 
 
 def rasterize_labels(

@@ -36,8 +36,8 @@ from s2pipe.errors import InputError
 from s2pipe.runtime.files import atomic_path
 
 __all__ = [
-    "class_map", "write_class_map", "read_class_map", "write_probabilities", "uncertainty", "write_uncertainty",
-    "smooth_probabilities", "detect_change", "write_change", "change_polygons", "ChangeFiles",
+    "class_map", "class_names", "class_colormap", "write_class_map", "read_class_map", "write_probabilities",
+    "uncertainty", "write_uncertainty", "smooth_probabilities", "detect_change", "write_change", "change_polygons", "ChangeFiles",
     "NODATA", "NO_CHANGE", "APPEARED", "DISAPPEARED", "CLASS_COLORS",
 ]
 
@@ -135,9 +135,9 @@ def write_class_map(
     values, grid = _raster_of(class_map, "class_map")
     blocksize = _auto_blocksize(values.shape) if blocksize is None else blocksize
     nodata = _nodata_of(class_map, nodata)
-    names = _class_names(class_map, names)
+    names = class_names(class_map, names)
     present = {int(v) for v in np.unique(values) if int(v) != nodata}
-    cmap = _colormap(sorted(set(names) | present), names, colors, nodata)
+    cmap = class_colormap(sorted(set(names) | present), names, colors, nodata)
     tags = {"CLASSES": json.dumps({str(k): v for k, v in sorted(names.items())})}
     band_tags = {f"CLASS_{k}": v for k, v in sorted(names.items())}
     return _write_cog_uint8(values, path, grid=grid, nodata=nodata, colormap=cmap, description="class",
@@ -446,7 +446,7 @@ def detect_change(
     out[invalid] = nodata
     ref = later if isinstance(later, xr.DataArray) else earlier
     coords = {c: ref.coords[c] for c in ("y", "x", "spatial_ref") if c in ref.coords}
-    names = _class_names(earlier, None) | _class_names(later, None)
+    names = class_names(earlier, None) | class_names(later, None)
     attrs = {
         "crs": grid.crs, "transform": [float(v) for v in list(grid.transform)[:6]], "nodata": int(nodata),
         "classes": {str(k): v for k, v in CHANGE_NAMES.items()}, "target": [int(t) for t in targets],
@@ -477,7 +477,7 @@ def write_change(
     nodata = _nodata_of(change, None)
     blocksize = _auto_blocksize(values.shape) if blocksize is None else blocksize
     tif = _write_cog_uint8(
-        values, path_tif, grid=grid, nodata=nodata, colormap=_colormap([0, 1, 2], CHANGE_NAMES, CHANGE_COLORS, nodata),
+        values, path_tif, grid=grid, nodata=nodata, colormap=class_colormap([0, 1, 2], CHANGE_NAMES, CHANGE_COLORS, nodata),
         description="change", tags={"CLASSES": json.dumps({str(k): v for k, v in CHANGE_NAMES.items()}),
                                     "CHANGE_TARGET": json.dumps(change.attrs.get("target"))},
         band_tags={f"CLASS_{k}": v for k, v in CHANGE_NAMES.items()}, overviews=True, blocksize=blocksize,
@@ -568,7 +568,8 @@ def _nodata_of(obj: xr.DataArray, nodata: int | None) -> int:
     return nodata
 
 
-def _class_names(obj, names: Mapping[int, str] | None) -> dict[int, str]:
+def class_names(obj, names: Mapping[int, str] | None) -> dict[int, str]:
+    """{class id: name} given as ``names``, else from the ``classes`` attribute of a class map (ids as ints)."""
     if names is None:
         names = obj.attrs.get("classes") if isinstance(obj, xr.DataArray) else None
         if not isinstance(names, Mapping):
@@ -594,7 +595,7 @@ def _color(value: Any, cid: int) -> tuple[int, int, int, int]:
     raise InputError(f"colors[{cid}]={value!r} is not a colour; pass (r, g, b), (r, g, b, a) in 0..255 or '#rrggbb'")
 
 
-def _colormap(ids: Sequence[int], names: Mapping[int, str], colors: Mapping[int, Any] | None,
+def class_colormap(ids: Sequence[int], names: Mapping[int, str], colors: Mapping[int, Any] | None,
               nodata: int) -> dict[int, tuple[int, int, int, int]]:
     """A full 256-entry colour table: given colours, then colours by name, then the palette; nodata transparent."""
     given = {int(k): _color(v, int(k)) for k, v in (colors or {}).items()}

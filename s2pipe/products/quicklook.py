@@ -130,8 +130,8 @@ def map_quicklook(
     from s2pipe.products.maps import (
         CHANGE_COLORS,
         CHANGE_NAMES,
-        _class_names,
-        _colormap,
+        class_colormap,
+        class_names,
     )
 
     path = Path(path)
@@ -141,9 +141,9 @@ def map_quicklook(
     def categorical(da: xr.DataArray, what: str, fixed: dict[int, str] | None = None, colors=None):
         values = np.asarray(da.values).astype(np.int64)
         nodata = int(da.attrs.get("nodata", 255))
-        names = fixed or _class_names(da, None)
+        names = fixed or class_names(da, None)
         ids = sorted(set(names) | {int(v) for v in np.unique(values) if v >= 0 and v != nodata})
-        cmap = _colormap(ids, names, colors, nodata)
+        cmap = class_colormap(ids, names, colors, nodata)
         panels.append((what, values, {i: names.get(i, f"class {i}") for i in ids}, cmap))
 
     if labels is not None:

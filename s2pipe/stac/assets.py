@@ -10,7 +10,8 @@ block when the file size cannot be known), and checks that
 - it is not truncated: every block of every band, and of every overview, lies inside the file
   (GDAL's ``TIFF`` metadata items ``BLOCK_OFFSET_x_y``/``BLOCK_SIZE_x_y`` against the file size).
 
-A failed check is retried ``retries`` times with exponential backoff (sleep ``backoff * 2**k`` s after failure k),
+A failed check is retried ``retries`` times with exponential backoff (sleep ``backoff * 2**k`` s ± 10 % after failure
+k, ``s2pipe.runtime.retry.RetryPolicy``),
 for every kind of failure: HTTP 5xx, time-outs and files still being uploaded may pass, and retrying a definite
 failure only costs a few header reads. An item any of whose assets fails is left out; :class:`AssetCheck`
 records every failed asset (one entry per bad asset, so a scene missing all its files lists each band) for the
@@ -26,7 +27,6 @@ import math
 import os
 import re
 import struct
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -37,6 +37,7 @@ from typing import Any
 import pystac
 
 from s2pipe.errors import AssetError, InputError, NoScenesError
+from s2pipe.runtime.retry import RetryPolicy
 from s2pipe.stac.items import item_dict
 
 __all__ = [
@@ -283,16 +284,17 @@ def check_asset(
     ``expect``: ``{"shape": (rows, cols) | None, "transform": 6 floats | None, "epsg": int | None}``.
     ``reason`` is the redacted ``"ExceptionType: message"`` of the last failure (None if the first try passed).
     """
+    policy = RetryPolicy(retries=retries, backoff=backoff)
     reason = None
-    for k in range(retries + 1):
+    for k in range(policy.attempts):
         try:
             _check_once(href, expect or {}, timeout)
             return {"ok": True, "attempts": k + 1, "reason": reason}
         except Exception as exc:  # noqa: BLE001 - every failure is a reason to retry, then to drop the scene
             reason = _reason(exc)
-        if k < retries:
-            time.sleep(backoff * 2**k)
-    return {"ok": False, "attempts": retries + 1, "reason": reason}
+        if k < policy.retries:
+            policy.sleep(k)
+    return {"ok": False, "attempts": policy.attempts, "reason": reason}
 
 
 def _reason(exc: BaseException) -> str:
