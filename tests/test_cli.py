@@ -134,3 +134,59 @@ def test_map_subcommands_have_help():
     for sub in ("train", "predict", "change"):
         result = runner.invoke(app, ["map", sub, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_every_example_configuration_validates():
+    """examples/*.yaml: each is a valid run configuration on a built-in catalog, writing under out/."""
+    from s2pipe.config import load_config
+    from s2pipe.stac.catalog import list_profiles
+
+    examples = sorted((REPO / "examples").glob("*.yaml"))
+    assert len(examples) >= 3
+    for path in examples:
+        cfg = load_config(path)
+        assert cfg.catalog in list_profiles(), f"{path.name}: catalog {cfg.catalog!r}"
+        assert str(cfg.output).startswith("out/"), f"{path.name}: output {cfg.output}"
+        assert cfg.end >= cfg.start
+
+
+def test_demo_data_then_serve_demo(tmp_path):
+    """`s2pipe demo-data` generates the default demo region (again: nothing to do); `s2pipe serve-demo` serves it
+    with a real STAC API that pystac-client searches, and stops cleanly on Ctrl-C."""
+    import json
+    import signal
+    import time
+    import urllib.request
+
+    import pystac_client
+
+    root = tmp_path / "demo"
+    first = runner.invoke(app, ["demo-data", "--root", str(root)])
+    assert first.exit_code == 0 and "demo region in" in first.output, first.output
+    items = json.loads((root / "items.json").read_text())["features"]
+    stamp = (root / "items.json").stat().st_mtime_ns
+    again = runner.invoke(app, ["demo-data", "--root", str(root)])
+    assert again.exit_code == 0 and (root / "items.json").stat().st_mtime_ns == stamp  # idempotent
+
+    port = free_port()
+    exe = Path(sys.executable).with_name("s2pipe")
+    proc = subprocess.Popen([str(exe), "serve-demo", "--root", str(root), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url + "/collections", timeout=2).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "no answer"
+                time.sleep(0.2)
+        client = pystac_client.Client.open(url)
+        found = list(client.search(collections=["sentinel-2-l2a"], max_items=None).items())
+        assert {it.id for it in found} == {f["id"] for f in items}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
+    assert f"STAC API at {url}" in out

@@ -747,3 +747,30 @@ def test_scheduled_update_extends_the_cube_and_its_products(flow_run, tmp_path):
     assert predicted.exit_code == 0, predicted.output
     with xr.open_zarr(fc_cli, consolidated=True) as fc, xr.open_zarr(out, consolidated=True) as cube:
         assert fc.sizes["time"] == 2 and fc.attrs["forecast_from"] == str(cube.time.values[-1])[:10]
+
+
+def test_demo_maps_flow_trains_maps_both_year_ends_and_finds_the_change(flow_run, tmp_path):
+    """The `demo-maps` flow of `make demo` on the tiny region (a random forest, to stay quick): a mapper, a map
+    at each year end (its last date the cube's last one up to that day), and the change COG + GeoPackage."""
+    import pyogrio
+
+    from s2pipe.config import DaskConfig
+    from s2pipe.flows.mapping import demo_maps
+
+    region, _, out, _ = flow_run
+    products = demo_maps(str(out), str(region.roads_path), str(region.mangroves_path), output=str(tmp_path / "maps"),
+                         built_after="2022-01-10", model="random-forest", seq_len=2,
+                         dask=DaskConfig(n_workers=1, threads_per_worker=2, processes=False))
+    cube = xr.open_zarr(out, consolidated=True)
+    dates = [str(t)[:10] for t in cube.time.values]
+    assert products["train"]["kind"] == "random-forest" and products["train"]["period"][0] >= "2022-01-10"
+    assert products["maps"][2021]["last_date"] == max(d for d in dates if d <= "2021-12-31")
+    assert products["maps"][2022]["last_date"] == dates[-1]
+    for year in (2021, 2022):
+        with rasterio.open(products["maps"][year]["class_map"]) as src:
+            assert src.shape == (cube.sizes["y"], cube.sizes["x"]) and set(np.unique(src.read(1))) <= {0, 1, 2}
+    change = products["change"]
+    assert change["target_names"] == ["road"] and Path(change["png"]).is_file()
+    with rasterio.open(change["raster"]) as src:
+        assert int((src.read(1) == 1).sum()) == change["changed_pixels"]["appeared"]
+    assert pyogrio.read_info(change["vectors"])["features"] == change["polygons"]
