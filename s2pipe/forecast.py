@@ -626,6 +626,114 @@ def _pca(s: np.ndarray, reduce, *, tol: float = 1e-6):
     return mean, basis
 
 
+def _block_scaling(raw: np.ndarray, *, k: int, order: int, normalize: str) -> tuple[np.ndarray, np.ndarray]:
+    """Offset and scale (D,) of the training states ``raw`` (n, P, D): with ``normalize="block"`` the mean of
+    the first block (the state itself) and one RMS per block of ``k`` components (the state and each
+    difference); else 0 and 1."""
+    offset = np.zeros(raw.shape[-1])
+    scale = np.ones(raw.shape[-1])
+    if normalize == "block":
+        offset[:k] = raw[..., :k].reshape(-1, k).mean(0)
+        for j in range(order + 1):
+            blk = raw[..., j * k:(j + 1) * k].reshape(-1, k) - offset[j * k:(j + 1) * k]
+            rms = float(np.sqrt(np.mean(blk ** 2)))
+            scale[j * k:(j + 1) * k] = rms if rms > 0 else 1.0
+    return offset, scale
+
+
+def _training_windows(*, scheme: str, training: str, n_states: int, horizon: int, P: int,
+                      batch_size: int | None) -> tuple[int, np.ndarray, int, int]:
+    """Training windows: (length in steps, start date indices, samples = starts × pixels, batch size)."""
+    if scheme == "lstm":
+        win = int(min(_LSTM_WINDOW, n_states - 1))
+        length = win + (horizon - 1 if training == "rollout" else 0)
+        length = min(length, n_states - 1)
+    else:
+        length = horizon
+    stride = max(1, _LSTM_WINDOW // 2) if scheme == "lstm" else 1  # LSTM windows overlap by half
+    starts_t = np.arange(0, n_states - length, stride)
+    n_samples = len(starts_t) * P
+    bs = int(min(n_samples, 1024) if batch_size is None else batch_size)
+    if bs < 1:
+        raise InputError(f"batch_size={batch_size!r} must be a positive integer")
+    return length, starts_t, n_samples, bs
+
+
+def _batch_loss(module, win_x: torch.Tensor, tt: torch.Tensor, *, scheme: str, training: str, h_ep: int, length: int,
+                phases: torch.Tensor, harmonics: int) -> torch.Tensor:
+    """Mean squared error of one batch of windows ``win_x`` (B, length + 1, D) starting at date indices ``tt``:
+    the LSTM predicts the next states (one step, or a rollout of ``h_ep`` steps after a warm-up); the RK4 /
+    Euler operator rolls out ``h_ep`` steps from the first state, forced by the annual phase when
+    ``harmonics``."""
+    if scheme == "lstm":
+        seq = win_x.transpose(0, 1)  # (length+1, B, D)
+        if training == "one_step" or h_ep <= 1:
+            pred = module(seq[:-1])
+            return torch.mean((pred - seq[1:]) ** 2)
+        w = max(1, length - (h_ep - 1))
+        y, hc = module(seq[:w], return_state=True)
+        preds = [y]
+        x = y[-1:]
+        for _ in range(h_ep - 1):
+            x, hc = module(x, hc, return_state=True)
+            preds.append(x)
+        pred = torch.cat(preds)
+        return torch.mean((pred - seq[1:w + h_ep]) ** 2)
+    x = win_x[:, 0]
+    ph = phases[tt] if harmonics else None
+    acc = 0.0
+    for j in range(h_ep):
+        x = module(x, ph)
+        if ph is not None:
+            ph = ph + module.step_phase
+        acc = acc + torch.mean((x - win_x[:, j + 1]) ** 2)
+    return acc / h_ep
+
+
+def _optimise(module, X: torch.Tensor, phases: torch.Tensor, starts_t: np.ndarray, *, P: int, bs: int, epochs: int,
+              steps_per_epoch: int, lr: float, training: str, scheme: str, horizon: int, length: int, harmonics: int,
+              gen: torch.Generator, dev: torch.device, hidden: int, verbose: bool) -> tuple[list[float], float]:
+    """Adam over ``epochs`` epochs of shuffled windows (cosine learning rate and a rollout horizon that ramps up
+    over the first 30 % of the epochs in ``"rollout"`` training). Returns the loss per epoch and the seconds."""
+    n_samples = len(starts_t) * P
+    total_steps = epochs * steps_per_epoch
+    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=lr * 0.01)
+             if training == "rollout" else None)
+    ramp = max(1, int(0.3 * epochs))
+    idx_t = torch.arange(length + 1, device=dev)
+    losses = []
+    # small matmuls: on the shared 2-core machine a second thread was 4-6x slower
+    small = dev.type == "cpu" and bs * X.shape[-1] * int(hidden) < _SMALL_MACS
+    with torch_threads(1 if small else None):
+        module.train()
+        t0 = _time.perf_counter()
+        for ep in range(epochs):
+            h_ep = horizon if training == "one_step" else min(horizon, 1 + (horizon * ep) // ramp)
+            perm = torch.randperm(n_samples, generator=gen).to(dev)
+            tot = 0.0
+            for b0 in range(0, n_samples, bs):
+                sel = perm[b0:b0 + bs]
+                tt = torch.as_tensor(starts_t, device=dev)[sel // P]
+                pp = sel % P
+                win_x = X[tt[:, None] + idx_t[None, :], pp[:, None]]  # (B, length+1, D)
+                loss = _batch_loss(module, win_x, tt, scheme=scheme, training=training, h_ep=h_ep, length=length,
+                                   phases=phases, harmonics=harmonics)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                tot += float(loss.detach()) * len(sel)
+            losses.append(tot / n_samples)
+            if verbose and (ep % max(1, epochs // 10) == 0 or ep == epochs - 1):
+                print(f"epoch {ep + 1}/{epochs} horizon {h_ep} loss {losses[-1]:.3e}", flush=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = _time.perf_counter() - t0
+    return losses, seconds
+
+
 def fit_dynamics(
     series: xr.DataArray,
     *,
@@ -766,14 +874,7 @@ def fit_dynamics(
         torch.nn.Identity(), mean=mean, basis=basis, offset=np.zeros((order + 1) * k), scale=np.ones((order + 1) * k),
         device=torch.device("cpu"))
     raw = _differences(tmp._project(v), order)  # (n_states, P, D)
-    offset = np.zeros(raw.shape[-1])
-    scale = np.ones(raw.shape[-1])
-    if normalize == "block":
-        offset[:k] = raw[..., :k].reshape(-1, k).mean(0)
-        for j in range(order + 1):
-            blk = raw[..., j * k:(j + 1) * k].reshape(-1, k) - offset[j * k:(j + 1) * k]
-            rms = float(np.sqrt(np.mean(blk ** 2)))
-            scale[j * k:(j + 1) * k] = rms if rms > 0 else 1.0
+    offset, scale = _block_scaling(raw, k=k, order=order, normalize=normalize)
     X = torch.as_tensor((raw - offset) / scale, dtype=torch.float32, device=dev)  # (n, P, D)
 
     torch.manual_seed(seed)
@@ -782,84 +883,17 @@ def fit_dynamics(
                             forcing=harmonics, step_phase=_step_phase(step_ns)).to(dev)
     phases = torch.as_tensor(annual_phase(times[order:]), dtype=torch.float32, device=dev)  # (n_states,)
 
-    # samples: start indices (t, p) of windows
-    if scheme == "lstm":
-        win = int(min(_LSTM_WINDOW, n_states - 1))
-        length = win + (horizon - 1 if training == "rollout" else 0)
-        length = min(length, n_states - 1)
-        warm = length - (horizon - 1) if training == "rollout" else length
-        warm = max(1, warm)
-    else:
-        length = horizon
-    stride = max(1, _LSTM_WINDOW // 2) if scheme == "lstm" else 1  # LSTM windows overlap by half
-    starts_t = np.arange(0, n_states - length, stride)
-    n_samples = len(starts_t) * P
-    bs = int(min(n_samples, 1024) if batch_size is None else batch_size)
-    if bs < 1:
-        raise InputError(f"batch_size={batch_size!r} must be a positive integer")
+    length, starts_t, n_samples, bs = _training_windows(scheme=scheme, training=training, n_states=n_states,
+                                                        horizon=horizon, P=P, batch_size=batch_size)
     steps_per_epoch = math.ceil(n_samples / bs)
     if epochs is None:
         epochs = int(min(20000, max(1, round(d["steps"] / steps_per_epoch))))
     elif isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise InputError(f"epochs={epochs!r} must be a positive integer (or None for the default)")
-    total_steps = epochs * steps_per_epoch
-    opt = torch.optim.Adam(module.parameters(), lr=lr)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=lr * 0.01)
-             if training == "rollout" else None)
-    ramp = max(1, int(0.3 * epochs))
-    idx_t = torch.arange(length + 1, device=dev)
-    losses = []
-    # small matmuls: on the shared 2-core machine a second thread was 4-6x slower
-    small = dev.type == "cpu" and bs * X.shape[-1] * int(hidden) < _SMALL_MACS
-    with torch_threads(1 if small else None):
-        module.train()
-        t0 = _time.perf_counter()
-        for ep in range(epochs):
-            h_ep = horizon if training == "one_step" else min(horizon, 1 + (horizon * ep) // ramp)
-            perm = torch.randperm(n_samples, generator=gen).to(dev)
-            tot = 0.0
-            for b0 in range(0, n_samples, bs):
-                sel = perm[b0:b0 + bs]
-                tt = torch.as_tensor(starts_t, device=dev)[sel // P]
-                pp = sel % P
-                win_x = X[tt[:, None] + idx_t[None, :], pp[:, None]]  # (B, length+1, D)
-                if scheme == "lstm":
-                    seq = win_x.transpose(0, 1)  # (length+1, B, D)
-                    if training == "one_step" or h_ep <= 1:
-                        pred = module(seq[:-1])
-                        loss = torch.mean((pred - seq[1:]) ** 2)
-                    else:
-                        w = max(1, length - (h_ep - 1))
-                        y, hc = module(seq[:w], return_state=True)
-                        preds = [y]
-                        x = y[-1:]
-                        for _ in range(h_ep - 1):
-                            x, hc = module(x, hc, return_state=True)
-                            preds.append(x)
-                        pred = torch.cat(preds)
-                        loss = torch.mean((pred - seq[1:w + h_ep]) ** 2)
-                else:
-                    x = win_x[:, 0]
-                    ph = phases[tt] if harmonics else None
-                    acc = 0.0
-                    for j in range(h_ep):
-                        x = module(x, ph)
-                        if ph is not None:
-                            ph = ph + module.step_phase
-                        acc = acc + torch.mean((x - win_x[:, j + 1]) ** 2)
-                    loss = acc / h_ep
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
-                tot += float(loss.detach()) * len(sel)
-            losses.append(tot / n_samples)
-            if verbose and (ep % max(1, epochs // 10) == 0 or ep == epochs - 1):
-                print(f"epoch {ep + 1}/{epochs} horizon {h_ep} loss {losses[-1]:.3e}", flush=True)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = _time.perf_counter() - t0
+    losses, seconds = _optimise(module, X, phases, starts_t, P=P, bs=bs, epochs=epochs,
+                                steps_per_epoch=steps_per_epoch, lr=lr, training=training, scheme=scheme,
+                                horizon=horizon, length=length, harmonics=harmonics, gen=gen, dev=dev,
+                                hidden=int(hidden), verbose=verbose)
     cfg = dataclasses.replace(tmp.config, epochs=int(epochs), batch_size=bs,
                               warmup=int(length if scheme == "lstm" else 0))
     model = DynamicsModel(cfg, module, mean=mean, basis=basis, offset=offset, scale=scale, device=dev,

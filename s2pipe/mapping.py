@@ -626,6 +626,32 @@ def train_mapper(
                                  progress=progress, **tree_options)
     if tree_options:
         raise InputError(f"{sorted(tree_options)} are options of the tree mappers, not of model='unet-convlstm'")
+    cfg, v, target_ids, classes = _unet_config(
+        images, labels, seq_len=seq_len, epochs=epochs, seed=seed, bands=bands, patch=patch,
+        batch_size=batch_size, lr=lr, temporal_lr=temporal_lr, lr_steps=lr_steps, lr_factor=lr_factor,
+        alpha=alpha, base=base, depth=depth, hidden=hidden, fcn_epochs=fcn_epochs,
+        temporal_epochs=temporal_epochs, augment=augment, architecture=architecture, head_kernel=head_kernel,
+        class_weight=class_weight, head_dropout=head_dropout, residual_head=residual_head,
+    )
+    return _fit_unet_convlstm(cfg, v, target_ids, classes, dev=resolve_device(device), progress=progress)
+
+
+def _unet_config(images, labels, *, seq_len, epochs, seed, bands, patch, batch_size, lr, temporal_lr, lr_steps,
+                 lr_factor, alpha, base, depth, hidden, fcn_epochs, temporal_epochs, augment, architecture,
+                 head_kernel, class_weight, head_dropout, residual_head):
+    """The U-Net + ConvLSTM options of ``train_mapper``, checked against the images and labels, and the
+    ``MapperConfig`` they give, with the per-band standardisation of the images.
+
+    Returns
+    -------
+    cfg : MapperConfig
+    values : np.ndarray
+        The (selected bands of the) images, (T, B, Y, X) float32.
+    target_ids : np.ndarray
+        (Y, X) int64 class ids, negative = unlabelled.
+    classes : np.ndarray
+        The labelled class ids, sorted: the output channels.
+    """
     seq_len = 5 if seq_len is None else positive_int("seq_len", seq_len)
     images = check_images(images, min_dates=seq_len)
     if bands is not None:
@@ -687,8 +713,6 @@ def train_mapper(
         raise InputError(f"lr_steps={lr_steps!r} must be fractions in (0, 1) of the optimizer steps")
     if not 0 <= float(alpha) <= 1:
         raise InputError(f"alpha={alpha!r} must lie in [0, 1] (weight of the cross entropy)")
-    dev = resolve_device(device)
-
     # standardisation and training arrays (in memory)
     v = np.asarray(images.values, dtype=np.float32)  # (T, B, Y, X)
     T, B, Y, X = v.shape
@@ -710,6 +734,21 @@ def train_mapper(
         head_dropout=float(head_dropout))
     P = default_patch(Y, X, patch, multiple=m)
     cfg = dataclasses.replace(cfg, patch=int(P))
+    return cfg, v, target_ids, classes
+
+
+def _fit_unet_convlstm(cfg: MapperConfig, v: np.ndarray, target_ids: np.ndarray, classes: np.ndarray, *,
+                       dev: torch.device, progress: Callable[[int, int], None] | None) -> Mapper:
+    """Train the mapper of ``cfg`` on ``v`` (T, B, Y, X) float32 and ``target_ids`` (Y, X): the U-Net on random
+    single-date patches (``fcn_epochs``), then, with the U-Net frozen, the temporal head on ``seq_len``-date
+    sequences (``temporal_epochs``). Seeded by ``cfg.seed``; returns the trained ``Mapper`` with its losses and
+    ``train_seconds``."""
+    seed, P, batch_size, seq_len = cfg.seed, cfg.patch, cfg.batch_size, cfg.seq_len
+    alpha, lr, temporal_lr, lr_steps, lr_factor = cfg.alpha, cfg.lr, cfg.temporal_lr, cfg.lr_steps, cfg.lr_factor
+    fcn_epochs, temporal_epochs, augment = cfg.fcn_epochs, cfg.temporal_epochs, cfg.augment
+    architecture, head_kernel = cfg.architecture, cfg.head_kernel
+    paper = architecture == "paper"
+    T, _, Y, X = v.shape
     index = np.full(target_ids.shape, -1, dtype=np.int64)
     for i, c in enumerate(classes):
         index[target_ids == c] = i
