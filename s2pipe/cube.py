@@ -137,25 +137,8 @@ def build_cube(
     if chunk <= 0:
         raise InputError(f"chunk_size={chunk_size!r} must be a positive number of pixels (argument: chunk_size)")
 
-    out_epsg = int(epsg) if epsg is not None else _common_epsg(plain)
-    item_bounds = [_item_bounds(it, all_bands, out_epsg) for it in plain]
-    if bbox is not None:
-        bbox_proj = _bbox_to_crs(bbox, out_epsg)
-        if not any(_overlap(bbox_proj, b) for b in item_bounds):
-            lon = [_item_lonlat(it) for it in plain]
-            ext = (min(b[0] for b in lon), min(b[1] for b in lon), max(b[2] for b in lon), max(b[3] for b in lon))
-            raise InputError(
-                f"bbox={tuple(bbox)} does not intersect any of the {len(plain)} items (they cover lon/lat "
-                f"{tuple(round(v, 5) for v in ext)}); pass a bbox inside that extent (argument: bbox)"
-            )
-        bounds = bbox_proj
-    else:
-        bounds = (min(b[0] for b in item_bounds), min(b[1] for b in item_bounds),
-                  max(b[2] for b in item_bounds), max(b[3] for b in item_bounds))
-    bounds = _snap(bounds, resolution)
-    width = round((bounds[2] - bounds[0]) / resolution)
-    height = round((bounds[3] - bounds[1]) / resolution)
-    transform = Affine(resolution, 0.0, bounds[0], 0.0, -resolution, bounds[3])
+    out_epsg, bounds, width, height, transform = _output_grid(plain, all_bands, bbox=bbox, epsg=epsg,
+                                                              resolution=resolution)
 
     # one date per solar day, scenes in acquisition order within the day
     days = [_solar_day(it) for it in plain]
@@ -181,6 +164,46 @@ def build_cube(
 
     if gdal_options(storage):
         common["gdal_env"] = stackstac.DEFAULT_GDAL_ENV.updated(always=gdal_options(storage))
+    raw = _stack(plain, spectral, include_scl=include_scl, shape=(height, width), **common)
+
+    if len(day_keys) != len(plain) or shift.any():
+        out_chunks = ((1,) * len(day_keys) if time_chunks == "date" else (len(day_keys),),) + raw.chunks[1:]
+        raw = da.map_blocks(partial(_merge_days, sizes=group_sizes, shift=shift), raw, chunks=out_chunks,
+                            dtype=np.uint16, name="merge-solar-day-" + _token(raw, shift))
+
+    return _labelled(raw, plain, day_keys, all_bands, scale=scale, offset=offset, bounds=bounds,
+                     resolution=resolution, epsg=out_epsg, transform=transform)
+
+
+def _output_grid(plain: list[dict], bands: tuple[str, ...], *, bbox, epsg, resolution: float):
+    """The output grid: (EPSG, bounds snapped to the resolution, width, height, affine of the top-left corner).
+    ``bbox`` (lon/lat) must meet an item; without it the grid covers all items."""
+    out_epsg = int(epsg) if epsg is not None else _common_epsg(plain)
+    item_bounds = [_item_bounds(it, bands, out_epsg) for it in plain]
+    if bbox is not None:
+        bbox_proj = _bbox_to_crs(bbox, out_epsg)
+        if not any(_overlap(bbox_proj, b) for b in item_bounds):
+            lon = [_item_lonlat(it) for it in plain]
+            ext = (min(b[0] for b in lon), min(b[1] for b in lon), max(b[2] for b in lon), max(b[3] for b in lon))
+            raise InputError(
+                f"bbox={tuple(bbox)} does not intersect any of the {len(plain)} items (they cover lon/lat "
+                f"{tuple(round(v, 5) for v in ext)}); pass a bbox inside that extent (argument: bbox)"
+            )
+        bounds = bbox_proj
+    else:
+        bounds = (min(b[0] for b in item_bounds), min(b[1] for b in item_bounds),
+                  max(b[2] for b in item_bounds), max(b[3] for b in item_bounds))
+    bounds = _snap(bounds, resolution)
+    width = round((bounds[2] - bounds[0]) / resolution)
+    height = round((bounds[3] - bounds[1]) / resolution)
+    transform = Affine(resolution, 0.0, bounds[0], 0.0, -resolution, bounds[3])
+
+    return out_epsg, bounds, width, height, transform
+
+
+def _stack(plain: list[dict], spectral: tuple[str, ...], *, include_scl: bool, shape: tuple[int, int],
+           **common) -> da.Array:
+    """stackstac's (time, band, y, x) uint16 array of the spectral bands (cubic resampling) and SCL (nearest)."""
     parts = []
     with warnings.catch_warnings():  # stackstac 0.5.1 multiplies Affine * tuple, which affine >= 2.4 deprecates
         warnings.filterwarnings("ignore", message="Use `@` matmul", category=PendingDeprecationWarning)
@@ -189,14 +212,17 @@ def build_cube(
         if include_scl:
             parts.append(stackstac.stack(plain, assets=[SCL], resampling=Resampling.nearest, **common).data)
     raw = parts[0] if len(parts) == 1 else da.concatenate(parts, axis=1)
-    if raw.shape[2:] != (height, width):  # stackstac computes the shape itself: make sure the grids agree
-        raise AssertionError(f"stackstac grid {raw.shape[2:]} != expected {(height, width)}")
+    if raw.shape[2:] != tuple(shape):  # stackstac computes the shape itself: make sure the grids agree
+        raise AssertionError(f"stackstac grid {raw.shape[2:]} != expected {tuple(shape)}")
+    return raw
 
-    if len(day_keys) != len(plain) or shift.any():
-        out_chunks = ((1,) * len(day_keys) if time_chunks == "date" else (len(day_keys),),) + raw.chunks[1:]
-        raw = da.map_blocks(partial(_merge_days, sizes=group_sizes, shift=shift), raw, chunks=out_chunks,
-                            dtype=np.uint16, name="merge-solar-day-" + _token(raw, shift))
 
+def _labelled(raw: da.Array, plain: list[dict], day_keys: list, all_bands: tuple[str, ...], *, scale, offset,
+              bounds, resolution: float, epsg: int, transform: Affine) -> xr.DataArray:
+    """``raw`` as the ``"dn"`` DataArray: coordinates, CRS and the provenance attributes."""
+    width = round((bounds[2] - bounds[0]) / resolution)
+    height = round((bounds[3] - bounds[1]) / resolution)
+    out_epsg = epsg
     x = bounds[0] + (np.arange(width) + 0.5) * resolution
     y = bounds[3] - (np.arange(height) + 0.5) * resolution
     time = pd.DatetimeIndex([pd.Timestamp(d) for d in day_keys]).values.astype("datetime64[ns]")

@@ -275,12 +275,19 @@ def seasonal_reference(values: np.ndarray, times, future, *, steps_per_year: int
     last year keeps sharp, pixel-specific transitions; the fit averages out a single year's noise), and
     their mean beat either alone on the Romania series (``benchmarks/bench_forecast_real.py``).
 
-    Args:
-        values: (T, P, L) history, T ≥ ``steps_per_year``, no NaN.
-        times: (T,) datetime64 dates of ``values``.
-        future: (S,) datetime64 dates to predict, after ``times[-1]`` on the same grid.
-        steps_per_year: sampling steps in one year.
-    Returns:
+    Parameters
+    ----------
+    values
+        (T, P, L) history, T ≥ ``steps_per_year``, no NaN.
+    times
+        (T,) datetime64 dates of ``values``.
+    future
+        (S,) datetime64 dates to predict, after ``times[-1]`` on the same grid.
+    steps_per_year
+        sampling steps in one year.
+
+    Returns
+    -------
         (S, P, L) float64 in the units of ``values``.
     """
     v = np.asarray(values, dtype=np.float64)
@@ -322,16 +329,24 @@ def _check_level(level) -> None:
 class DynamicsModel:
     """A fitted spectral-dynamics model: the torch module plus the state encoding (projection, scaling).
 
-    Attributes:
-        config: the ``DynamicsConfig``.
-        module: the torch module (``ResNetDynamics`` or ``LSTMDynamics``) on ``device``.
-        blend: (H, L) weight of the network against the seasonal reference at horizon 1..H, per band
-            (``config.baseline == "seasonal"``; the last row is used beyond H); ``fit_dynamics`` sets 0.5.
-        calibration: (12, H, L) float32 RMS of hindcast residuals (truth − forecast) per calendar month
-            of the forecast origin, horizon and band (data units); H = 0 when uncalibrated.
-        device: torch device it runs on.
-        losses: training loss per epoch (scaled-state MSE), empty after ``load_dynamics``.
-        train_seconds: wall time of training (s), 0 after loading.
+    Attributes
+    ----------
+    config
+        the ``DynamicsConfig``.
+    module
+        the torch module (``ResNetDynamics`` or ``LSTMDynamics``) on ``device``.
+    blend
+        (H, L) weight of the network against the seasonal reference at horizon 1..H, per band
+        (``config.baseline == "seasonal"``; the last row is used beyond H); ``fit_dynamics`` sets 0.5.
+    calibration
+        (12, H, L) float32 RMS of hindcast residuals (truth − forecast) per calendar month
+        of the forecast origin, horizon and band (data units); H = 0 when uncalibrated.
+    device
+        torch device it runs on.
+    losses
+        training loss per epoch (scaled-state MSE), empty after ``load_dynamics``.
+    train_seconds
+        wall time of training (s), 0 after loading.
     """
 
     def __init__(self, config: DynamicsConfig, module: torch.nn.Module, *, mean: np.ndarray, basis: np.ndarray,
@@ -428,25 +443,34 @@ class DynamicsModel:
                  batch_size: int = 65536, device=None, precision: Precision = "float32"):
         """Forecast ``steps`` dates after the last date of ``history``.
 
-        Args:
-            history: (time, band) or (time, band, y, x), same bands and time step as the training series,
-                at least ``order + 1`` dates (the LSTM reads up to ``warmup`` of them); with the seasonal
-                baseline (``config.baseline == "seasonal"``, the default when the training series spans a
-                year) the last ``config.history`` dates (up to 3 years) are read and a history of at least
-                one year (``config.steps_per_year`` dates) is needed for the blend (shorter: the network
-                alone). The dates read must hold no NaN.
-            steps: number of future dates (each one sampling interval after the previous).
-            level: None (default) returns the point forecast; a probability in (0, 1), e.g. 0.9, returns
-                an ``xr.Dataset`` with ``mean`` (the point forecast), ``lower`` and ``upper``: the central
-                ``level`` interval ``mean ± z·σ``, σ the RMS of hindcast residuals inside the training series
-                for forecasts from the same season, per horizon and band (see ``fit_dynamics``). Horizons
-                beyond the calibrated ones (``attrs["calibrated_steps"]``) reuse the last calibrated one.
-            batch_size: pixels per batch on the device.
-            device: torch device; None keeps the model's.
-            precision: arithmetic of the network: "float32" (default), "tf32" (CUDA TensorFloat-32 matmuls;
-                float32 elsewhere) or "bfloat16" (autocast on CPU or CUDA). The state is carried in float32
-                between steps either way; benchmarks/bench_forecast_synthetic.py measures speed and error.
-        Returns:
+        Parameters
+        ----------
+        history
+            (time, band) or (time, band, y, x), same bands and time step as the training series,
+            at least ``order + 1`` dates (the LSTM reads up to ``warmup`` of them); with the seasonal
+            baseline (``config.baseline == "seasonal"``, the default when the training series spans a
+            year) the last ``config.history`` dates (up to 3 years) are read and a history of at least
+            one year (``config.steps_per_year`` dates) is needed for the blend (shorter: the network
+            alone). The dates read must hold no NaN.
+        steps
+            number of future dates (each one sampling interval after the previous).
+        level
+            None (default) returns the point forecast; a probability in (0, 1), e.g. 0.9, returns
+            an ``xr.Dataset`` with ``mean`` (the point forecast), ``lower`` and ``upper``: the central
+            ``level`` interval ``mean ± z·σ``, σ the RMS of hindcast residuals inside the training series
+            for forecasts from the same season, per horizon and band (see ``fit_dynamics``). Horizons
+            beyond the calibrated ones (``attrs["calibrated_steps"]``) reuse the last calibrated one.
+        batch_size
+            pixels per batch on the device.
+        device
+            torch device; None keeps the model's.
+        precision
+            arithmetic of the network: "float32" (default), "tf32" (CUDA TensorFloat-32 matmuls;
+            float32 elsewhere) or "bfloat16" (autocast on CPU or CUDA). The state is carried in float32
+            between steps either way; benchmarks/bench_forecast_synthetic.py measures speed and error.
+
+        Returns
+        -------
             (time=steps, band[, y, x]) in the units of ``history``, band/y/x coords kept, the time coordinate
             continuing with the series' spacing; float32 unless ``history`` is float64. With ``level``: a
             Dataset of three such arrays (``mean``, ``lower``, ``upper``).
@@ -757,51 +781,72 @@ def fit_dynamics(
 ) -> DynamicsModel:
     """Fit one dynamics model shared by all pixels of ``series``.
 
-    Args:
-        series: (time, band) or (time, band, y, x) reflectance, regularly spaced, no NaN; every pixel is an
-            independent training trajectory.
-        scheme: "rk4" (default, the paper's best), "euler" or "lstm".
-        hidden: δ width (units); 150 is the paper's best on real data.
-        epochs: passes over the training samples; None: about 2500 (one_step) or 800 (rollout) optimizer steps
-            (the paper used 2500 full-batch
-            epochs on the synthetic series), at least 1 and at most 20000 epochs.
-        lr: Adam learning rate; None: 1e-3 (one_step, constant, as the paper) or 3e-3 with cosine decay
-            to 1 % (rollout).
-        seed: torch seed (weights and batch order): same seed, same model on the same device.
-        device: None → "cuda" when available, else "cpu".
-        training: "rollout" (default: multi-step free-run loss) or "one_step" (the paper's).
-        rollout: horizon (steps) of the rollout loss; None: 16, capped to half the series.
-        order: differences in the state (1: ``[s, s']``).
-        reduce: "auto" (principal components keeping all but 1e-6 of the variance), an int k,
-            or "none" (full state); None: "auto" for rollout, "none" for one_step.
-        normalize: "block" or "none"; None: "block" for rollout, "none" for one_step.
-        batch_size: samples per step; None: all of them up to 1024.
-        activation: δ nonlinearity ("tanh" as the paper).
-        season: "annual" feeds δ the phase of the year (sin/cos of the day of year, advanced step by step):
-            the dynamics become non-autonomous, so a winter state is not mistaken for an autumn one; "none" is
-            the paper's autonomous model; None ("auto"): "annual" for ResNets with rollout training when the
-            series spans at least 350 days (it needs a whole cycle to learn from), else "none".
-        baseline: "seasonal" blends the network's forecast with each pixel's own seasonal reference
-            (``seasonal_reference``: last year's value and a harmonic fit of the last ≤ 3 years of the
-            history), ``ref + 0.5 (net − ref)``; "none" is the network alone (the paper). None ("auto"):
-            "seasonal" for rollout training when the series spans at least 350 days, else "none". When the
-            series spans at least 3 years, rolling-origin hindcasts inside it (``hindcast``: every origin
-            with a year of history before it, up to one year ahead, 128 training pixels) calibrate
-            ``forecast(..., level=)``: the RMS of their residuals per calendar month of the origin (± 2),
-            horizon (± 2 steps) and band, and a normal interval ± z · RMS (no data after the series' end).
-            Empirical residual quantiles were tried first: the hindcast residuals are sharply peaked (the
-            network is in-sample there) with heavy tails, and their 90 % quantile covered only 61-70 % of
-            the held-out 2019 values at 50-100 d (Romania 10 m forest); the RMS-based interval held 85-95 %.
-            Shorter series get no calibration (point forecasts only): with 2 years, every hindcast of a
-            winter origin targets the same single year, and the intervals held only 57-60 % of the held-out
-            2018 values at 0-100 d (10 m forest, 2016-2017 -> 2018).
-        observed: optional bool array like ``series`` (the band dim may be left out): True where a value is
-            an observation (e.g. the short-radius Cressman estimate), False where it was gap-filled from
-            far away. Hindcast targets that are not observed are left out of the interval
-            calibration, so that intervals are calibrated against real observations, not against smooth
-            interpolation (which would make winter intervals too narrow). None: every value counts.
-        verbose: print the loss every 10 % of the epochs.
-    Returns:
+    Parameters
+    ----------
+    series
+        (time, band) or (time, band, y, x) reflectance, regularly spaced, no NaN; every pixel is an
+        independent training trajectory.
+    scheme
+        "rk4" (default, the paper's best), "euler" or "lstm".
+    hidden
+        δ width (units); 150 is the paper's best on real data.
+    epochs
+        passes over the training samples; None: about 2500 (one_step) or 800 (rollout) optimizer steps
+        (the paper used 2500 full-batch
+        epochs on the synthetic series), at least 1 and at most 20000 epochs.
+    lr
+        Adam learning rate; None: 1e-3 (one_step, constant, as the paper) or 3e-3 with cosine decay
+        to 1 % (rollout).
+    seed
+        torch seed (weights and batch order): same seed, same model on the same device.
+    device
+        None → "cuda" when available, else "cpu".
+    training
+        "rollout" (default: multi-step free-run loss) or "one_step" (the paper's).
+    rollout
+        horizon (steps) of the rollout loss; None: 16, capped to half the series.
+    order
+        differences in the state (1: ``[s, s']``).
+    reduce
+        "auto" (principal components keeping all but 1e-6 of the variance), an int k,
+        or "none" (full state); None: "auto" for rollout, "none" for one_step.
+    normalize
+        "block" or "none"; None: "block" for rollout, "none" for one_step.
+    batch_size
+        samples per step; None: all of them up to 1024.
+    activation
+        δ nonlinearity ("tanh" as the paper).
+    season
+        "annual" feeds δ the phase of the year (sin/cos of the day of year, advanced step by step):
+        the dynamics become non-autonomous, so a winter state is not mistaken for an autumn one; "none" is
+        the paper's autonomous model; None ("auto"): "annual" for ResNets with rollout training when the
+        series spans at least 350 days (it needs a whole cycle to learn from), else "none".
+    baseline
+        "seasonal" blends the network's forecast with each pixel's own seasonal reference
+        (``seasonal_reference``: last year's value and a harmonic fit of the last ≤ 3 years of the
+        history), ``ref + 0.5 (net − ref)``; "none" is the network alone (the paper). None ("auto"):
+        "seasonal" for rollout training when the series spans at least 350 days, else "none". When the
+        series spans at least 3 years, rolling-origin hindcasts inside it (``hindcast``: every origin
+        with a year of history before it, up to one year ahead, 128 training pixels) calibrate
+        ``forecast(..., level=)``: the RMS of their residuals per calendar month of the origin (± 2),
+        horizon (± 2 steps) and band, and a normal interval ± z · RMS (no data after the series' end).
+        Empirical residual quantiles were tried first: the hindcast residuals are sharply peaked (the
+        network is in-sample there) with heavy tails, and their 90 % quantile covered only 61-70 % of
+        the held-out 2019 values at 50-100 d (Romania 10 m forest); the RMS-based interval held 85-95 %.
+        Shorter series get no calibration (point forecasts only): with 2 years, every hindcast of a
+        winter origin targets the same single year, and the intervals held only 57-60 % of the held-out
+        2018 values at 0-100 d (10 m forest, 2016-2017 -> 2018).
+    observed
+        optional bool array like ``series`` (the band dim may be left out): True where a value is
+        an observation (e.g. the short-radius Cressman estimate), False where it was gap-filled from
+        far away. Hindcast targets that are not observed are left out of the interval
+        calibration, so that intervals are calibrated against real observations, not against smooth
+        interpolation (which would make winter intervals too narrow). None: every value counts.
+    verbose
+        print the loss every 10 % of the epochs.
+
+    Returns
+    -------
         The fitted ``DynamicsModel`` (``losses`` per epoch, ``train_seconds``, ``blend``, ``calibration``).
     """
     if scheme not in SCHEMES:
@@ -956,11 +1001,17 @@ def hindcast(model: DynamicsModel, values: np.ndarray, times, *, pixels: int = _
     forecasts the next ``H = min(steps_per_year, T − steps_per_year)`` dates from ``values[:o]`` only, for a
     random subset of ``pixels`` pixels. Used by ``fit_dynamics`` for the interval calibration; nothing after the origin enters the reference or the network's start state.
 
-    Args:
-        model: a fitted model with ``config.steps_per_year`` > 0.
-        values: (T, P, L) training spectra; ``times`` (T,) datetime64 dates.
-        observed: optional (T, P, L) bool: truth values that are False are set to NaN (not scored).
-    Returns:
+    Parameters
+    ----------
+    model
+        a fitted model with ``config.steps_per_year`` > 0.
+    values
+        (T, P, L) training spectra; ``times`` (T,) datetime64 dates.
+    observed
+        optional (T, P, L) bool: truth values that are False are set to NaN (not scored).
+
+    Returns
+    -------
         dict with ``net``, ``ref``, ``truth``: (O, H, p, L) float64 (truth NaN past the series' end), or an
         empty dict when the series is too short (T ≤ steps_per_year).
     """

@@ -214,14 +214,22 @@ class MapperConfig:
 class Mapper:
     """A trained land-cover mapper: U-Net, ConvLSTM head and per-band standardisation.
 
-    Attributes:
-        config: the ``MapperConfig``.
-        fcn: the ``UNet`` on ``device``.
-        head: the ``TemporalHead`` on ``device``.
-        device: torch device it runs on.
-        classes: class ids of the output channels (``config.classes`` as an array).
-        losses: ``{"fcn": [...], "temporal": [...]}`` mean training loss per epoch; empty after loading.
-        train_seconds: wall time of training (s), 0 after loading.
+    Attributes
+    ----------
+    config
+        the ``MapperConfig``.
+    fcn
+        the ``UNet`` on ``device``.
+    head
+        the ``TemporalHead`` on ``device``.
+    device
+        torch device it runs on.
+    classes
+        class ids of the output channels (``config.classes`` as an array).
+    losses
+        ``{"fcn": [...], "temporal": [...]}`` mean training loss per epoch; empty after loading.
+    train_seconds
+        wall time of training (s), 0 after loading.
     """
 
     def __init__(self, config: MapperConfig, fcn: UNet, head: TemporalHead, *, device: torch.device,
@@ -271,23 +279,32 @@ class Mapper:
                 halo: int | None = None, threads: int | None = None) -> xr.DataArray:
         """Class probabilities of the most recent dates of ``images``.
 
-        Args:
-            images: (time, band, y, x) on any grid, with the training bands (selected by the band coordinate
-                when it has one) and at least ``seq_len`` dates (1 for ``temporal=False``); NumPy- or
-                Dask-backed; NaN allowed (treated as the band mean).
-            temporal: True: the last ``seq_len`` dates through the U-Net, then the ConvLSTM head;
-                False: the U-Net on the last date alone (the paper's single-image baseline).
-            batch_size: dates per U-Net pass.
-            device: torch device; None keeps the mapper's, except for Dask input inside a GPU
-                ``s2pipe.runtime.placement.inference_placement`` block: there each chunk task picks its worker's device
-                (CUDA when available there, else CPU).
-            halo: Dask input only: overlap (pixels, a multiple of ``2**depth``) read around each chunk;
-                None: ``config.halo(temporal=...)``, the receptive radius, which makes chunked and whole-image
-                predictions equal. Smaller halos are faster but approximate near chunk borders.
-            threads: Dask input only: torch CPU threads per chunk task. None: on a distributed worker, its share
-                of the host's cores (``placement.task_threads``: the cores divided by the Dask threads of all
-                the workers on that host); otherwise torch's setting.
-        Returns:
+        Parameters
+        ----------
+        images
+            (time, band, y, x) on any grid, with the training bands (selected by the band coordinate
+            when it has one) and at least ``seq_len`` dates (1 for ``temporal=False``); NumPy- or
+            Dask-backed; NaN allowed (treated as the band mean).
+        temporal
+            True: the last ``seq_len`` dates through the U-Net, then the ConvLSTM head;
+            False: the U-Net on the last date alone (the paper's single-image baseline).
+        batch_size
+            dates per U-Net pass.
+        device
+            torch device; None keeps the mapper's, except for Dask input inside a GPU
+            ``s2pipe.runtime.placement.inference_placement`` block: there each chunk task picks its worker's device
+            (CUDA when available there, else CPU).
+        halo
+            Dask input only: overlap (pixels, a multiple of ``2**depth``) read around each chunk;
+            None: ``config.halo(temporal=...)``, the receptive radius, which makes chunked and whole-image
+            predictions equal. Smaller halos are faster but approximate near chunk borders.
+        threads
+            Dask input only: torch CPU threads per chunk task. None: on a distributed worker, its share
+            of the host's cores (``placement.task_threads``: the cores divided by the Dask threads of all
+            the workers on that host); otherwise torch's setting.
+
+        Returns
+        -------
             "probability" (class, y, x) float32, summing to 1 over ``class`` (coordinate: the class ids), with the
             x/y (and spatial_ref) coordinates and attrs (crs, transform, …) of ``images``; lazy (Dask) when
             ``images`` is Dask-backed, with its y/x chunks (aligned to multiples of ``2**depth``). Its chunk tasks
@@ -555,58 +572,89 @@ def train_mapper(
     head; ``model="random-forest"`` or ``"lightgbm"``: a per-pixel tree classifier on all the window's dates
     (``s2pipe.ml.trees.train_tree_mapper``, which documents its own options).
 
-    Args:
-        images: (time, band, y, x) reflectance, at least ``seq_len`` dates in time order; NumPy- or Dask-backed
-            (loaded into memory); NaN allowed (cloud masks): 0 after per-band standardisation.
-        labels: (y, x) integer class ids on the grid of ``images``; negative (-1) = unlabelled, ignored.
-            The classes are the distinct ids ≥ 0 (at least 2).
-        model: "unet-convlstm" (the paper's model, options below), "random-forest" or "lightgbm" (per-pixel
-            trees; ``seed``, ``bands``, ``progress`` and ``tree_options`` are passed on; any other option of this
-            function set to a non-default value raises ``InputError``).
-        seq_len: dates the model reads, the last ``seq_len`` at prediction. None: 5 (the paper) for the
-            U-Net + ConvLSTM, all the dates of ``images`` for the tree models.
-        epochs: total epochs, split 2:1 between the U-Net and the head (each at least 1); None:
-            ``default_epochs`` (40 + 20 up to a full Sentinel-2 tile, at most 60 + 30 for larger regions). A
-            U-Net epoch (and a head epoch of the "paper" architecture or of a head with ``head_kernel`` > 1) is
-            ``EPOCH_PATCHES`` random patches; an epoch of a 1×1-kernel head is ``HEAD_STEPS`` steps of
-            ``HEAD_PIXELS`` random labelled pixels.
-        seed: seed of initialisation, patch sampling and augmentation: same seed, same mapper on CPU.
-        device: None → "cuda" when available, else "cpu".
-        bands: band coordinate values to train on (None: all bands of ``images``).
-        patch: training patch side (pixels, multiple of ``2**depth``); the paper's 512 for images at least
-            1536 px wide, smaller ones use ``default_patch`` (a third of the shorter side, at least 64 px).
-        batch_size: patches per optimizer step; 2: twice the optimizer steps of 4 for the same patches, which
-            learned the synthetic tasks markedly better at equal cost.
-        lr: initial Adam learning rate of the U-Net. 3e-3: on the synthetic tasks 1e-3 needed about twice the
-            epochs for the same accuracy (no batch normalisation in this U-Net, inputs are standardised).
-        temporal_lr: initial Adam learning rate of the ConvLSTM head; None: ``lr``. (10 · lr learned the
-            synthetic tasks faster but made the plain head collapse to the majority class on the demo's roads.)
-        lr_steps: fractions of a stage's optimizer steps after which the learning rate is multiplied by
-            ``lr_factor`` (the paper: two drops by 10, at 1/3 and 2/3).
-        lr_factor: see ``lr_steps``.
-        alpha: joint-loss weight of the cross entropy (1: cross entropy only).
-        base: U-Net channels at the first level.
-        depth: U-Net levels (2×2 poolings).
-        hidden: ConvLSTM channels per layer; None: ``max(8, n_classes)`` for "paper", else ``max(16, n_classes)``.
-        fcn_epochs: U-Net epochs (overrides the split of ``epochs``).
-        temporal_epochs: head epochs (overrides the split of ``epochs``).
-        augment: random horizontal/vertical flips and 90° rotations, identical for images and labels.
-        architecture: what the ConvLSTM head reads (see the module docstring): "inputs" (default: the
-            standardised input sequence), "inputs+probabilities" (and the frozen U-Net's probability maps) or
-            "paper" (the paper's model: the U-Net's probability maps only; with ``residual_head=False`` exactly
-            the paper's head).
-        head_kernel: ConvLSTM kernel side (odd) of the "inputs"/"inputs+probabilities" head; None: 1 (per-pixel,
-            trained on sampled pixels; receptive radius 0). "paper" always uses 3.
-        class_weight: class weights of the head's cross entropy: "sqrt" (√(n / (K·n_k)), n_k the labelled
-            pixels of class k), "balanced" (n / (K·n_k)) or "none"; None: "sqrt", and "none" for "paper". On
-            Slovenia (3 spatial folds) "sqrt" raised the held-out macro F1 of the per-pixel head by 0.09–0.25 at
-            −0.009…+0.013 OA; "balanced" cost 0.08–0.14 OA.
-        head_dropout: dropout on the last hidden state of the "inputs"/"inputs+probabilities" head.
-        residual_head: "paper" only: the ConvLSTM head learns a correction of the sequence's mean U-Net map
-            (starting as that average); False: the paper's plain head, which learns the whole map from scratch.
-        progress: optional ``progress(done, total)`` callback, called after every epoch of either stage.
-        tree_options: options of ``s2pipe.ml.trees.train_tree_mapper`` (tree models only).
-    Returns:
+    Parameters
+    ----------
+    images
+        (time, band, y, x) reflectance, at least ``seq_len`` dates in time order; NumPy- or Dask-backed
+        (loaded into memory); NaN allowed (cloud masks): 0 after per-band standardisation.
+    labels
+        (y, x) integer class ids on the grid of ``images``; negative (-1) = unlabelled, ignored.
+        The classes are the distinct ids ≥ 0 (at least 2).
+    model
+        "unet-convlstm" (the paper's model, options below), "random-forest" or "lightgbm" (per-pixel
+        trees; ``seed``, ``bands``, ``progress`` and ``tree_options`` are passed on; any other option of this
+        function set to a non-default value raises ``InputError``).
+    seq_len
+        dates the model reads, the last ``seq_len`` at prediction. None: 5 (the paper) for the
+        U-Net + ConvLSTM, all the dates of ``images`` for the tree models.
+    epochs
+        total epochs, split 2:1 between the U-Net and the head (each at least 1); None:
+        ``default_epochs`` (40 + 20 up to a full Sentinel-2 tile, at most 60 + 30 for larger regions). A
+        U-Net epoch (and a head epoch of the "paper" architecture or of a head with ``head_kernel`` > 1) is
+        ``EPOCH_PATCHES`` random patches; an epoch of a 1×1-kernel head is ``HEAD_STEPS`` steps of
+        ``HEAD_PIXELS`` random labelled pixels.
+    seed
+        seed of initialisation, patch sampling and augmentation: same seed, same mapper on CPU.
+    device
+        None → "cuda" when available, else "cpu".
+    bands
+        band coordinate values to train on (None: all bands of ``images``).
+    patch
+        training patch side (pixels, multiple of ``2**depth``); the paper's 512 for images at least
+        1536 px wide, smaller ones use ``default_patch`` (a third of the shorter side, at least 64 px).
+    batch_size
+        patches per optimizer step; 2: twice the optimizer steps of 4 for the same patches, which
+        learned the synthetic tasks markedly better at equal cost.
+    lr
+        initial Adam learning rate of the U-Net. 3e-3: on the synthetic tasks 1e-3 needed about twice the
+        epochs for the same accuracy (no batch normalisation in this U-Net, inputs are standardised).
+    temporal_lr
+        initial Adam learning rate of the ConvLSTM head; None: ``lr``. (10 · lr learned the
+        synthetic tasks faster but made the plain head collapse to the majority class on the demo's roads.)
+    lr_steps
+        fractions of a stage's optimizer steps after which the learning rate is multiplied by
+        ``lr_factor`` (the paper: two drops by 10, at 1/3 and 2/3).
+    lr_factor
+        see ``lr_steps``.
+    alpha
+        joint-loss weight of the cross entropy (1: cross entropy only).
+    base
+        U-Net channels at the first level.
+    depth
+        U-Net levels (2×2 poolings).
+    hidden
+        ConvLSTM channels per layer; None: ``max(8, n_classes)`` for "paper", else ``max(16, n_classes)``.
+    fcn_epochs
+        U-Net epochs (overrides the split of ``epochs``).
+    temporal_epochs
+        head epochs (overrides the split of ``epochs``).
+    augment
+        random horizontal/vertical flips and 90° rotations, identical for images and labels.
+    architecture
+        what the ConvLSTM head reads (see the module docstring): "inputs" (default: the
+        standardised input sequence), "inputs+probabilities" (and the frozen U-Net's probability maps) or
+        "paper" (the paper's model: the U-Net's probability maps only; with ``residual_head=False`` exactly
+        the paper's head).
+    head_kernel
+        ConvLSTM kernel side (odd) of the "inputs"/"inputs+probabilities" head; None: 1 (per-pixel,
+        trained on sampled pixels; receptive radius 0). "paper" always uses 3.
+    class_weight
+        class weights of the head's cross entropy: "sqrt" (√(n / (K·n_k)), n_k the labelled
+        pixels of class k), "balanced" (n / (K·n_k)) or "none"; None: "sqrt", and "none" for "paper". On
+        Slovenia (3 spatial folds) "sqrt" raised the held-out macro F1 of the per-pixel head by 0.09–0.25 at
+        −0.009…+0.013 OA; "balanced" cost 0.08–0.14 OA.
+    head_dropout
+        dropout on the last hidden state of the "inputs"/"inputs+probabilities" head.
+    residual_head
+        "paper" only: the ConvLSTM head learns a correction of the sequence's mean U-Net map
+        (starting as that average); False: the paper's plain head, which learns the whole map from scratch.
+    progress
+        optional ``progress(done, total)`` callback, called after every epoch of either stage.
+    tree_options
+        options of ``s2pipe.ml.trees.train_tree_mapper`` (tree models only).
+
+    Returns
+    -------
         The trained ``Mapper`` (``losses`` per epoch and stage, ``train_seconds``), or a ``TreeMapper``.
     """
     if model not in MAPPER_KINDS:

@@ -153,9 +153,12 @@ def _parse_geometry(geometry: Any) -> BaseGeometry:
 def parse_region(bbox: Sequence[float] | None = None, geometry: Any = None) -> BaseGeometry:
     """Validate a search region and return it as a shapely geometry in lon/lat.
 
-    Args:
-        bbox: (west, south, east, north) in degrees lon/lat, west < east and south < north.
-        geometry: a GeoJSON Polygon/MultiPolygon dict (a Feature holding one, or a shapely geometry also work).
+    Parameters
+    ----------
+    bbox
+        (west, south, east, north) in degrees lon/lat, west < east and south < north.
+    geometry
+        a GeoJSON Polygon/MultiPolygon dict (a Feature holding one, or a shapely geometry also work).
 
     Exactly one of them must be given. Raises :class:`InputError` naming the value and the argument.
     """
@@ -311,44 +314,8 @@ def _check_collection(client: Client, collection: str, *, url: str, retries: int
 # ---------------------------------------------------------------------------------------------- search
 
 
-def search_items(
-    profile: CatalogProfile | str,
-    *,
-    bbox: Sequence[float] | None = None,
-    geometry: Mapping[str, Any] | None = None,
-    start: str | dt.date | dt.datetime,
-    end: str | dt.date | dt.datetime,
-    max_cloud: float = 100.0,
-    max_items: int | None = None,
-    url: str | None = None,
-    retries: int = 3,
-    backoff: float = 1.0,
-    timeout: float = 30.0,
-) -> list[pystac.Item]:
-    """Search the profile's STAC API and return the matching scenes as normalized items, sorted by time.
-
-    Args:
-        profile: a :class:`CatalogProfile` or the name/path of one (see ``catalogs/``).
-        bbox: (west, south, east, north) in degrees lon/lat. Exactly one of ``bbox`` and ``geometry``.
-        geometry: GeoJSON Polygon or MultiPolygon in degrees lon/lat.
-        start: first day searched (inclusive): 'YYYY-MM-DD', a date, or a datetime (its UTC day).
-        end: last day searched (inclusive), not before ``start``.
-        max_cloud: largest ``eo:cloud_cover`` kept, 0..100 percent. Below 100, items without a cloud
-            cover are dropped.
-        max_items: keep at most this many matching items (the first ones in the server's order, which
-            is newest first on Earth Search, Planetary Computer and rustac), then sort them by time.
-        url: STAC API root overriding ``profile.url`` (required for the local demo catalog: the URL of
-            its running server).
-        retries: retries after a failed request (HTTP 429/5xx, connection error, time-out).
-        backoff: backoff factor in seconds; the waits grow as ``backoff * 2**n``.
-        timeout: seconds to wait for the server to connect and to answer each request.
-
-    Raises:
-        InputError: bad region, dates, cloud limit or arguments (before any request), an unknown
-            collection, or a URL that is not a STAC API.
-        NoScenesError: the search matched nothing.
-        CatalogUnreachableError: the API could not be reached after ``retries`` retries.
-    """
+def _checked_arguments(profile, *, bbox, geometry, start, end, max_cloud, max_items, url, retries, backoff, timeout):
+    """``search_items``' arguments checked before any request: (profile, region, first day, last day, API URL)."""
     if isinstance(profile, str):
         profile = load_profile(profile)
     elif not isinstance(profile, CatalogProfile):
@@ -377,28 +344,20 @@ def search_items(
         raise InputError(f"STAC API URL {api!r} must start with http:// or https:// (argument: url)")
     api = api.rstrip("/")
 
-    window = f"{start_day.isoformat()}T00:00:00Z/{end_day.isoformat()}T23:59:59Z"
-    where = f"bbox {_bbox_text(region.bounds)}" if bbox is not None else f"geometry with bounds {_bbox_text(region.bounds)}"
-    log.info(f"searching {api} collection {profile.collection!r}: {where}, {window}, eo:cloud_cover <= {max_cloud:g}")
+    return profile, region, start_day, end_day, api
 
-    client = _open_client(api, retries=int(retries), backoff=float(backoff), timeout=float(timeout))
-    _check_collection(client, profile.collection, url=api, retries=int(retries), backoff=float(backoff))
 
-    params: dict[str, Any] = {"collections": [profile.collection], "datetime": window, "limit": PAGE_SIZE}
-    if bbox is not None:
-        params["bbox"] = list(region.bounds)
-    else:
-        params["intersects"] = shapely.geometry.mapping(region)
-    if max_cloud < 100 and client.conforms_to(ConformanceClasses.QUERY):
-        params["query"] = {"eo:cloud_cover": {"lte": float(max_cloud)}}
-
+def _item_filter(collection: str, region, start_day: dt.date, end_day: dt.date, *, max_cloud: float,
+                 counts: dict[str, int]) -> Callable[[Mapping[str, Any]], bool]:
+    """The client-side check of each returned item: its collection, time, footprint and cloud cover (the same
+    whatever extensions the server implements). Items dropped for their cloud cover are counted in
+    ``counts["cloudy"]``."""
     t_lo = dt.datetime.combine(start_day, dt.time(0, 0), tzinfo=dt.timezone.utc)
     t_hi = dt.datetime.combine(end_day + dt.timedelta(days=1), dt.time(0, 0), tzinfo=dt.timezone.utc)
     prepared = shapely.prepared.prep(region)
-    counts = {"returned": 0, "cloudy": 0}
 
     def keep(d: Mapping[str, Any]) -> bool:
-        if d.get("collection") not in (None, profile.collection):
+        if d.get("collection") not in (None, collection):
             return False
         when = item_datetime(d)
         if not t_lo <= when < t_hi:
@@ -414,6 +373,89 @@ def search_items(
             counts["cloudy"] += 1
             return False
         return True
+
+    return keep
+
+
+def search_items(
+    profile: CatalogProfile | str,
+    *,
+    bbox: Sequence[float] | None = None,
+    geometry: Mapping[str, Any] | None = None,
+    start: str | dt.date | dt.datetime,
+    end: str | dt.date | dt.datetime,
+    max_cloud: float = 100.0,
+    max_items: int | None = None,
+    url: str | None = None,
+    retries: int = 3,
+    backoff: float = 1.0,
+    timeout: float = 30.0,
+) -> list[pystac.Item]:
+    """Search the profile's STAC API and return the matching scenes as normalized items, sorted by time.
+
+    Parameters
+    ----------
+    profile
+        A :class:`CatalogProfile` or the name/path of one (see ``catalogs/``).
+    bbox
+        (west, south, east, north) in degrees lon/lat. Exactly one of ``bbox`` and ``geometry``.
+    geometry
+        GeoJSON Polygon or MultiPolygon in degrees lon/lat.
+    start, end
+        First and last day searched, both inclusive: 'YYYY-MM-DD', a date, or a datetime (its UTC day);
+        ``end`` not before ``start``.
+    max_cloud
+        Largest ``eo:cloud_cover`` kept, 0..100 percent. Below 100, items without a cloud cover are dropped.
+    max_items
+        Keep at most this many matching items (the first ones in the server's order, which is newest first on
+        Earth Search, Planetary Computer and rustac), then sort them by time.
+    url
+        STAC API root overriding ``profile.url`` (required for the local demo catalog: the URL of its running
+        server).
+    retries
+        Retries after a failed request (HTTP 429/5xx, connection error, time-out, broken page): see
+        ``s2pipe.runtime.retry``.
+    backoff
+        Seconds slept after the first failure; the sleeps grow as ``backoff * 2**n``.
+    timeout
+        Seconds to wait for the server to connect and to answer each request.
+
+    Returns
+    -------
+    list of pystac.Item
+        Normalized items (``docs/architecture.md``), sorted by time and id.
+
+    Raises
+    ------
+    InputError
+        Bad region, dates, cloud limit or arguments (before any request), an unknown collection, or a URL that
+        is not a STAC API.
+    NoScenesError
+        The search matched nothing.
+    CatalogUnreachableError
+        The API could not be reached after ``retries`` retries.
+    """
+    profile, region, start_day, end_day, api = _checked_arguments(
+        profile, bbox=bbox, geometry=geometry, start=start, end=end, max_cloud=max_cloud, max_items=max_items,
+        url=url, retries=retries, backoff=backoff, timeout=timeout)
+
+    window = f"{start_day.isoformat()}T00:00:00Z/{end_day.isoformat()}T23:59:59Z"
+    where = f"bbox {_bbox_text(region.bounds)}" if bbox is not None else f"geometry with bounds {_bbox_text(region.bounds)}"
+    log.info(f"searching {api} collection {profile.collection!r}: {where}, {window}, eo:cloud_cover <= {max_cloud:g}")
+
+    client = _open_client(api, retries=int(retries), backoff=float(backoff), timeout=float(timeout))
+    _check_collection(client, profile.collection, url=api, retries=int(retries), backoff=float(backoff))
+
+    params: dict[str, Any] = {"collections": [profile.collection], "datetime": window, "limit": PAGE_SIZE}
+    if bbox is not None:
+        params["bbox"] = list(region.bounds)
+    else:
+        params["intersects"] = shapely.geometry.mapping(region)
+    if max_cloud < 100 and client.conforms_to(ConformanceClasses.QUERY):
+        params["query"] = {"eo:cloud_cover": {"lte": float(max_cloud)}}
+
+    counts = {"returned": 0, "cloudy": 0}
+    keep = _item_filter(profile.collection, region, start_day, end_day, max_cloud=max_cloud, counts=counts)
 
     def run_search() -> list[dict[str, Any]]:
         counts.update(returned=0, cloudy=0)

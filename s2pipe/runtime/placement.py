@@ -52,10 +52,14 @@ _current: contextvars.ContextVar["Placement | None"] = contextvars.ContextVar("s
 class Placement:
     """The placement chosen for model-inference tasks.
 
-    Attributes:
-        gpu: True: inference tasks ask for one ``GPU`` resource unit (they run on GPU workers only).
-        gpu_workers: addresses of the workers advertising a ``GPU`` resource when the choice was made.
-        n_workers: workers of the cluster then (0 without a client).
+    Attributes
+    ----------
+    gpu
+        True: inference tasks ask for one ``GPU`` resource unit (they run on GPU workers only).
+    gpu_workers
+        addresses of the workers advertising a ``GPU`` resource when the choice was made.
+    n_workers
+        workers of the cluster then (0 without a client).
     """
 
     gpu: bool

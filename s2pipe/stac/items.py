@@ -304,15 +304,22 @@ def normalize_item(
 ) -> pystac.Item:
     """Return the normalized form of ``item`` (see the module docstring); ``item`` is not modified.
 
-    Args:
-        item: a ``pystac.Item`` or a STAC item dict from the catalog ``profile`` describes (any STAC version).
-        profile: the catalog profile: asset-key map, ``offset_rule``, scale, nodata, signing.
-        sign: sign asset hrefs (Planetary Computer SAS tokens, a network call per storage container);
-            None (default) signs when ``profile.signing`` asks for it, False never signs.
+    Parameters
+    ----------
+    item
+        a ``pystac.Item`` or a STAC item dict from the catalog ``profile`` describes (any STAC version).
+    profile
+        the catalog profile: asset-key map, ``offset_rule``, scale, nodata, signing.
+    sign
+        sign asset hrefs (Planetary Computer SAS tokens, a network call per storage container);
+        None (default) signs when ``profile.signing`` asks for it, False never signs.
 
-    Raises:
-        InputError: the item lacks a datetime or an EPSG code, or has none of the profile's bands.
-        CatalogUnreachableError: signing was asked for and the token service could not be reached.
+    Raises
+    ------
+    InputError
+        the item lacks a datetime or an EPSG code, or has none of the profile's bands.
+    CatalogUnreachableError
+        signing was asked for and the token service could not be reached.
     """
     d = item_dict(item, deep=True)
     item_id = _item_id(d)

@@ -236,15 +236,24 @@ def joint_loss(logits: torch.Tensor, target: torch.Tensor, *, alpha: float = 0.5
                ignore_index: int = -1, eps: float = 1e-6, weight: torch.Tensor | None = None) -> torch.Tensor:
     """The paper's joint loss ``L = α·H − (1−α)·log J`` (Iglovikov et al. 2017).
 
-    Args:
-        logits: (N, K, H, W) class logits.
-        target: (N, H, W) int64 class indices in ``[0, K)``; ``ignore_index`` marks unlabelled pixels.
-        alpha: weight of the cross entropy H (1: pure cross entropy, 0: pure IoU term).
-        ignore_index: label of pixels left out of both terms.
-        eps: smoothing of the soft IoU ratio.
-        weight: optional (K,) class weights of the cross entropy (``F.cross_entropy(weight=...)``: the weighted
-            mean over labelled pixels); None: unweighted, as the paper.
-    Returns:
+    Parameters
+    ----------
+    logits
+        (N, K, H, W) class logits.
+    target
+        (N, H, W) int64 class indices in ``[0, K)``; ``ignore_index`` marks unlabelled pixels.
+    alpha
+        weight of the cross entropy H (1: pure cross entropy, 0: pure IoU term).
+    ignore_index
+        label of pixels left out of both terms.
+    eps
+        smoothing of the soft IoU ratio.
+    weight
+        optional (K,) class weights of the cross entropy (``F.cross_entropy(weight=...)``: the weighted
+        mean over labelled pixels); None: unweighted, as the paper.
+
+    Returns
+    -------
         Scalar loss. H is the (weighted) mean cross entropy over labelled pixels; J the soft IoU
         ``Σ p·y / (Σ p + Σ y − Σ p·y)`` of the softmax probabilities ``p`` and one-hot labels ``y`` over the
         labelled pixels, averaged over the classes present in ``target``. No labelled pixel: 0 (with a graph).
