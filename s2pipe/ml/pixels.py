@@ -228,24 +228,7 @@ def training_pixels(
     c_idx = xr.DataArray(cols, dims="pixel")
     px = c.isel(y=r_idx, x=c_idx)  # (time, band, pixel); vectorised (vindex) on Dask
 
-    # gaps: one flag per candidate pixel
-    gap = px.isnull().any(dim=("time", "band"))
-    gap = np.asarray(gap.values, dtype=bool)
-    n_gap = int(gap.sum())
-    if n_gap:
-        if on_gaps == "raise":
-            where = ", ".join(f"(row {r}, col {q})" for r, q in zip(rows[gap][:5], cols[gap][:5]))
-            raise InputError(
-                f"{n_gap} of {len(rows)} selected pixels of cube {cube.name!r} still have NaN in their series "
-                f"(e.g. {where}); fill the gaps (e.g. a wider cressman radius) or pass on_gaps='drop'"
-            )
-        log.info("training_pixels: dropped %d of %d pixels with NaN left in their series", n_gap, len(rows))
-    keep = np.flatnonzero(~gap)
-    if keep.size == 0:
-        raise InputError(
-            f"all {len(rows)} selected pixels of cube {cube.name!r} have NaN in their series; fill the gaps "
-            "first (e.g. a wider cressman radius) or choose a time window without them"
-        )
+    keep, n_gap = _gap_free(px, rows, cols, on_gaps=on_gaps, name=cube.name)
     n_before_cap = keep.size
     if max_pixels is not None and keep.size > max_pixels:
         rng = np.random.default_rng(seed)
@@ -271,6 +254,30 @@ def training_pixels(
         "subsampled_from": int(n_before_cap),
     }
     return out
+
+
+def _gap_free(px: xr.DataArray, rows: np.ndarray, cols: np.ndarray, *, on_gaps: str, name) -> tuple[np.ndarray, int]:
+    """Indices of the candidate pixels ``px`` (time, band, pixel) whose series hold no NaN, and how many do;
+    ``on_gaps="raise"`` refuses any gap, naming the first pixels (``rows``, ``cols``) that have one."""
+    cube_name = name
+    gap = px.isnull().any(dim=("time", "band"))
+    gap = np.asarray(gap.values, dtype=bool)
+    n_gap = int(gap.sum())
+    if n_gap:
+        if on_gaps == "raise":
+            where = ", ".join(f"(row {r}, col {q})" for r, q in zip(rows[gap][:5], cols[gap][:5]))
+            raise InputError(
+                f"{n_gap} of {len(rows)} selected pixels of cube {cube_name!r} still have NaN in their series "
+                f"(e.g. {where}); fill the gaps (e.g. a wider cressman radius) or pass on_gaps='drop'"
+            )
+        log.info("training_pixels: dropped %d of %d pixels with NaN left in their series", n_gap, len(rows))
+    keep = np.flatnonzero(~gap)
+    if keep.size == 0:
+        raise InputError(
+            f"all {len(rows)} selected pixels of cube {cube_name!r} have NaN in their series; fill the gaps "
+            "first (e.g. a wider cressman radius) or choose a time window without them"
+        )
+    return keep, n_gap
 
 
 def as_yx(pixels: xr.DataArray) -> xr.DataArray:

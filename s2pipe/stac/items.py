@@ -341,7 +341,39 @@ def normalize_item(
             "(argument: profile / catalog)"
         )
 
-    # CRS: item level first, else the (single) CRS the band assets state.
+    epsg, asset_epsgs = _item_epsg(props, src_assets, keymap, item_id=item_id)
+    props.pop("proj:code", None)
+    props["proj:epsg"] = int(epsg)
+    item_shape = _shape2(props.get("proj:shape"), where="item", item_id=item_id)
+    item_transform = _transform6(props.get("proj:transform"), where="item", item_id=item_id)
+    if item_shape is not None:
+        props["proj:shape"] = item_shape
+    if item_transform is not None:
+        props["proj:transform"] = item_transform
+
+    assets = {band: _normalized_asset(band, src_assets[key], key, epsg=epsg, asset_epsg=asset_epsgs[band],
+                                      item_shape=item_shape, item_transform=item_transform, props=props, when=when,
+                                      profile=profile, already=already, item_id=item_id)
+              for band, key in keymap.items()}
+
+    props[SOLAR_DAY] = _solar_day(when, _centroid_lon(d, item_id=item_id)).isoformat()
+
+    out_dict = _item_out_dict(d, props, assets)
+    out = pystac.Item.from_dict(out_dict, migrate=False, preserve_dict=False)
+    if isinstance(item, pystac.Item):
+        root_link = item.get_root_link()
+        if root_link is not None and root_link.is_resolved():
+            out.set_root(root_link.target)  # keep an in-memory root (e.g. the pystac-client Client)
+
+    do_sign = (profile.signing != "none") if sign is None else sign
+    if do_sign:
+        _sign(out, profile)
+    return out
+
+
+def _item_epsg(props: Mapping[str, Any], src_assets: Mapping[str, Any], keymap: Mapping[str, str], *,
+               item_id: str) -> tuple[int, dict[str, int | None]]:
+    """The item's EPSG code (item level first, else the single one its band assets state) and each band's own."""
     epsg = _epsg_of(props, where="item", item_id=item_id)
     asset_epsgs = {
         band: _epsg_of(src_assets[key], where=f"asset {key!r}", item_id=item_id) for band, key in keymap.items()
@@ -356,39 +388,36 @@ def normalize_item(
                 + (f"; its assets state {sorted(stated)}" if stated else " or its assets")
                 + "): s2pipe cannot place its pixels; fix the catalog metadata or use another catalog"
             )
-    props.pop("proj:code", None)
-    props["proj:epsg"] = int(epsg)
-    item_shape = _shape2(props.get("proj:shape"), where="item", item_id=item_id)
-    item_transform = _transform6(props.get("proj:transform"), where="item", item_id=item_id)
-    if item_shape is not None:
-        props["proj:shape"] = item_shape
-    if item_transform is not None:
-        props["proj:transform"] = item_transform
+    return epsg, asset_epsgs
 
-    assets: dict[str, dict[str, Any]] = {}
-    for band, key in keymap.items():
-        src = src_assets[key]
-        a = {k: copy.deepcopy(v) for k, v in src.items() if k not in ("proj:code", "proj:epsg", "raster:bands")}
-        if asset_epsgs[band] is not None and asset_epsgs[band] != epsg:
-            a["proj:epsg"] = asset_epsgs[band]
-        shape = _shape2(src.get("proj:shape"), where=f"asset {key!r}", item_id=item_id) or item_shape
-        transform = _transform6(src.get("proj:transform"), where=f"asset {key!r}", item_id=item_id) or item_transform
-        if shape is not None:
-            a["proj:shape"] = shape
-        if transform is not None:
-            a["proj:transform"] = transform
-        if band == SCL:
-            scale, offset = 1.0, 0.0
-        elif already:
-            rb0 = (src.get("raster:bands") or [{}])[0]
-            scale, offset = float(rb0.get("scale", profile.scale)), float(rb0.get("offset", 0.0))
-        else:
-            scale, offset = _scale_offset(src, props, when, profile, item_id=item_id, key=key)
-        a["raster:bands"] = [{"scale": scale, "offset": offset, "nodata": profile.nodata}]
-        assets[band] = a
 
-    props[SOLAR_DAY] = _solar_day(when, _centroid_lon(d, item_id=item_id)).isoformat()
+def _normalized_asset(band: str, src: Mapping[str, Any], key: str, *, epsg: int, asset_epsg: int | None, item_shape,
+                      item_transform, props: Mapping[str, Any], when, profile: CatalogProfile, already: bool,
+                      item_id: str) -> dict[str, Any]:
+    """One band's asset in normalized form: its own CRS only when it differs from the item's, ``proj:shape`` and
+    ``proj:transform`` (its own, else the item's), and ``raster:bands`` with the scale and offset of its DN."""
+    a = {k: copy.deepcopy(v) for k, v in src.items() if k not in ("proj:code", "proj:epsg", "raster:bands")}
+    if asset_epsg is not None and asset_epsg != epsg:
+        a["proj:epsg"] = asset_epsg
+    shape = _shape2(src.get("proj:shape"), where=f"asset {key!r}", item_id=item_id) or item_shape
+    transform = _transform6(src.get("proj:transform"), where=f"asset {key!r}", item_id=item_id) or item_transform
+    if shape is not None:
+        a["proj:shape"] = shape
+    if transform is not None:
+        a["proj:transform"] = transform
+    if band == SCL:
+        scale, offset = 1.0, 0.0
+    elif already:
+        rb0 = (src.get("raster:bands") or [{}])[0]
+        scale, offset = float(rb0.get("scale", profile.scale)), float(rb0.get("offset", 0.0))
+    else:
+        scale, offset = _scale_offset(src, props, when, profile, item_id=item_id, key=key)
+    a["raster:bands"] = [{"scale": scale, "offset": offset, "nodata": profile.nodata}]
+    return a
 
+
+def _item_out_dict(d: Mapping[str, Any], props: dict[str, Any], assets: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The normalized item as a STAC dict: the raster extension declared, no projection extension, no root link."""
     links = [ln for ln in d.get("links", []) if ln.get("rel") != "root"]
     extensions = [e for e in d.get("stac_extensions", []) if not str(e).startswith(_PROJECTION_SCHEMA)]
     if not any(str(e).startswith(_RASTER_SCHEMA) for e in extensions):
@@ -406,16 +435,7 @@ def normalize_item(
     }
     if d.get("collection") is not None:
         out_dict["collection"] = d["collection"]
-    out = pystac.Item.from_dict(out_dict, migrate=False, preserve_dict=False)
-    if isinstance(item, pystac.Item):
-        root_link = item.get_root_link()
-        if root_link is not None and root_link.is_resolved():
-            out.set_root(root_link.target)  # keep an in-memory root (e.g. the pystac-client Client)
-
-    do_sign = (profile.signing != "none") if sign is None else sign
-    if do_sign:
-        _sign(out, profile)
-    return out
+    return out_dict
 
 
 def _sign(item: pystac.Item, profile: CatalogProfile) -> None:

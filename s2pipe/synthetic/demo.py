@@ -791,7 +791,6 @@ def _build(tmp: Path, root: Path, config: DemoConfig, progress: Callable[[int, i
            workers: int | None = None) -> None:
     """Write the whole region into ``tmp`` with hrefs pointing into ``root`` (its final place)."""
     from s2pipe import __version__
-    from s2pipe.synthetic.items import footprint_lonlat
 
     grid = _grid(config)
     dates = _dates(config)
@@ -803,6 +802,37 @@ def _build(tmp: Path, root: Path, config: DemoConfig, progress: Callable[[int, i
     world = _world(grid, classes, rng, range(first.year, last.year + 1),
                    classes_before=_landcover(grid, vec, new_roads=False), built=built)
 
+    _write_truth(tmp, grid, classes, vec, built, config)
+    tiles = _mgrs_names(config, config.n_tiles)
+    items = _write_scenes(tmp, root, config, grid, world, dates, tiles, progress=progress, workers=workers)
+    items.sort(key=lambda it: (it["properties"]["datetime"], it["id"]))
+    (tmp / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+
+    bbox, collection = _collection(grid, items)
+    (tmp / "collection.json").write_text(json.dumps(collection, indent=1))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "generator": f"s2pipe {__version__}",
+        "root": str(root),
+        "config": config.to_json(),
+        "epsg": grid.epsg,
+        "bounds": list(grid.bounds),
+        "shape_10m": [grid.height, grid.width],
+        "bbox": list(bbox),
+        "default_bbox": list(_default_bbox(grid, config)),
+        "classes": {str(k): v for k, v in CLASSES.items()},
+        "tiles": {t: list(grid.tile_bounds(i)) for i, t in enumerate(tiles)},
+        "dates": [d.isoformat() for d in dates],
+        "new_road_built": built.date().isoformat(),
+        "n_items": len(items),
+        "files": {"items": "items.json", "collection": "collection.json", "landcover": "landcover.tif",
+                  "roads": "vectors/roads.geojson", "mangroves": "vectors/mangroves.geojson", "scenes": "scenes"},
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def _write_truth(tmp: Path, grid, classes: np.ndarray, vec: dict, built: dt.datetime, config: DemoConfig) -> None:
+    """The region's ground truth: the land-cover COG and the road and mangrove vectors (GeoJSON)."""
     (tmp / "vectors").mkdir()
     (tmp / "scenes").mkdir()
     write_cog(tmp / "landcover.tif", classes, transform=grid.transform, epsg=grid.epsg, nodata=0,
@@ -816,7 +846,12 @@ def _build(tmp: Path, root: Path, config: DemoConfig, progress: Callable[[int, i
                    [(p, {"id": i, "class": "mangrove", "area_m2": round(p.area, 1)})
                     for i, p in enumerate(vec["mangrove"])], grid.epsg)
 
-    tiles = _mgrs_names(config, config.n_tiles)
+
+
+def _write_scenes(tmp: Path, root: Path, config: DemoConfig, grid, world, dates: list[dt.date], tiles: list[str], *,
+                  progress: Callable[[int, int], None] | None, workers: int | None) -> list[dict[str, Any]]:
+    """Render every date, cut it into its tiles and write each scene's COGs (in a pool of writers, a few dates in
+    flight); returns the scenes' item dicts, hrefs pointing into ``root``."""
     utc_hour = _SOLAR_TIME_H - config.center_lonlat[0] / 15.0
     ts, t20 = config.tile_size, config.tile_size // 2
     total, done = len(dates) * config.n_tiles, 0
@@ -865,13 +900,16 @@ def _build(tmp: Path, root: Path, config: DemoConfig, progress: Callable[[int, i
                 f.cancel()
             raise
 
-    items.sort(key=lambda it: (it["properties"]["datetime"], it["id"]))
-    (tmp / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    return items
+
+
+def _collection(grid, items: list[dict[str, Any]]) -> tuple[tuple[float, float, float, float], dict[str, Any]]:
+    """The region's lon/lat bbox and its STAC Collection (the extent of ``items``)."""
+    from s2pipe.synthetic.items import footprint_lonlat
 
     footprint = footprint_lonlat(grid.epsg, grid.bounds)["coordinates"][0]
     lons, lats = [c[0] for c in footprint], [c[1] for c in footprint]
     bbox = (min(lons), min(lats), max(lons), max(lats))
-    default_bbox = _default_bbox(grid, config)
     times = [it["properties"]["datetime"] for it in items]
     collection = {
         "type": "Collection",
@@ -892,26 +930,7 @@ def _build(tmp: Path, root: Path, config: DemoConfig, progress: Callable[[int, i
                       "instruments": ["msi"], "gsd": [10, 20], "proj:epsg": [grid.epsg]},
         "links": [],
     }
-    (tmp / "collection.json").write_text(json.dumps(collection, indent=1))
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "generator": f"s2pipe {__version__}",
-        "root": str(root),
-        "config": config.to_json(),
-        "epsg": grid.epsg,
-        "bounds": list(grid.bounds),
-        "shape_10m": [grid.height, grid.width],
-        "bbox": list(bbox),
-        "default_bbox": list(default_bbox),
-        "classes": {str(k): v for k, v in CLASSES.items()},
-        "tiles": {t: list(grid.tile_bounds(i)) for i, t in enumerate(tiles)},
-        "dates": [d.isoformat() for d in dates],
-        "new_road_built": built.date().isoformat(),
-        "n_items": len(items),
-        "files": {"items": "items.json", "collection": "collection.json", "landcover": "landcover.tif",
-                  "roads": "vectors/roads.geojson", "mangroves": "vectors/mangroves.geojson", "scenes": "scenes"},
-    }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return bbox, collection
 
 
 def _new_road_date(first: dt.date, last: dt.date) -> dt.datetime:
