@@ -609,7 +609,7 @@ def _code_state() -> dict:
                                      text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         out["head"] = None
-    for f in ("s2pipe/mapping.py", "s2pipe/ml/nets/mapping.py", "s2pipe/ml/trees.py"):
+    for f in ("s2pipe/mapping.py", "s2pipe/ml/nets/unet.py", "s2pipe/ml/trees.py"):
         path = REPO / f
         out[f] = hashlib.sha1(path.read_bytes()).hexdigest()[:12] if path.exists() else None
     return out

@@ -62,7 +62,7 @@ from s2pipe.ml.inputs import (
     spatial_coords,
     training_bands,
 )
-from s2pipe.ml.nets.mapping import (
+from s2pipe.ml.nets.unet import (
     SequenceHead,
     TemporalHead,
     UNet,

@@ -95,3 +95,28 @@ def test_test_modules_import_shared_code_only_from_conftest_and_helpers():
             root = imported.split(".")[0]
             assert root != "tests", f"{path.name} imports {imported}: import from helpers or use conftest fixtures"
             assert not root.startswith("test_"), f"{path.name} imports the test module {imported}"
+
+
+def test_the_package_map_in_docs_lists_every_import_between_folders():
+    """docs/architecture.md's package map: each supporting folder imports only what its row lists."""
+    import re
+
+    doc = (REPO / "docs" / "architecture.md").read_text()
+    allowed: dict[str, set[str]] = {}
+    for line in doc.splitlines():
+        m = re.match(r"\| `s2pipe/(\w+)/` \| .* \| (.*) \|$", line)
+        if m and m.group(1) != "flows":
+            allowed[m.group(1)] = {t.strip("`/") for t in re.findall(r"`[\w/]+`", m.group(2))}
+    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()} - {"flows"}
+    assert set(allowed) == folders, f"package map rows {sorted(allowed)} vs folders {sorted(folders)}"
+
+    def group(module: str) -> str:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 else ""
+
+    for name, path in _modules():
+        here = group(name)
+        if here not in allowed:
+            continue
+        used = {group(i) for i in _imports(path) if i.startswith("s2pipe.")} - {here, "__version__"}
+        assert used <= allowed[here], f"{name} imports {sorted(used - allowed[here])}, not in the package map"

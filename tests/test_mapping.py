@@ -1,4 +1,4 @@
-"""Land-cover mapping (s2pipe.mapping, s2pipe.ml.nets.mapping): modules, loss, training, chunked prediction."""
+"""Land-cover mapping (s2pipe.mapping, s2pipe.ml.nets.unet): modules, loss, training, chunked prediction."""
 from __future__ import annotations
 
 import json
@@ -23,7 +23,7 @@ from s2pipe.mapping import (
     load_mapper,
     train_mapper,
 )
-from s2pipe.ml.nets.mapping import (
+from s2pipe.ml.nets.unet import (
     ConvLSTM,
     SequenceHead,
     TemporalHead,

@@ -1,2 +1,2 @@
 """Torch modules only, no I/O: the residual networks of spectral forecasting (``dynamics``) and the U-Net +
-ConvLSTM of land-cover mapping (``mapping``)."""
+ConvLSTM of land-cover mapping (``unet``)."""
