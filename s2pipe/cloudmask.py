@@ -105,10 +105,26 @@ def _mask_by_table(dn: np.ndarray, scl, scale: np.ndarray, offset: np.ndarray, *
 
 
 def clear_mask(scl: xr.DataArray, *, clear_classes=DEFAULT_CLEAR_CLASSES) -> xr.DataArray:
-    """Bool DataArray (same dims as ``scl``, usually (time, y, x)): True where the SCL class is clear.
+    """Clear-sky mask from the SCL band: True where the SCL class is clear. Lazy with Dask.
 
-    ``clear_classes``: SCL codes counted as clear (default 4 vegetation, 5 bare, 6 water, 7 unclassified;
-    add 11 to keep snow). Lazy with Dask.
+    Parameters
+    ----------
+    scl : xarray.DataArray
+        SCL codes, usually (time, y, x), e.g. ``cube.sel(band="SCL")``.
+    clear_classes : int or iterable of int, default ``DEFAULT_CLEAR_CLASSES``
+        SCL codes (0..11) counted as clear (default 4 vegetation, 5 bare, 6 water, 7 unclassified; add 11 to
+        keep snow).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``"clear"`` bool with the dims and coordinates of ``scl`` (usually (time, y, x)); False for NaN and
+        out-of-range codes. Attributes: ``long_name``, ``clear_classes`` (sorted list).
+
+    Raises
+    ------
+    InputError
+        ``scl`` is not a DataArray, or ``clear_classes`` is empty or holds a value that is not an SCL code.
     """
     if not isinstance(scl, xr.DataArray):
         raise InputError(f"clear_mask expects the SCL xarray.DataArray, got {type(scl).__name__}; pass cube.sel(band='SCL')")
@@ -178,9 +194,30 @@ def observed_mask(cube: xr.DataArray, *, clear_classes=DEFAULT_CLEAR_CLASSES) ->
 def mask_clouds(cube: xr.DataArray, *, clear_classes=DEFAULT_CLEAR_CLASSES, scl_band: str = SCL) -> xr.DataArray:
     """Raw ``"dn"`` cube (time, band, y, x) uint16 with an SCL band -> float32 reflectance with NaN.
 
-    reflectance = DN·scale + offset from the ``scale``/``offset`` coords (time, band), or 1e-4 and 0
-    when absent; NaN where DN == 0 (nodata) or the SCL class is not in ``clear_classes``. The SCL band and
-    the scale/offset coords are dropped; other coords and attrs are kept. Lazy and chunk-wise with Dask.
+    reflectance = DN·scale + offset from the ``scale``/``offset`` coords (time, band), or 1e-4 and 0 when absent,
+    computed in float64 and rounded once to float32; NaN where DN == 0 (nodata) or the SCL class is not in
+    ``clear_classes``. Lazy and chunk-wise with Dask.
+
+    Parameters
+    ----------
+    cube : xarray.DataArray
+        Raw cube ``"dn"`` (time, band, y, x) uint16 with an SCL band (``build_cube(..., include_scl=True)``).
+    clear_classes : int or iterable of int, default ``DEFAULT_CLEAR_CLASSES``
+        SCL codes counted as clear (see ``clear_mask``).
+    scl_band : str, default "SCL"
+        Name of the scene-classification band of ``cube``.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``"reflectance"`` float32 with the dims of ``cube`` and its spectral bands: the SCL band and the
+        scale/offset coords are dropped; other coords and attrs are kept.
+
+    Raises
+    ------
+    InputError
+        ``cube`` is not a DataArray, has no ``band`` dim, lacks ``scl_band`` or holds only that band, or
+        ``clear_classes`` is invalid (see ``clear_mask``).
     """
     dn, scl, scale, offset, lut = _split_cube(cube, clear_classes, scl_band, "mask_clouds")
     out = xr.apply_ufunc(

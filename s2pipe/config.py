@@ -216,7 +216,27 @@ RUN_POLICY = ("dask", "overwrite", "quicklook", "append", "strict", "storage")
 
 
 def load_config(source: str | os.PathLike | dict[str, Any] | RunConfig, **overrides: Any) -> RunConfig:
-    """Build a RunConfig from a YAML path, a dict or a RunConfig, applying ``overrides`` (None values ignored)."""
+    """Build a RunConfig from a YAML path, a dict or a RunConfig, applying ``overrides`` (None values ignored).
+
+    Parameters
+    ----------
+    source : str, os.PathLike, dict or RunConfig
+        Path of a YAML run configuration (a mapping of ``RunConfig`` fields), the fields as a dict, or a
+        ``RunConfig`` to start from.
+    **overrides
+        Fields that replace those of ``source``; None values are ignored. ``dask_address`` sets ``dask.address``.
+
+    Returns
+    -------
+    RunConfig
+        The validated configuration.
+
+    Raises
+    ------
+    InputError
+        The file does not exist, is not valid YAML or does not hold a mapping, or the settings fail validation
+        (the message lists each invalid setting).
+    """
     if isinstance(source, RunConfig):
         data = source.model_dump()
     elif isinstance(source, dict):

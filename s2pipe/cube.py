@@ -93,25 +93,60 @@ def build_cube(
     read: ReadPath = "auto",
     time_chunks: TimeChunks = "date",
 ) -> xr.DataArray:
-    """Lazy raw cube ``"dn"`` (time, band, y, x) uint16, 0 = nodata, one date per solar day.
+    """Build the lazy raw cube ``"dn"`` (time, band, y, x) uint16, 0 = nodata, one date per solar day.
 
-    ``items``: normalized items (docs/architecture.md). ``bbox``: (west, south, east, north) in degrees;
-    None covers all items. ``epsg``: output CRS (default: the most common item EPSG). ``resolution``: pixel
-    size in metres (CRS units). ``chunk_size``: spatial chunk in pixels (default ``DEFAULT_CHUNK_SIZE``).
-    ``storage``: non-secret object-store settings (``s2pipe.config.StorageConfig`` or a mapping) for ``s3://``,
-    ``gs://``, ``az://`` hrefs, given to GDAL as configuration options (``s2pipe.runtime.objectstore.gdal_options``: S3
-    endpoint, profile, region, unsigned requests) through stackstac's ``gdal_env``; credentials stay in the
-    environment. ``read``: "auto" reads assets already on the output pixel lattice directly with GDAL's resampling
-    on read (``DirectReadRioReader``) and warps the others; "warp" warps every asset (stackstac's ``WarpedVRT``).
-    ``time_chunks``: "date" gives (1 date, 1 band, chunk, chunk) chunks; "all" gives time-whole
-    (all dates, 1 band, chunk, chunk) chunks, each read by one task straight from the COGs: the blocks Cressman
-    gap filling needs, without a rechunk of the raw cube. Coordinates: ``time`` (solar day 00:00), ``band``
-    (SCL last), ``x``/``y`` pixel centres, ``scale`` and ``offset`` (time, band) with reflectance = DN * scale + offset, ``spatial_ref``. Attributes: ``crs``,
-    ``transform`` (6 floats, rasterio order), ``resolution``, ``stac_items``, ``catalog``, ``catalog_url``.
+    Nothing is read until the Dask array is computed. Within a solar day, scenes are taken in acquisition order
+    (the first valid, non-zero pixel wins); if they state different offsets, the later scenes' DN are shifted by
+    (their offset - the day's offset) / scale so one offset holds for the day.
 
-    Within a solar day, scenes are taken in acquisition order; if they state different offsets, the later
-    scenes' DN are shifted by (their offset - the day's offset) / scale so one offset holds for the day
-    (InputError when the scales differ or the shift is not a whole number of DN).
+    Parameters
+    ----------
+    items : iterable of pystac.Item or dict
+        Normalized STAC items (docs/architecture.md).
+    bands : sequence of str, default ``SPECTRAL_10``
+        Spectral bands of the cube in cube order (canonical names, case-insensitive); SCL is not one of them.
+    include_scl : bool, default True
+        Append the SCL band (nearest-neighbour resampling; the spectral bands use cubic convolution) last.
+    bbox : sequence of float, optional
+        (west, south, east, north) in degrees, snapped outwards to multiples of ``resolution``; None covers all
+        items.
+    epsg : int, optional
+        Output CRS (default: the most common item EPSG).
+    resolution : float, default 10.0
+        Pixel size in metres (CRS units).
+    chunk_size : int, optional
+        Spatial chunk in pixels (default ``DEFAULT_CHUNK_SIZE``); chunk edges lie on the COG block grid of the
+        first item.
+    storage : s2pipe.config.StorageConfig or mapping, optional
+        Non-secret object-store settings (``s2pipe.config.StorageConfig`` or a mapping) for ``s3://``, ``gs://``,
+        ``az://`` hrefs, given to GDAL as configuration options (``s2pipe.runtime.objectstore.gdal_options``: S3
+        endpoint, profile, region, unsigned requests) through stackstac's ``gdal_env``; credentials stay in the
+        environment.
+    read : {"auto", "warp"}, default "auto"
+        "auto" reads assets already on the output pixel lattice directly with GDAL's resampling on read
+        (``DirectReadRioReader``) and warps the others; "warp" warps every asset (stackstac's ``WarpedVRT``).
+    time_chunks : {"date", "all"}, default "date"
+        "date" gives (1 date, 1 band, chunk, chunk) chunks; "all" gives time-whole (all dates, 1 band, chunk,
+        chunk) chunks, each read by one task straight from the COGs: the blocks Cressman gap filling needs,
+        without a rechunk of the raw cube.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``"dn"`` (time, band, y, x) uint16, Dask-backed, 0 = nodata. Coordinates: ``time`` (solar day 00:00,
+        datetime64[ns]), ``band`` (SCL last), ``x``/``y`` pixel centres, ``scale`` and ``offset`` (time, band)
+        float64 with reflectance = DN * scale + offset, ``spatial_ref``. Attributes: ``crs``, ``transform``
+        (6 floats, rasterio order), ``resolution``, ``stac_items``, ``catalog``, ``catalog_url``.
+
+    Raises
+    ------
+    NoScenesError
+        ``items`` is empty.
+    InputError
+        ``read``, ``time_chunks``, ``resolution`` or ``chunk_size`` is invalid; a band name is unknown or repeated,
+        ``bands`` lists SCL, the cube would have no band, or a band is missing from some items; ``bbox`` is
+        malformed or meets no item; ``epsg`` is None and no item states one; an item has no datetime; or scenes of
+        one solar day state different scales, or offsets that differ by a fractional number of DN.
     """
     if read not in READ_PATHS:
         raise InputError(f"read={read!r} is not a read path; pass one of {list(READ_PATHS)} (argument: read)")
@@ -254,7 +289,27 @@ def _labelled(raw: da.Array, plain: list[dict], day_keys: list, all_bands: tuple
 
 
 def grid_of(obj: xr.DataArray | xr.Dataset) -> Grid:
-    """The exact grid of a cube or dataset: from its ``crs``/``transform`` attributes, else ``spatial_ref`` and x/y."""
+    """The exact grid of a cube or dataset.
+
+    The CRS comes from the ``crs`` attribute, else the ``spatial_ref`` coordinate; the transform from the
+    ``transform`` attribute (6 floats, rasterio order), else from the ``x``/``y`` pixel-centre coordinates.
+
+    Parameters
+    ----------
+    obj : xarray.DataArray or xarray.Dataset
+        A cube or dataset with ``y``/``x`` dims and a CRS.
+
+    Returns
+    -------
+    Grid
+        EPSG code (None when the CRS has none), CRS text (``"EPSG:<n>"``, else the CRS as given), affine of the
+        top-left corner, (rows, cols) in pixels and the pixel size in CRS units (``abs(transform.a)``).
+
+    Raises
+    ------
+    InputError
+        ``obj`` has no CRS, or has no ``transform`` attribute and fewer than 2 pixels along ``x`` or ``y``.
+    """
     attrs = obj.attrs
     crs = attrs.get("crs")
     if crs is None and "spatial_ref" in obj.coords:

@@ -573,7 +573,26 @@ class DynamicsModel:
 
 
 def load_dynamics(path, *, device=None) -> DynamicsModel:
-    """Load a model written by ``DynamicsModel.save`` (``torch.load(weights_only=True)``: no code runs)."""
+    """Load a model written by ``DynamicsModel.save`` (``torch.load(weights_only=True)``: no code runs).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.pt`` file. Files of the older format ``s2pipe.dynamics/1`` (before blend and calibration) load
+        with the default blend and no calibration.
+    device : str or torch.device, optional
+        Device the model runs on; None: CUDA when available, else CPU.
+
+    Returns
+    -------
+    DynamicsModel
+        The model on ``device``; ``losses`` is empty and ``train_seconds`` 0.
+
+    Raises
+    ------
+    InputError
+        ``path`` does not exist or is not a saved s2pipe dynamics model, or ``device`` is not a torch device.
+    """
     payload = read_payload(path, fmt=(_FORMAT, _FORMAT_V1), what="dynamics model", owner="model")
     cfg = DynamicsConfig(**json.loads(payload["config"]))
     module = build_dynamics(scheme=cfg.scheme, dim=cfg.dim, hidden=cfg.hidden, activation=cfg.activation,

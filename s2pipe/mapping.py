@@ -427,8 +427,28 @@ def _halo_chunks(chunks: tuple[int, ...], m: int, halo: int) -> tuple[int, ...]:
 
 
 def load_mapper(path, *, device=None):
-    """Load a mapper written by ``Mapper.save`` or ``TreeMapper.save`` (``torch.load(weights_only=True)``: no code
-    runs): a ``Mapper`` (U-Net + ConvLSTM) or an ``s2pipe.ml.trees.TreeMapper`` (random forest, LightGBM)."""
+    """Load a mapper written by ``Mapper.save`` or ``TreeMapper.save``.
+
+    The file is read with ``torch.load(weights_only=True)``: no code runs.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.pt`` file.
+    device : str or torch.device, optional
+        Device a ``Mapper`` runs on; None: CUDA when available, else CPU. Not used for a ``TreeMapper``.
+
+    Returns
+    -------
+    Mapper or s2pipe.ml.trees.TreeMapper
+        A ``Mapper`` (U-Net + ConvLSTM) or an ``s2pipe.ml.trees.TreeMapper`` (random forest, LightGBM).
+
+    Raises
+    ------
+    InputError
+        ``path`` does not exist or is not a saved s2pipe mapper, ``device`` is not a torch device, or a saved tree
+        mapper names a model this s2pipe does not know.
+    """
     from s2pipe.ml import trees
 
     payload = read_payload(path, fmt=(_FORMAT, trees.FORMAT), what="mapper", owner="mapper")

@@ -262,10 +262,30 @@ def compute_scale(
 ) -> xr.DataArray:
     """Per-band divisor, float64 DataArray with dims ("band",) (computes Dask input; NaN ignored).
 
-    method: "global_max_by_resolution" (max over all pixels, dates and bands of each resolution group,
-    10 m and 20 m separately), "global_max" (one max), "per_band_max", "per_band_percentile"
-    (``percentile`` of each band, error < 5e-5). ``max_graph_tasks``: a Dask cube with a larger graph is
-    reduced in strips of whole chunks, one graph each (same result).
+    Parameters
+    ----------
+    da : xarray.DataArray
+        Reflectance with a ``band`` dim, e.g. (time, band, y, x), NumPy or Dask; non-finite values are ignored.
+    method : {"global_max_by_resolution", "global_max", "per_band_max", "per_band_percentile"}
+        "global_max_by_resolution" (the default: max over all pixels, dates and bands of each resolution group,
+        10 m and 20 m separately (B01/B09: 60 m); needs Sentinel-2 band names), "global_max" (one max),
+        "per_band_max", "per_band_percentile" (``percentile`` of each band, error < 5e-5).
+    percentile : float, default 99.0
+        "per_band_percentile" only: the percentile, in [0, 100].
+    max_graph_tasks : int, default ``MAX_GRAPH_TASKS``
+        A Dask cube with a larger graph is reduced in strips of whole chunks, one graph each (same result).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``"scale"`` float64 (band,), NaN where the band (or its group) has no finite value; attributes
+        ``normalize_method`` and, for "per_band_percentile", ``percentile``.
+
+    Raises
+    ------
+    InputError
+        ``da`` is not a DataArray with a ``band`` dim, ``method`` is unknown, ``percentile`` is outside [0, 100],
+        or "global_max_by_resolution" meets a band name that is not a Sentinel-2 band.
     """
     bands = _check_da(da, "compute_scale")
     _check_method(method)
@@ -283,9 +303,25 @@ def compute_scale(
 def scale_from_max(band_max: xr.DataArray, *, method: Method = "global_max_by_resolution") -> xr.DataArray:
     """The divisors of a max-based ``method`` from per-band maxima (what ``compute_scale`` returns).
 
-    ``band_max``: float, dims ("band",), NaN for a band without data (for example
-    ``s2pipe.cloudmask.clear_band_max`` of the raw cube: the statistics without the float32 cube).
-    ``method``: "global_max_by_resolution", "global_max" or "per_band_max".
+    Parameters
+    ----------
+    band_max : xarray.DataArray
+        float, dims ("band",), NaN for a band without data (for example ``s2pipe.cloudmask.clear_band_max`` of the
+        raw cube: the statistics without the float32 cube).
+    method : {"global_max_by_resolution", "global_max", "per_band_max"}, default "global_max_by_resolution"
+        How the maxima become divisors, as in ``compute_scale``.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``"scale"`` float64 (band,) with the attribute ``normalize_method``; NaN where the band (or its whole
+        group) has no maximum.
+
+    Raises
+    ------
+    InputError
+        ``method`` is unknown or "per_band_percentile", ``band_max`` is not a DataArray with dims ("band",), or
+        "global_max_by_resolution" meets a band name that is not a Sentinel-2 band.
     """
     _check_method(method)
     if method == "per_band_percentile":
@@ -400,10 +436,35 @@ def normalize(
     percentile: float = 99.0,
     scale=None,
 ) -> xr.DataArray:
-    """Divide each band by its scale (``compute_scale`` when ``scale`` is None; or a DataArray (band,),
-    a {band: value} mapping, a sequence in band order, or one number). Lazy with Dask once the scale is known.
+    """Divide each band by its scale. Lazy with Dask once the scale is known.
 
-    attrs added: ``normalize_method``, ``normalize_scale`` (floats in band order), ``normalize_bands``.
+    Parameters
+    ----------
+    da : xarray.DataArray
+        Reflectance with a ``band`` dim, e.g. (time, band, y, x); not already normalized.
+    method : {"global_max_by_resolution", "global_max", "per_band_max", "per_band_percentile"}
+        Method of ``compute_scale`` when ``scale`` is None (default "global_max_by_resolution"); only validated
+        otherwise.
+    percentile : float, default 99.0
+        Percentile of ``compute_scale`` (method "per_band_percentile") when ``scale`` is None.
+    scale : xarray.DataArray, mapping, sequence or float, optional
+        The divisors: a DataArray (band,), a {band: value} mapping, a sequence in band order, or one number;
+        each positive and finite. None: ``compute_scale(da, method=method, percentile=percentile)``.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``da`` divided by the scale, with the dims, name and attrs of ``da``, dtype
+        ``np.result_type(da.dtype, float32)``. attrs added: ``normalize_method`` (``method``; for a given ``scale``
+        its ``normalize_method`` attribute, else "given"), ``normalize_scale`` (floats in band order),
+        ``normalize_bands``.
+
+    Raises
+    ------
+    InputError
+        ``da`` is not a DataArray with a ``band`` dim or is already normalized (attrs ``normalize_scale``);
+        ``method`` or ``percentile`` is invalid; ``scale`` misses a band, has the wrong length or dims, or holds a
+        value that is not positive and finite.
     """
     bands = _check_da(da, "normalize")
     if "normalize_scale" in da.attrs:
@@ -435,7 +496,27 @@ def normalize(
 
 
 def invert(da: xr.DataArray) -> xr.DataArray:
-    """Undo ``normalize``: multiply each band by the scale recorded in the attrs (which are removed)."""
+    """Undo ``normalize``: multiply each band by the scale recorded in the attrs (which are removed).
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        A ``normalize`` output (or a band selection of it) with the attrs ``normalize_scale`` and
+        ``normalize_bands``.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``da`` times the recorded scale of each band (matched by band name), with the dims and name of ``da``;
+        a float dtype is kept, other dtypes give float64. ``normalize_method``, ``normalize_scale`` and
+        ``normalize_bands`` are removed from the attrs, the others kept.
+
+    Raises
+    ------
+    InputError
+        ``da`` is not a DataArray with a ``band`` dim, lacks the normalisation attrs, or has bands that
+        ``normalize_bands`` does not list.
+    """
     bands = _check_da(da, "invert")
     missing = [a for a in ("normalize_scale", "normalize_bands") if a not in da.attrs]
     if missing:

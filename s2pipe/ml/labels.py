@@ -128,11 +128,39 @@ def rasterize_labels(
 ) -> xr.DataArray:
     """Label raster ``"labels"`` (y, x) int16 on the grid of ``like``; later sources win where they overlap.
 
-    ``sources``: ``LabelSource`` s in burning order (any CRS: reprojected to the grid's CRS). ``like``: a cube,
-    Dataset or DataArray with ``x``/``y`` pixel-centre coordinates and a CRS (``grid_of``). ``background``:
-    value of pixels no source covers (0 = an "other" class, -1 = unlabelled). ``all_touched``: burn every
-    pixel a polygon or centre line touches (default: polygons burn the pixels whose centre is inside).
-    Attributes: ``crs``, ``transform``, ``classes`` ({"id": name}), ``background``, ``sources``.
+    Polygons burn the pixels whose centre is inside (or every touched pixel with ``all_touched``). Lines burn
+    1-px centre lines and points the pixel that holds them, then both are widened by a disk to
+    ``round(width / resolution)`` pixels (at least 1), ``width`` in metres being the feature's ``width_column``
+    value or the source's ``line_width``. A source that burns no pixel is logged as a warning.
+
+    Parameters
+    ----------
+    sources : sequence of LabelSource
+        ``LabelSource`` s in burning order (any CRS: reprojected to the grid's CRS); a single ``LabelSource`` is
+        also accepted.
+    like : xarray.DataArray or xarray.Dataset
+        A cube, Dataset or DataArray with ``x``/``y`` pixel-centre coordinates and a CRS (``grid_of``).
+    background : int, default 0
+        Value of pixels no source covers (0 = an "other" class, -1 = unlabelled): -1 or a class id in 0..32767.
+    all_touched : bool, default False
+        Burn every pixel a polygon or centre line touches (default: polygons burn the pixels whose centre is
+        inside).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``"labels"`` (y, x) int16 with the ``x``/``y`` (and ``spatial_ref``) coordinates of ``like``. Attributes:
+        ``crs``, ``transform``, ``classes`` ({"id": name}; ``background`` as "background" when it is >= 0),
+        ``background``, ``ignore_value`` (-1), ``sources`` (per source: class_id, name, features, pixels and the
+        data path), ``long_name``.
+
+    Raises
+    ------
+    InputError
+        No sources, an entry that is not a ``LabelSource``, ``background`` out of range, or ``like`` without x/y
+        coordinates or a CRS; a source that cannot be read, is empty (also after its ``where`` filter), has no
+        CRS, cannot be reprojected, does not overlap the grid, holds geometries other than polygons, lines and
+        points, or names a missing ``width_column``.
     """
     if isinstance(sources, LabelSource):
         sources = [sources]

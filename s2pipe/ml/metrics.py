@@ -129,9 +129,36 @@ def score_map(
 ) -> Scores:
     """Scores of the class map ``pred`` against the labels ``truth`` (arrays or DataArrays of one shape).
 
-    ``classes``: the K class ids scored (and their order). ``names``: K names, or {id: name}; None: the
-    ``classes`` attribute of ``truth``/``pred`` when they have one, else ``class <id>``. ``ignore``: truth value
-    of unlabelled pixels (None: none).
+    Pixels whose truth is ``ignore`` (or NaN) are left out; so are pixels whose prediction is not one of
+    ``classes`` (nodata, NaN), which ``Scores.n_unpredicted`` counts.
+
+    Parameters
+    ----------
+    pred : array-like or xarray.DataArray
+        Predicted class ids (integer or float; NaN: no prediction).
+    truth : array-like or xarray.DataArray
+        Reference labels of the same shape; two DataArrays must have the same dims (in any order) and
+        coordinates.
+    classes : sequence of int
+        The K class ids scored (and their order).
+    names : sequence of str or mapping of int to str, optional
+        K names, or {id: name} (ids it lacks: ``class <id>``); None: the ``classes`` attribute of
+        ``truth``/``pred`` when they have one, else ``class <id>``.
+    ignore : int or None, default -1
+        Truth value of unlabelled pixels (None: none).
+
+    Returns
+    -------
+    Scores
+        Confusion matrix (K, K) int64 (rows = truth, columns = prediction), overall accuracy, Cohen's kappa and
+        per-class IoU, F1, precision, recall and support in the order of ``classes``; NaN where undefined.
+
+    Raises
+    ------
+    InputError
+        ``classes`` is empty, not integer or lists an id twice; ``pred`` and ``truth`` differ in shape, dims or
+        coordinates, or are not numeric; ``truth`` holds a value that is neither ``ignore`` nor one of
+        ``classes``; or a ``names`` sequence does not have K entries.
     """
     cm, n_unpredicted = _confusion(pred, truth, classes=classes, ignore=ignore)
     ids = tuple(int(c) for c in classes)

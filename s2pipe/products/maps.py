@@ -126,11 +126,40 @@ def write_class_map(
 ) -> Path:
     """Write a (y, x) class map as a Cloud-Optimized GeoTIFF; return the path.
 
-    Tiled (``blocksize`` px), DEFLATE, internal overviews (``resampling``: ``"nearest"`` or ``"mode"``), the
-    ``nodata`` value (default: the map's ``nodata`` attribute, else 255), an embedded colour table and the class
-    names. ``names``: {id: name} (default: the ``classes`` attribute). ``colors``: {id: (r, g, b[, a]) or
-    "#rrggbb"} (default: ``CLASS_COLORS`` by name, else a qualitative palette; nodata is transparent).
-    ``blocksize``: tile side (multiple of 16); None: 512, smaller for small maps so that they still get overviews.
+    Tiled (``blocksize`` px), DEFLATE, internal overviews, the ``nodata`` value, an embedded colour table and the
+    class names (``CLASS_<id>`` band tags and a JSON ``CLASSES`` dataset tag). The file is written under a
+    temporary name and renamed when complete. A Dask-backed map is computed.
+
+    Parameters
+    ----------
+    class_map : xarray.DataArray
+        (y, x) integer class ids in 0..255 with a CRS (``grid_of``), e.g. from ``class_map``.
+    path : str or os.PathLike
+        Destination of the COG.
+    names : mapping of int to str, optional
+        {id: name} (default: the ``classes`` attribute).
+    colors : mapping of int to colour, optional
+        {id: (r, g, b[, a]) or "#rrggbb"} (default: ``CLASS_COLORS`` by name, else a qualitative palette;
+        nodata is transparent).
+    overviews : bool, default True
+        Write internal overviews.
+    nodata : int, optional
+        Nodata value in 0..255 (default: the map's ``nodata`` attribute, else its ``_FillValue``, else 255).
+    blocksize : int, optional
+        Tile side in pixels (multiple of 16); None: 512, smaller for small maps so that they still get overviews.
+    resampling : {"nearest", "mode"}, default "nearest"
+        Resampling of the overviews.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Raises
+    ------
+    InputError
+        ``class_map`` is not a (y, x) integer DataArray with a CRS or holds values outside 0..255; or ``nodata``,
+        ``names``, a colour, ``blocksize`` or ``resampling`` is invalid.
     """
     values, grid = _raster_of(class_map, "class_map")
     blocksize = _auto_blocksize(values.shape) if blocksize is None else blocksize
@@ -402,10 +431,38 @@ def detect_change(
 ) -> xr.DataArray:
     """Change map ``"change"`` (y, x) uint8 of the ``target`` class(es) between two class maps on one grid.
 
-    1 = appeared (target in ``later``, not in ``earlier``), 2 = disappeared (the reverse; only with
-    ``kind="disappeared"`` or ``"both"``), 0 = no change, ``nodata`` where either map is ``nodata``. Connected
-    groups (``connectivity`` 4 or 8 neighbours) of fewer than ``min_pixels`` changed pixels of one kind are
-    removed (set to 0). ``target``: a class id, or several ids treated as one class (e.g. urban + road).
+    1 = appeared (target in ``later``, not in ``earlier``; with ``kind="appeared"`` or ``"both"``), 2 = disappeared
+    (the reverse; only with ``kind="disappeared"`` or ``"both"``), 0 = no change, ``nodata`` where either map is
+    ``nodata``. Connected groups (``connectivity`` 4 or 8 neighbours) of fewer than ``min_pixels`` changed pixels
+    of one kind are removed (set to 0). Dask-backed maps are computed.
+
+    Parameters
+    ----------
+    earlier, later : xarray.DataArray
+        (y, x) integer class maps with a CRS, on the same grid (e.g. from ``class_map`` or ``read_class_map``).
+    target : int or sequence of int
+        A class id, or several ids treated as one class (e.g. urban + road).
+    kind : {"appeared", "disappeared", "both"}, default "appeared"
+        The changes marked.
+    min_pixels : int, default 4
+        Smallest connected group of changed pixels kept (>= 1; 1 keeps every changed pixel).
+    nodata : int, default 255
+        Nodata value of both input maps and of the output, in 0..255.
+    connectivity : {4, 8}, default 8
+        Neighbours that connect changed pixels into a group.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``"change"`` (y, x) uint8 with the ``x``/``y``/``spatial_ref`` coordinates of ``later``. Attributes:
+        ``crs``, ``transform``, ``nodata``, ``classes`` (change value -> name), ``target``, ``target_names``,
+        ``kind``, ``min_pixels``, ``connectivity``, ``changed_pixels`` (pixels per change kind), ``long_name``.
+
+    Raises
+    ------
+    InputError
+        ``kind``, ``connectivity``, ``min_pixels``, ``nodata`` or ``target`` is invalid (or ``target`` includes
+        ``nodata``); or the maps are not (y, x) integer DataArrays with a CRS on one grid.
     """
     if kind not in ("appeared", "disappeared", "both"):
         raise InputError(f"kind={kind!r} must be 'appeared', 'disappeared' or 'both'")
@@ -465,13 +522,43 @@ def write_change(
     layer: str = "change",
     blocksize: int | None = None,
 ) -> ChangeFiles:
-    """Write a ``detect_change`` map as a COG (``path_tif``) and, with ``path_gpkg``, its change regions as
-    polygons in a GeoPackage layer ``layer`` in the grid's CRS.
+    """Write a ``detect_change`` map as a COG and, optionally, its change regions as polygons in a GeoPackage.
 
-    One polygon per connected region (the map's ``connectivity`` attribute, default 8; a region whose pixels
-    touch only at corners is a valid MultiPolygon, so every feature is a MultiPolygon) with the attributes
-    ``change`` ("appeared"/"disappeared"), ``class_id`` (the target class; -1 when the target is several
-    classes), ``target`` (the target id(s), e.g. "6+7"), ``area_m2`` and ``pixels``.
+    The COG (``path_tif``) has internal overviews (nearest), a colour table (0 transparent, 1 appeared red,
+    2 disappeared blue), the change names (``CLASS_<id>`` band tags, a JSON ``CLASSES`` tag) and the target
+    (``CHANGE_TARGET`` tag). With ``path_gpkg``, the change regions are written as polygons in a GeoPackage layer
+    ``layer`` in the grid's CRS: one polygon per connected region (the map's ``connectivity`` attribute, default
+    8; a region whose pixels touch only at corners is a valid MultiPolygon, so every feature is a MultiPolygon)
+    with the attributes ``change`` ("appeared"/"disappeared"), ``class_id`` (the target class; -1 when the target
+    is several classes), ``target`` (the target id(s), e.g. "6+7"), ``area_m2`` (square metres, measured in an
+    estimated UTM CRS when the grid's CRS is not in metres) and ``pixels``. Each file is written under a temporary
+    name and renamed when complete.
+
+    Parameters
+    ----------
+    change : xarray.DataArray
+        (y, x) change map with a CRS, as ``detect_change`` returns it; nodata from its ``nodata`` attribute (else
+        ``_FillValue``, else 255).
+    path_tif : str or os.PathLike
+        Destination of the change COG.
+    path_gpkg : str or os.PathLike, optional
+        Destination of the GeoPackage; None writes no polygons.
+    layer : str, default "change"
+        Name of the GeoPackage layer.
+    blocksize : int, optional
+        COG tile side in pixels (multiple of 16); None: 512, smaller for small maps.
+
+    Returns
+    -------
+    ChangeFiles
+        ``raster`` (the COG path), ``vectors`` (the GeoPackage path, None without ``path_gpkg``) and
+        ``n_polygons`` (0 without a GeoPackage).
+
+    Raises
+    ------
+    InputError
+        ``change`` is not a (y, x) integer DataArray with a CRS, holds values outside 0..255 or has a nodata value
+        outside 0..255; or ``blocksize`` is invalid.
     """
     values, grid = _raster_of(change, "change")
     nodata = _nodata_of(change, None)

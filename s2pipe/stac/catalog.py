@@ -75,12 +75,37 @@ class CatalogProfile(BaseModel):
 
 
 def list_profiles() -> list[str]:
-    """Names of the built-in profiles."""
+    """Names of the built-in profiles.
+
+    Returns
+    -------
+    list of str
+        Sorted stems of the ``*.yaml`` files in ``CATALOG_DIR`` (the ``S2PIPE_CATALOGS`` environment variable,
+        read at import, overrides that folder).
+    """
     return sorted(p.stem for p in CATALOG_DIR.glob("*.yaml"))
 
 
 def load_profile(name_or_path: str | os.PathLike) -> CatalogProfile:
-    """Load a built-in profile by name, or any profile YAML by path."""
+    """Load a built-in profile by name, or any profile YAML by path.
+
+    Parameters
+    ----------
+    name_or_path : str or os.PathLike
+        A built-in profile name (no file suffix: ``CATALOG_DIR / "<name>.yaml"``, see ``list_profiles``), or the
+        path of a profile YAML.
+
+    Returns
+    -------
+    CatalogProfile
+        The validated profile.
+
+    Raises
+    ------
+    InputError
+        The profile file does not exist, is not valid YAML or does not match ``CatalogProfile``, or its ``assets``
+        map band names that are not Sentinel-2 bands.
+    """
     path = Path(name_or_path)
     if not path.suffix:
         path = CATALOG_DIR / f"{name_or_path}.yaml"

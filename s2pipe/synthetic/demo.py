@@ -238,11 +238,33 @@ def generate_demo(
     """Generate the demo region under ``root`` (idempotent, atomic) and return it.
 
     If ``root`` already holds a region made with the same ``config`` (and generator version), it is returned
-    without touching a file. Otherwise the region is built in a hidden sibling folder and renamed to
-    ``root`` at the end, replacing an older demo region there; an interrupted run leaves no half region.
-    ``progress(done, total)`` is called after each scene (one tile on one date) is written. ``workers``:
-    processes writing the COGs (None: automatic, up to 4 for large regions on Linux when this process is
-    single-threaded; 0: one thread in this process); the output does not depend on it.
+    without touching a file. Otherwise the region is built in a hidden sibling folder and renamed to ``root`` at
+    the end, replacing an older demo region there; an interrupted run leaves no half region.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        Folder of the region: missing, empty, or holding a demo region (``manifest.json``).
+    config : DemoConfig, default ``DemoConfig()``
+        Parameters of the region (the defaults are the README's demo).
+    progress : callable, optional
+        ``progress(done, total)`` is called after each scene (one tile on one date) is written.
+    workers : int, optional
+        Processes writing the COGs (None: automatic, up to 4 for large regions on Linux when this process is
+        single-threaded; 0: one thread in this process, as always on other systems and in daemonic processes);
+        the output does not depend on it.
+
+    Returns
+    -------
+    DemoRegion
+        The region on disk, as ``load_demo`` reads it.
+
+    Raises
+    ------
+    InputError
+        ``workers`` is neither None nor an integer >= 0, or ``config`` is not a ``DemoConfig``.
+    OutputConflictError
+        ``root`` exists and is neither a demo region (no ``manifest.json``) nor an empty folder.
     """
     if workers is not None and (not isinstance(workers, int) or workers < 0):
         raise InputError(f"generate_demo workers={workers!r} must be None or an integer >= 0 (argument: workers)")
@@ -310,7 +332,24 @@ def load_demo(root: str | os.PathLike) -> DemoRegion:
 
 
 def demo_server(region: DemoRegion) -> LocalStacServer:
-    """A (not yet started) local STAC API serving the region's collection and items; use ``with``."""
+    """A (not yet started) local STAC API serving the region's collection and items; use ``with``.
+
+    Parameters
+    ----------
+    region : DemoRegion
+        A generated region (``generate_demo`` or ``load_demo``).
+
+    Returns
+    -------
+    LocalStacServer
+        A ``rustac serve`` process on 127.0.0.1 at a free port (its address: ``url``), started on entering the
+        ``with`` block (or by ``start()``) and stopped on leaving it.
+
+    Raises
+    ------
+    S2PipeError
+        The region's collection or items file does not exist.
+    """
     return LocalStacServer([region.collection_path, region.items_path])
 
 
