@@ -42,7 +42,7 @@ _LAZY: dict[str, str] = {
     # the stages
     "search_items": "s2pipe.search",
     "build_cube": "s2pipe.cube",
-    "grid_of": "s2pipe.cube",
+    "grid_of": "s2pipe.grid",
     "mask_clouds": "s2pipe.cloudmask",
     "observed_mask": "s2pipe.cloudmask",
     "cressman": "s2pipe.gapfill",
@@ -94,9 +94,10 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time ``__getattr__`` imports these on first use
     from s2pipe.cloudmask import mask_clouds, observed_mask
     from s2pipe.config import RunConfig, load_config
-    from s2pipe.cube import build_cube, grid_of
+    from s2pipe.cube import build_cube
     from s2pipe.forecast import fit_dynamics, load_dynamics
     from s2pipe.gapfill import cressman
+    from s2pipe.grid import grid_of
     from s2pipe.mapping import load_mapper, train_mapper
     from s2pipe.ml.labels import rasterize_labels
     from s2pipe.ml.metrics import score_map

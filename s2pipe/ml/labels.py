@@ -30,8 +30,8 @@ import numpy as np
 import xarray as xr
 from scipy import ndimage
 
-from s2pipe.cube import Grid, grid_of
 from s2pipe.errors import InputError
+from s2pipe.grid import Grid, grid_of
 
 __all__ = ["LabelSource", "label_sources", "rasterize_labels", "spatial_split", "IGNORE", "line_footprint"]
 

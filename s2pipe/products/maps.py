@@ -31,8 +31,8 @@ import xarray as xr
 from affine import Affine
 from scipy import ndimage
 
-from s2pipe.cube import Grid, grid_of
 from s2pipe.errors import InputError
+from s2pipe.grid import Grid, grid_of
 from s2pipe.runtime.files import atomic_path
 
 __all__ = [

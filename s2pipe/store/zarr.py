@@ -48,8 +48,8 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 from affine import Affine
 
-from s2pipe.cube import grid_of
 from s2pipe.errors import InputError, OutputConflictError, StoreLockedError
+from s2pipe.grid import grid_of
 from s2pipe.runtime.files import atomic_path, pid_alive
 from s2pipe.runtime.objectstore import (
     ObjectPath,
