@@ -43,6 +43,15 @@ from stackstac.rio_reader import (
 from s2pipe.bands import SCL, SPECTRAL_10, check_bands
 from s2pipe.errors import InputError, NoScenesError
 from s2pipe.grid import Grid, grid_of  # noqa: F401  (re-exported: the grid of a cube)
+from s2pipe.runtime.objectstore import forget_cached_ranges
+from s2pipe.runtime.retry import (
+    HTTP_TIMEOUT,
+    READ_RETRY,
+    RetryPolicy,
+    http_gdal_options,
+    retryable_read_error,
+)
+from s2pipe.stac.assets import redact_href
 from s2pipe.stac.items import item_dict
 
 __all__ = [
@@ -77,6 +86,8 @@ def build_cube(
     storage: Any = None,
     read: ReadPath = "auto",
     time_chunks: TimeChunks = "date",
+    read_retry: RetryPolicy = READ_RETRY,
+    http_timeout: float = HTTP_TIMEOUT,
 ) -> xr.DataArray:
     """Build the lazy raw cube ``"dn"`` (time, band, y, x) uint16, 0 = nodata, one date per solar day.
 
@@ -114,6 +125,12 @@ def build_cube(
         "date" gives (1 date, 1 band, chunk, chunk) chunks; "all" gives time-whole (all dates, 1 band, chunk,
         chunk) chunks, each read by one task straight from the COGs: the blocks Cressman gap filling needs,
         without a rechunk of the raw cube.
+    read_retry : RetryPolicy, default ``s2pipe.runtime.retry.READ_RETRY``
+        How a failed read is retried: GDAL retries each HTTP range request answered 429 / 5xx, timed out or
+        reset ``read_retry.retries`` times; any other failure of a window (a body cut short, a broken
+        connection) opens the file again and reads the window again, as often, with exponential backoff.
+    http_timeout : float, default 30
+        Seconds GDAL waits for an HTTP answer before the request counts as failed.
 
     Returns
     -------
@@ -178,12 +195,12 @@ def build_cube(
         chunksize=(group_sizes if time_chunks == "date" else len(plain), 1, y_chunks, x_chunks), dtype="uint16",
         fill_value=np.uint16(0), rescale=False,
         sortby_date=False, xy_coords="center", properties=False, band_coords=False,
-        reader=DirectReadRioReader if read == "auto" else PlainReadRioReader,
+        reader=partial(DirectReadRioReader if read == "auto" else PlainReadRioReader, retry=read_retry),
     )
     from s2pipe.runtime.objectstore import gdal_options
 
-    if gdal_options(storage):
-        common["gdal_env"] = stackstac.DEFAULT_GDAL_ENV.updated(always=gdal_options(storage))
+    common["gdal_env"] = stackstac.DEFAULT_GDAL_ENV.updated(
+        always={**http_gdal_options(read_retry, timeout=http_timeout), **gdal_options(storage)})
     raw = _stack(plain, spectral, include_scl=include_scl, shape=(height, width), **common)
 
     if len(day_keys) != len(plain) or shift.any():
@@ -277,15 +294,37 @@ def _labelled(raw: da.Array, plain: list[dict], day_keys: list, all_bands: tuple
 
 
 class PlainReadRioReader(AutoParallelRioReader):
-    """stackstac's reader, minus the masked read where it cannot change the result.
+    """stackstac's reader, minus the masked read where it cannot change the result, and with a read that retries.
 
     stackstac reads every window as a masked array, then fills the mask with ``fill_value``. When the file
     (or its warped VRT) declares nodata equal to ``fill_value`` and no rescaling applies, the plain read gives
     the same pixels (nodata pixels already hold ``fill_value``) without computing a mask band and copying:
     ~10 % less CPU per chunk. Everything else (open, warp, errors_as_nodata) is stackstac's own code.
+
+    A failed open or read is retried under ``retry`` (``s2pipe.runtime.retry.READ_RETRY``: 1 + 3 attempts,
+    0.5, 1, 2 s apart): the dataset is closed, GDAL's cache of the file's byte ranges dropped, and the file opened again, so a connection cut mid-body, a truncated body
+    or a stalled request costs one more read of the window, not the run. HTTP 429/5xx answers are retried by
+    GDAL itself, per request (``http_gdal_options``), and not again here. The error of the last attempt is
+    raised, naming the href without its query string.
     """
 
+    def __init__(self, *, retry: RetryPolicy = READ_RETRY, **kwargs):
+        super().__init__(**kwargs)
+        self.retry = retry
+
     def read(self, window, **kwargs):
+        for k in range(self.retry.attempts):
+            try:
+                return self._read_once(window, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - retried when transient, else raised as stackstac does
+                if k == self.retry.retries or not retryable_read_error(exc):
+                    raise
+                self.close()  # a broken connection or a cut response: open the file again,
+                forget_cached_ranges(self.url)  # and download its ranges again (GDAL caches a cut body as whole)
+                self.retry.sleep(k, what=f"reading {redact_href(self.url)}", exc=exc)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _read_once(self, window, **kwargs):
         reader = self.dataset
         if isinstance(reader, ThreadLocalRioDataset) and tuple(self.scale_offset) == (1, 0) and not kwargs:
             try:
@@ -294,7 +333,7 @@ class PlainReadRioReader(AutoParallelRioReader):
                     return reader.read(window, indexes=1, out_dtype=self.dtype)
             except Exception:  # noqa: BLE001 - stackstac's own path below reports or masks the error
                 pass
-        return super().read(window, **kwargs)
+        return AutoParallelRioReader.read(self, window, **kwargs)
 
 
 class _DirectPlan(NamedTuple):
@@ -403,11 +442,11 @@ class DirectReadRioReader(PlainReadRioReader):
             return ThreadLocalRioDataset(self.gdal_env, ds)
         return SingleThreadedRioDataset(self.gdal_env, ds)
 
-    def read(self, window, **kwargs):
+    def _read_once(self, window, **kwargs):
         reader = self.dataset
         plan = self._plan
         if plan is None or kwargs:
-            return super().read(window, **kwargs)
+            return super()._read_once(window, **kwargs)
         out = np.full((int(window.height), int(window.width)), self.fill_value, dtype=self.dtype)
         r0, c0 = int(window.row_off), int(window.col_off)
         top, left = max(r0, plan.row0), max(c0, plan.col0)

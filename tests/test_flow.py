@@ -774,3 +774,32 @@ def test_demo_maps_flow_trains_maps_both_year_ends_and_finds_the_change(flow_run
     with rasterio.open(change["raster"]) as src:
         assert int((src.read(1) == 1).sum()) == change["changed_pixels"]["appeared"]
     assert pyogrio.read_info(change["vectors"])["features"] == change["polygons"]
+
+
+def test_a_run_through_a_faulty_object_store_writes_the_same_store(flow_run, tmp_path):
+    """The tiny region's COGs over HTTP from a server that spoils 3 % of the range requests (503, 429, stalls,
+    bodies cut short or truncated), its items from the local STAC API: the run completes, leaves no scene out,
+    and writes the store of the run on the local files (values, weights, observed flags, factors)."""
+    from s2pipe.flows.regional_cube import regional_cube
+    from s2pipe.stac.server import LocalStacServer
+    from s2pipe.synthetic.faulty_server import FaultyCogServer, http_items
+
+    region, profile, reference, _ = flow_run
+    features = json.loads(region.items_path.read_text())["features"]
+    out = tmp_path / "http.zarr"
+    with FaultyCogServer(region.root, rate=0.03, seed=11, stall_s=3.0) as cogs:
+        items = tmp_path / "items.json"
+        items.write_text(json.dumps({"type": "FeatureCollection", "features": http_items(features, cogs)}))
+        with LocalStacServer([region.collection_path, items]) as stac:
+            prof = tmp_path / "http.yaml"
+            text = Path(profile).read_text().replace("url: local-demo", f"url: {stac.url}")
+            prof.write_text(text + "\nread_backoff: 0.1\nhttp_timeout: 1\n")
+            summary = regional_cube(_config(region, prof, out, quicklook=False))
+    faults = {k: v for k, v in cogs.counts.items() if k in FaultyCogServer.KINDS}
+    assert sum(faults.values()) >= 5, cogs.counts
+    run = json.loads(Path(summary["run_summary"]).read_text())
+    assert run["scenes_dropped"] == [] and run["status"] == "completed"
+    got = xr.open_zarr(out, consolidated=True).load()
+    ref = xr.open_zarr(reference, consolidated=True).load()
+    xr.testing.assert_identical(got.drop_attrs(), ref.drop_attrs())
+    assert got.reflectance.attrs == ref.reflectance.attrs and got.attrs["stac_items"] == ref.attrs["stac_items"]

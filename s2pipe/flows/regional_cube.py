@@ -80,17 +80,18 @@ def search_task(cfg: RunConfig, profile: CatalogProfile, url: str | None) -> lis
 
 
 @task(name="check-assets", cache_policy=NO_CACHE)
-def check_assets_task(items: list, cfg: RunConfig, client) -> AssetCheck:
+def check_assets_task(items: list, cfg: RunConfig, client, profile: CatalogProfile) -> AssetCheck:
     """Header checks of every asset on the cluster; bad scenes are left out (``strict``: the run fails).
     ``s3://`` / ``gs://`` / ``az://`` hrefs are reached with ``cfg.storage`` (fsspec and GDAL settings applied
-    here and on the workers for the duration of the check)."""
+    here and on the workers for the duration of the check). Retries, backoff and time-out: the profile's."""
     log = run_logger()
     with storage_environment(cfg.storage, client=client):
-        check = check_assets(items, [*cfg.bands, "SCL"], strict=cfg.strict, client=client)
+        check = check_assets(items, [*cfg.bands, "SCL"], strict=cfg.strict, client=client,
+                             retries=profile.read_retries, backoff=profile.read_backoff, timeout=profile.http_timeout)
     for d in check.dropped:
         log.warning(f"scene {d['id']} left out: asset {d['asset']} ({d['href']}) failed after {d['attempts']} "
                     f"attempts: {d['reason']}")
-    log.info(f"assets checked: {check.n_assets} of {check.n_items} scenes, {len(check.dropped_ids)} scenes left out")
+    log.info(f"assets checked: {check.n_assets} assets of {check.n_items} scenes, {len(check.dropped_ids)} scenes left out")
     return check
 
 
@@ -101,6 +102,7 @@ def cube_task(items: list, cfg: RunConfig, profile: CatalogProfile) -> tuple[xr.
     cube = build_cube(
         items, bands=cfg.bands, include_scl=True, bbox=_bbox(cfg), epsg=cfg.epsg, resolution=cfg.resolution,
         chunk_size=cfg.chunk_size or default_chunk_size(profile.block_size), storage=cfg.storage, time_chunks="all",
+        read_retry=profile.read_retry, http_timeout=profile.http_timeout,
     )
     cube.attrs.update(catalog=profile.name, catalog_url=profile.url)
     log = run_logger()
@@ -355,7 +357,7 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
             record["scenes"] = _ids(items)
             with dask_client(cfg.dask) as client:
                 log.info(f"dask cluster: {client.scheduler.address} with {len(client.scheduler_info().get('workers', {}))} workers")
-                check = timed("check_assets", check_assets_task, items, cfg, client)
+                check = timed("check_assets", check_assets_task, items, cfg, client, profile)
                 record["assets"] = check.summary()
                 record["scenes"] = _ids(check.items)
                 record["scenes_dropped"] = check.dropped_ids

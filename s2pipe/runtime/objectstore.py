@@ -16,6 +16,7 @@ by :func:`check_url` without repeating them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import posixpath
 import urllib.parse
@@ -26,6 +27,7 @@ from typing import Any
 from s2pipe.errors import InputError
 
 __all__ = [
+    "gdal_vsi_path", "forget_cached_ranges",
     "OBJECT_PROTOCOLS", "ATOMIC_CREATE", "is_url", "check_url", "storage_options", "gdal_options", "location",
     "ObjectPath", "rmtree", "zarr_target", "zarr_store", "storage_environment",
 ]
@@ -129,6 +131,54 @@ def gdal_options(storage: Any = None) -> dict[str, str]:
     if s["anon"]:
         env.update(AWS_NO_SIGN_REQUEST="YES", GS_NO_SIGN_REQUEST="YES", AZURE_NO_SIGN_REQUEST="YES")
     return env
+
+
+_VSI_PREFIX = {"http": "/vsicurl/http", "https": "/vsicurl/https", "s3": "/vsis3/", "gs": "/vsigs/", "az": "/vsiaz/",
+               "abfs": "/vsiaz/"}
+
+
+def gdal_vsi_path(href: str) -> str | None:
+    """The GDAL virtual path of an HTTP(S) or object-store href (``/vsicurl/https://...``, ``/vsis3/bucket/key``),
+    None for a local path."""
+    scheme, sep, rest = str(href).partition("://")
+    if not sep or scheme.lower() not in _VSI_PREFIX:
+        return None
+    prefix = _VSI_PREFIX[scheme.lower()]
+    return prefix + ("://" + rest if prefix.startswith("/vsicurl/") else rest)
+
+
+@functools.lru_cache(maxsize=1)
+def _gdal_clear_cache():
+    """GDAL's ``VSICurlPartialClearCache`` from the libgdal this process loaded (rasterio's), or None."""
+    import ctypes
+    import ctypes.util
+
+    import rasterio  # noqa: F401 - loads libgdal
+
+    path = None
+    if os.path.exists("/proc/self/maps"):
+        with open("/proc/self/maps") as maps:
+            path = next((line.split()[-1] for line in maps if "libgdal" in line.rsplit("/", 1)[-1]), None)
+    path = path or ctypes.util.find_library("gdal")
+    if path is None:
+        return None
+    try:
+        fn = ctypes.CDLL(path).VSICurlPartialClearCache
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_char_p], None
+    return fn
+
+
+def forget_cached_ranges(href: str) -> bool:
+    """Drop what GDAL cached of ``href``'s byte ranges (``/vsicurl/`` and the object-store file systems), so that
+    a read after a failure downloads them again. GDAL keeps a body that was cut short as if it were whole: without
+    this, every retry of the read fails the same way. Returns whether GDAL's cache could be reached."""
+    vsi, fn = gdal_vsi_path(href), _gdal_clear_cache()
+    if vsi is None or fn is None:
+        return False
+    fn(vsi.encode())
+    return True
 
 
 def _settings(storage: Any) -> dict[str, Any]:

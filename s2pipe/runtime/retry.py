@@ -6,11 +6,22 @@ layer              retried failures                            attempts (default
 STAC search        connection errors, time-outs, broken pages   1 + 3 per call        1, 2, 4 s (± 10 %)
 (``search_items``) HTTP 429 / 5xx (urllib3, per request,        1 + 3 per request     urllib3's backoff, and
                    honouring ``Retry-After``)                                         ``Retry-After``
-asset check        any failure to open or read an asset's       1 + 2 per asset       0.5, 1 s (± 10 %)
-(``check_assets``) header (then its scene is left out)
+asset check        any failure to open or read an asset's       1 + 3 per asset       0.5, 1, 2 s (± 10 %)
+(``check_assets``) header (then its scene is left out); GDAL    (the profile's
+                   retries each HTTP request 2 more times       ``read_retries``)
+pixel reads        HTTP 429 / 5xx, time-outs, resets (GDAL,     1 + 3 per request     GDAL's, from 0.5 s
+(GDAL /vsicurl)    per range request, ``http_gdal_options``)
+pixel reads        anything else: a body cut short, a broken    1 + 3 per window      0.5, 1, 2 s (± 10 %)
+(``build_cube``'s  connection, a stalled request (the file is
+readers)           opened again, GDAL's cache of it dropped)
 Prefect tasks      none: a task that fails with ``TransientError`` is not tried again, so retries never
                    multiply; a scheduled run is retried by its next run, which resumes the store
 =================  ==========================================  ====================  ==========================
+
+The pixel-read and asset-check counts, backoff and HTTP time-out come from the catalog profile
+(``read_retries``, ``read_backoff``, ``http_timeout``); ``check_assets`` called on its own retries 1 + 2 times
+(``ASSET_RETRY``). A read error that GDAL already retried (an HTTP status) is not read again by s2pipe, so a
+range that keeps answering 503 costs 1 + 3 requests, not (1 + 3)².
 
 So a dead catalog (nothing listening) fails after 4 attempts, within ``RetryPolicy.longest_wait`` = 7.7 s of sleep
 plus 4 connect time-outs, with one :class:`~s2pipe.errors.CatalogUnreachableError` naming the URL and the
@@ -21,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +40,8 @@ from typing import TypeVar
 
 from s2pipe.errors import InputError
 
-__all__ = ["RetryPolicy", "SEARCH_RETRY", "ASSET_RETRY"]
+__all__ = ["RetryPolicy", "SEARCH_RETRY", "ASSET_RETRY", "READ_RETRY", "HTTP_TIMEOUT", "http_gdal_options",
+           "retryable_read_error"]
 
 T = TypeVar("T")
 log = logging.getLogger("s2pipe")
@@ -114,3 +127,32 @@ SEARCH_RETRY = RetryPolicy(retries=3, backoff=1.0)
 
 ASSET_RETRY = RetryPolicy(retries=2, backoff=0.5)
 """The asset check's default per asset: 1 + 2 attempts, sleeping 0.5, 1 s."""
+
+READ_RETRY = RetryPolicy(retries=3, backoff=0.5)
+"""The pixel reads' default per window (``cube.PlainReadRioReader``): 1 + 3 attempts, sleeping 0.5, 1, 2 s."""
+
+HTTP_TIMEOUT = 30.0
+"""Seconds GDAL waits for an HTTP answer (``GDAL_HTTP_TIMEOUT``) before the request counts as failed."""
+
+_NOT_RETRIED = re.compile(r"HTTP response code: \d{3}|exactly 1 band|No such file or directory")
+"""Read errors retried elsewhere (HTTP statuses: by GDAL, per request) or not worth a retry (a local file
+missing, a multi-band asset)."""
+
+
+def http_gdal_options(retry: RetryPolicy = READ_RETRY, *, timeout: float = HTTP_TIMEOUT) -> dict[str, str]:
+    """GDAL configuration options that make each HTTP range request retry 429 / 5xx answers, time-outs and
+    resets ``retry.retries`` times (GDAL's own backoff from ``retry.backoff`` seconds), and time out after
+    ``timeout`` seconds (connecting: at most 10 s)."""
+    return {
+        "GDAL_HTTP_MAX_RETRY": str(retry.retries),
+        "GDAL_HTTP_RETRY_DELAY": f"{retry.backoff:g}",
+        "GDAL_HTTP_TIMEOUT": f"{max(1, math.ceil(timeout)):d}",
+        "GDAL_HTTP_CONNECTTIMEOUT": f"{max(1, min(10, math.ceil(timeout))):d}",
+    }
+
+
+def retryable_read_error(exc: BaseException) -> bool:
+    """Whether a failed open or read of a raster (as stackstac reports it) is worth another attempt: not when
+    GDAL already retried an HTTP status, the file does not exist locally, or the asset has several bands."""
+    text = f"{exc} {exc.__cause__!r}"
+    return not _NOT_RETRIED.search(text)

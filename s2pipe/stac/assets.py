@@ -37,7 +37,11 @@ from typing import Any
 import pystac
 
 from s2pipe.errors import AssetError, InputError, NoScenesError
-from s2pipe.runtime.retry import RetryPolicy
+from s2pipe.runtime.objectstore import forget_cached_ranges
+from s2pipe.runtime.retry import RetryPolicy, http_gdal_options
+
+ASSET_HTTP_RETRY = RetryPolicy(retries=2, backoff=0.5)
+"""GDAL's retries of each HTTP request of the asset check (429 / 5xx, time-outs, resets)."""
 from s2pipe.stac.items import item_dict
 
 __all__ = [
@@ -293,6 +297,7 @@ def check_asset(
         except Exception as exc:  # noqa: BLE001 - every failure is a reason to retry, then to drop the scene
             reason = _reason(exc)
         if k < policy.retries:
+            forget_cached_ranges(href)  # GDAL keeps a body cut short as if whole: download it again
             policy.sleep(k)
     return {"ok": False, "attempts": policy.attempts, "reason": reason}
 
@@ -313,7 +318,7 @@ def _check_once(href: str, expect: dict[str, Any], timeout: float) -> None:
     tiled = _tiff_is_tiled(head, reader) if head is not None else None
     if tiled is False:
         raise NotTiledError("the full-resolution image is stored in strips, not tiles: not a Cloud-Optimized GeoTIFF")
-    env = dict(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", GDAL_HTTP_TIMEOUT=str(max(1, round(timeout))))
+    env = dict(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", **http_gdal_options(ASSET_HTTP_RETRY, timeout=timeout))
     with rasterio.Env(**env):
         with rasterio.open(href) as src:
             if src.driver != "GTiff":

@@ -58,6 +58,18 @@ class CatalogProfile(BaseModel):
     nodata: int = Field(0, description="DN that marks missing pixels.")
     assets: dict[str, str] = Field(description="Canonical band name (B02, SCL, ...) -> the source's asset key.")
     demo_root: str | None = Field(None, description="local-demo only: folder the demo region is generated in.")
+    read_retries: int = Field(3, ge=0, le=10, description=(
+        "Retries of a failed pixel read: GDAL retries each HTTP range request answered 429/5xx, timed out or reset "
+        "this often, and s2pipe reads a window again this often after any other failure (s2pipe.runtime.retry)."))
+    read_backoff: float = Field(0.5, ge=0, le=60, description="Seconds before the first read retry; doubles after each.")
+    http_timeout: float = Field(30.0, gt=0, le=600, description="Seconds GDAL waits for an HTTP answer.")
+
+    @property
+    def read_retry(self):
+        """The ``RetryPolicy`` of pixel reads from this source."""
+        from s2pipe.runtime.retry import RetryPolicy
+
+        return RetryPolicy(retries=self.read_retries, backoff=self.read_backoff)
 
     def asset_key(self, band: str) -> str:
         """The source's asset key for canonical band ``band``; InputError if the source lacks it."""

@@ -1,0 +1,71 @@
+"""Pixel reads that survive a faulty object store: the demo COGs served over HTTP by a server that spoils a
+seeded fraction of the range requests (503, 429, stalls, connections cut mid-body, truncated bodies)."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from s2pipe.cube import build_cube
+from s2pipe.runtime.retry import RetryPolicy, http_gdal_options
+from s2pipe.stac.catalog import load_profile
+from s2pipe.stac.items import normalize_item
+from s2pipe.synthetic.faulty_server import FaultyCogServer, http_items
+
+FAST = RetryPolicy(retries=3, backoff=0.1)
+"""Shorter sleeps than the default READ_RETRY, same number of attempts (the test's time, not the logic)."""
+
+
+@pytest.fixture(scope="module")
+def region_items(tiny_demo):
+    region, _ = tiny_demo
+    features = json.loads(region.items_path.read_text())["features"]
+    items = [normalize_item(f, load_profile("local-demo"), sign=False).to_dict() for f in features]
+    return region, items
+
+
+@pytest.fixture(scope="module")
+def local_cube(region_items):
+    region, items = region_items
+    return build_cube(items, bbox=region.default_bbox, chunk_size=64, time_chunks="all").compute(scheduler="threads")
+
+
+def test_gdal_retries_each_http_request_with_the_policys_count_and_time_out():
+    opts = http_gdal_options(RetryPolicy(retries=3, backoff=0.5), timeout=30)
+    assert opts == {"GDAL_HTTP_MAX_RETRY": "3", "GDAL_HTTP_RETRY_DELAY": "0.5", "GDAL_HTTP_TIMEOUT": "30",
+                    "GDAL_HTTP_CONNECTTIMEOUT": "10"}
+
+
+def test_a_cube_read_through_a_faulty_server_equals_the_local_read(region_items, local_cube):
+    """5 % of the range requests fail, in every way the server knows: the cube is identical, bit for bit."""
+    region, items = region_items
+    with FaultyCogServer(region.root, rate=0.05, seed=7, stall_s=3.0) as server:
+        t0 = time.monotonic()
+        got = build_cube(http_items(items, server), bbox=region.default_bbox, chunk_size=64, time_chunks="all",
+                         read_retry=FAST, http_timeout=1).compute(scheduler="threads")
+        seconds = time.monotonic() - t0
+    faults = {k: v for k, v in server.counts.items() if k in FaultyCogServer.KINDS}
+    assert sum(faults.values()) >= 5 and len(faults) >= 3, server.counts  # the faults really happened
+    np.testing.assert_array_equal(got.values, local_cube.values)
+    assert got.attrs["stac_items"] == local_cube.attrs["stac_items"]
+    print(f"faulty read: {server.counts['requests']} requests, faults {faults}, {seconds:.1f} s")
+
+
+def test_an_asset_that_keeps_failing_fails_the_read_naming_it_within_bounded_time(region_items):
+    """A file that answers 503 to every request: GDAL's and s2pipe's retries give up, and the error names it."""
+    region, items = region_items
+    victim = items[len(items) // 2]
+    name = victim["assets"]["B04"]["href"].rsplit("/", 1)[-1]
+    one = [victim]
+    with FaultyCogServer(region.root, broken=(name,)) as server:
+        cube = build_cube(http_items(one, server), bbox=region.default_bbox, chunk_size=64, time_chunks="all",
+                          read_retry=RetryPolicy(retries=2, backoff=0.1), http_timeout=1)
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match=name):
+            cube.compute(scheduler="single-threaded")
+        seconds = time.monotonic() - t0
+    # GDAL: 1 + 2 tries per request with its backoff from 0.1 s; no second layer on top for an HTTP status
+    assert server.counts["broken"] <= 3 * 2, server.counts  # the opening requests only: nothing multiplied
+    assert seconds < 10, seconds
