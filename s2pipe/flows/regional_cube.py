@@ -294,6 +294,35 @@ def output_of(cube: xr.DataArray, reflectance: xr.DataArray, clear: xr.DataArray
     return output_dataset(normalized, weight, clear, cube=cube, parameters=cfg.parameters())
 
 
+def _search(cfg: RunConfig, profile: CatalogProfile, *, timed) -> list:
+    """The run's scenes: the profile's STAC API searched; the local demo catalog is served for the search."""
+    with contextlib.ExitStack() as stack:
+        url = None
+        if profile.is_local_demo:
+            from s2pipe.synthetic.demo import demo_server
+
+            region = demo_data_task(profile.demo_root or "out/demo")
+            url = stack.enter_context(demo_server(region)).url
+            run_logger().info(f"local demo STAC API serving on {url}")
+        return timed("search", search_task, cfg, profile, url)
+
+
+def _summary(path, png, *, items: list, cube: xr.DataArray, ds: xr.Dataset, mode: str, appended: bool,
+             seconds: float) -> dict[str, Any]:
+    """What the flow returns (and the CLI prints) for a run that wrote something."""
+    return {
+        "output": str(path),
+        "quicklook": str(png) if png else None,
+        "scenes": len(items),
+        "dates_in": int(cube.sizes["time"]),
+        "dates_out": int(ds.sizes["time"]),
+        "mode": mode,
+        "dates_appended": int(ds.sizes["time"]) if appended else 0,
+        "shape": {k: int(v) for k, v in ds["reflectance"].sizes.items()},
+        "seconds": seconds,
+    }
+
+
 @flow(name="regional-cube")
 def regional_cube(config: RunConfig) -> dict[str, Any]:
     """Build the gap-filled, normalized Zarr datacube of one region and time window.
@@ -340,20 +369,12 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
         try:
             if plan is not None and plan.search_start > cfg.end:
                 return up_to_date(f"the window ends {cfg.end}, before anything new could follow {plan.last_date.date()}")
-            with contextlib.ExitStack() as stack:
-                url = None
-                if profile.is_local_demo:
-                    from s2pipe.synthetic.demo import demo_server
-
-                    region = demo_data_task(profile.demo_root or "out/demo")
-                    url = stack.enter_context(demo_server(region)).url
-                    log.info(f"local demo STAC API serving on {url}")
-                try:
-                    items = timed("search", search_task, search_cfg, profile, url)
-                except NoScenesError:
-                    if plan is None:
-                        raise
-                    return up_to_date(f"no scenes in {plan.search_start}..{cfg.end}")
+            try:
+                items = _search(search_cfg, profile, timed=timed)
+            except NoScenesError:
+                if plan is None:
+                    raise
+                return up_to_date(f"no scenes in {plan.search_start}..{cfg.end}")
             record["scenes"] = _ids(items)
             with dask_client(cfg.dask) as client:
                 log.info(f"dask cluster: {client.scheduler.address} with {len(client.scheduler_info().get('workers', {}))} workers")
@@ -385,17 +406,8 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
                           seconds=round(time.monotonic() - t0, 1), warnings=caught.messages)
             write_json(run_summary_path(cfg.output), record, storage=cfg.storage)
             raise
-    summary = {
-        "output": str(path),
-        "quicklook": str(png) if png else None,
-        "scenes": len(items),
-        "dates_in": int(cube.sizes["time"]),
-        "dates_out": int(ds.sizes["time"]),
-        "mode": record["mode"],
-        "dates_appended": int(ds.sizes["time"]) if plan is not None else 0,
-        "shape": {k: int(v) for k, v in ds["reflectance"].sizes.items()},
-        "seconds": round(time.monotonic() - t0, 1),
-    }
+    summary = _summary(path, png, items=items, cube=cube, ds=ds, mode=record["mode"], appended=plan is not None,
+                       seconds=round(time.monotonic() - t0, 1))
     record.update(status="completed", seconds=summary["seconds"], dates_in=summary["dates_in"],
                   dates_out=summary["dates_out"], shape=summary["shape"], quicklook=summary["quicklook"],
                   warnings=caught.messages)
