@@ -49,7 +49,7 @@ from s2pipe.forecast import resolve_device
 from s2pipe.mapping import (
     ARCHITECTURES,
     Mapper,
-    _aligned_chunks,
+    _halo_chunks,
     _head_sequence,
     load_mapper,
     train_mapper,
@@ -200,7 +200,7 @@ def bench_device(mapper: Mapper, img: xr.DataArray, dev: torch.device, args) -> 
         r["time_vs_baseline"] = r["median_s"] / res[r["baseline"]]["median_s"] if r["baseline"] else None
 
     # pixel ratios of the halo: an interior chunk, and the actual chunk grid (no halo beyond the image border)
-    ch = _aligned_chunks(lazy.chunks[2], m, halo_t)
+    ch = _halo_chunks(lazy.chunks[2], m, halo_t)
     ext = [c + halo_t * ((i > 0) + (i < len(ch) - 1)) for i, c in enumerate(ch)]
     tn = res[f"dask halo={halo_t}"]["median_s"]
     summary = {

@@ -215,7 +215,7 @@ def tile_year_plan(small: dict, big: dict, *, dates: int = 146, tile_px: int = 1
         "tile_px": tile_px, "resolution_m": 10, "dates_per_year": dates,
         "dates_note": "2.5-day mean revisit of one MGRS tile (S2A+S2B, overlapping relative orbits), one item "
                       "per date; 10 spectral bands + SCL = 11 bands read",
-        "read_chunk_px": read_chunk, "read_chunk_note": "_aligned_chunk(profile): COG block 1024 px of the "
+        "read_chunk_px": read_chunk, "read_chunk_note": "default_chunk_size(profile.block_size): COG block 1024 px of the "
                                                         "Earth Search / Planetary Computer profiles",
         "region_px": region_px, "region_note": "write_cube DEFAULT_REGION_SIZE (chunk_for(1024) = 1024)",
         "analysis_blocks": "time-whole, one band, read-chunk extent", "gapfill_times": "5D"}}
