@@ -175,7 +175,8 @@ def test_flow_store_equals_an_independent_numpy_reference_chain(flow_run):
 
 
 def _count_reads(monkeypatch) -> dict:
-    """Count the pixel reads of each (asset, window) by the cube's readers (the test clusters run in-process)."""
+    """Count the pixel reads of each (asset, window) by the cube's readers (the test clusters run in-process): each
+    attempt of a read, so a retried window would count twice."""
     import threading
     from collections import Counter
 
@@ -184,8 +185,8 @@ def _count_reads(monkeypatch) -> dict:
     reads: Counter = Counter()
     local = threading.local()
     for cls in (DirectReadRioReader, PlainReadRioReader):
-        def read(self, window, *args, _real=cls.__dict__["read"], **kwargs):
-            outer = not getattr(local, "busy", False)  # DirectReadRioReader.read may call PlainReadRioReader.read
+        def read(self, window, *args, _real=cls.__dict__["_read_once"], **kwargs):
+            outer = not getattr(local, "busy", False)  # DirectReadRioReader's may call PlainReadRioReader's
             if outer:
                 reads[(self.url, tuple(window.flatten()))] += 1
                 local.busy = True
@@ -195,7 +196,7 @@ def _count_reads(monkeypatch) -> dict:
                 if outer:
                     local.busy = False
 
-        monkeypatch.setattr(cls, "read", read)
+        monkeypatch.setattr(cls, "_read_once", read)
     return reads
 
 
