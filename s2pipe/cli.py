@@ -263,13 +263,19 @@ def serve_demo(
     root: Annotated[Path, typer.Option(help="Folder of the demo region (generated if missing).")] = Path("out/demo"),
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 7822,
 ) -> None:
-    """Serve the demo region with a real STAC API on 127.0.0.1 until Ctrl-C (for QGIS, pystac-client, ...)."""
+    """Serve the demo region with a real STAC API on 127.0.0.1 until Ctrl-C or SIGTERM (for QGIS, pystac-client, ...)."""
+    import signal
     import time
 
     from s2pipe.stac.server import LocalStacServer
     from s2pipe.synthetic.demo import generate_demo
 
     region = generate_demo(root)
+
+    def stop(signum, frame):  # SIGTERM (docker stop, a service manager) ends it like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     with LocalStacServer([region.collection_path, region.items_path], port=port) as server:
         typer.echo(f"STAC API at {server.url} (collection sentinel-2-l2a); Ctrl-C to stop")
         try:

@@ -162,7 +162,8 @@ def demo_home(tmp_path_factory):
 
 def test_demo_data_then_serve_demo(demo_home):
     """`s2pipe demo-data` generates the default demo region (again: nothing to do); `s2pipe serve-demo` serves it
-    with a real STAC API that pystac-client searches, and stops cleanly on Ctrl-C."""
+    with a real STAC API that pystac-client searches, and stops cleanly on SIGTERM (and on Ctrl-C, which a
+    background job's children may ignore, hence SIGTERM here)."""
     import json
     import signal
     import time
@@ -194,7 +195,7 @@ def test_demo_data_then_serve_demo(demo_home):
         found = list(client.search(collections=["sentinel-2-l2a"], max_items=None).items())
         assert {it.id for it in found} == {f["id"] for f in items}
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err[-2000:]
     assert f"STAC API at {url}" in out
