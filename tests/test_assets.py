@@ -346,3 +346,22 @@ def test_demo_region_normalized_items(tmp_path):
     assert check.dropped[0]["asset"] == "B08" and "GridMismatchError" in check.dropped[0]["reason"]
     cube = build_cube(check.items, bands=[b for b in bands if b != "SCL"], chunk_size=64).compute()
     assert items[2].id not in cube.attrs["stac_items"] and int((cube.values > 0).sum()) > 0
+
+
+def test_redaction_runs_in_linear_time_and_still_redacts():
+    """``redact_href`` over user input: a 5 MB word, with or without a ``://``, takes about a second, not hours
+    (the scheme was unbounded: 40k characters took 3.4 s, and the time grew with the square of the length)."""
+    import time
+
+    seconds = []
+    for n in (50_000, 200_000):
+        t0 = time.perf_counter()
+        for text in ("a" * n, "a" * n + "://" + "b" * n):
+            redact_href(text)
+        seconds.append(time.perf_counter() - t0)
+    assert seconds[1] < 8 * seconds[0] + 0.05, seconds  # 4x the length: ~4x the time, not 16x
+    t0 = time.perf_counter()
+    redact_href("x" * 5_000_000)
+    assert time.perf_counter() - t0 < 5
+    assert redact_href("a" * 50 + "https://u:p@host/a.tif?X-Amz-Signature=s") == "a" * 50 + "https://host/a.tif"
+    assert redact_href("s3://bucket/key?token=1 and gs://b/k#frag") == "s3://bucket/key and gs://b/k"

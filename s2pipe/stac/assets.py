@@ -128,7 +128,9 @@ class AssetCheck:
 
 
 _URL_RE = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/\s@?#'\"<>]*@)?"
+    # A scheme is at most 32 characters: unbounded, the search backtracked over every suffix of a long word
+    # (quadratic: a 40k-character value took 0.8 s, a 5 MB one hours). Bounded, each start costs at most 32 steps.
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]{0,31}://)(?P<user>[^/\s@?#'\"<>]*@)?"
     r"(?P<rest>[^\s?#'\"<>]*)(?P<query>[?#][^\s'\"<>]*)?"
 )
 
