@@ -313,16 +313,14 @@ class PlainReadRioReader(AutoParallelRioReader):
         self.retry = retry
 
     def read(self, window, **kwargs):
-        for k in range(self.retry.attempts):
-            try:
-                return self._read_once(window, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - retried when transient, else raised as stackstac does
-                if k == self.retry.retries or not retryable_read_error(exc):
-                    raise
-                self.close()  # a broken connection or a cut response: open the file again,
-                forget_cached_ranges(self.url)  # and download its ranges again (GDAL caches a cut body as whole)
-                self.retry.sleep(k, what=f"reading {redact_href(self.url)}", exc=exc)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self.retry.call(lambda: self._read_once(window, **kwargs), retry_on=retryable_read_error,
+                               what=lambda: f"reading {redact_href(self.url)}", before_retry=self._reopen)
+
+    def _reopen(self) -> None:
+        """After a failed read: open the file again (a broken connection) and download its ranges again (GDAL
+        keeps a body cut short as if whole)."""
+        self.close()
+        forget_cached_ranges(self.url)
 
     def _read_once(self, window, **kwargs):
         reader = self.dataset

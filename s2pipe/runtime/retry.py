@@ -85,8 +85,9 @@ class RetryPolicy:
         """The most seconds a call sleeps before it gives up (every retry failed, largest jitter)."""
         return sum(self.delay(k) for k in range(self.retries)) * (1 + self.jitter)
 
-    def call(self, fn: Callable[[], T], *, retry_on: Callable[[BaseException], bool], what: str,
-             give_up: Callable[[BaseException, int], BaseException] | None = None) -> T:
+    def call(self, fn: Callable[[], T], *, retry_on: Callable[[BaseException], bool], what: str | Callable[[], str],
+             give_up: Callable[[BaseException, int], BaseException] | None = None,
+             before_retry: Callable[[], None] | None = None) -> T:
         """``fn()``, retried while it raises an exception for which ``retry_on`` is true.
 
         Parameters
@@ -96,9 +97,12 @@ class RetryPolicy:
         retry_on
             Whether an exception is transient (retried); any other exception propagates at once.
         what
-            What is tried, for the log line of each retry ("opening the catalog at https://...").
+            What is tried, for the log line of each retry ("opening the catalog at https://..."), or a function
+            that says it (called only when a retry happens).
         give_up
             ``give_up(exc, attempts)`` -> the exception raised after the last failed attempt (default: ``exc``).
+        before_retry
+            Called after each failure that is retried, before the sleep (e.g. to reopen a connection).
         """
         for k in range(self.attempts):
             try:
@@ -110,7 +114,9 @@ class RetryPolicy:
                     if give_up is None:
                         raise
                     raise give_up(exc, self.attempts) from exc
-                self.sleep(k, what=what, exc=exc)
+                if before_retry is not None:
+                    before_retry()
+                self.sleep(k, what=what() if callable(what) else what, exc=exc)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def sleep(self, k: int, *, what: str = "", exc: BaseException | None = None) -> None:

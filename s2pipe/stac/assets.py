@@ -38,7 +38,7 @@ import pystac
 
 from s2pipe.errors import AssetError, InputError, NoScenesError
 from s2pipe.runtime.objectstore import forget_cached_ranges
-from s2pipe.runtime.retry import RetryPolicy, http_gdal_options
+from s2pipe.runtime.retry import ASSET_RETRY, RetryPolicy, http_gdal_options
 
 ASSET_HTTP_RETRY = RetryPolicy(retries=2, backoff=0.5)
 """GDAL's retries of each HTTP request of the asset check (429 / 5xx, time-outs, resets)."""
@@ -147,8 +147,8 @@ def check_assets(
     items: Iterable[pystac.Item | dict[str, Any]],
     bands: Sequence[str],
     *,
-    retries: int = 2,
-    backoff: float = 0.5,
+    retries: int = ASSET_RETRY.retries,
+    backoff: float = ASSET_RETRY.backoff,
     strict: bool = False,
     client: Any = None,
     timeout: float = 30.0,
@@ -283,7 +283,8 @@ def _raise_strict(item: dict[str, Any], band: str, res: dict[str, Any]) -> None:
 
 
 def check_asset(
-    href: str, *, expect: dict[str, Any] | None = None, retries: int = 2, backoff: float = 0.5, timeout: float = 30.0
+    href: str, *, expect: dict[str, Any] | None = None, retries: int = ASSET_RETRY.retries,
+    backoff: float = ASSET_RETRY.backoff, timeout: float = 30.0
 ) -> dict[str, Any]:
     """Check one asset with retries: ``{"ok": bool, "attempts": n, "reason": str | None}``.
 
