@@ -24,11 +24,13 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 from s2pipe.errors import (  # noqa: E402
     AssetError,
+    AssetReadError,
     CatalogUnreachableError,
     InputError,
     NoScenesError,
     OutputConflictError,
     S2PipeError,
+    SigningError,
     StoreLockedError,
     TransientError,
 )
@@ -72,7 +74,7 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "__version__",
     "S2PipeError", "InputError", "NoScenesError", "OutputConflictError", "StoreLockedError", "TransientError",
-    "CatalogUnreachableError", "AssetError",
+    "CatalogUnreachableError", "SigningError", "AssetError", "AssetReadError",
     *_LAZY,
 ]
 

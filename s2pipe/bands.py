@@ -70,16 +70,16 @@ def resolution_group(band: str) -> str:
 
 def check_bands(bands: list[str] | tuple[str, ...], *, argument: str = "bands") -> tuple[str, ...]:
     """Validate band names; raise ``InputError`` naming the unknown one and the valid choices."""
-    from s2pipe.errors import InputError
+    from s2pipe.errors import InputError, short_repr
 
     out = []
     for b in bands:
-        key = b.upper()
+        key = b.upper() if isinstance(b, str) else None
         if key not in BANDS:
             raise InputError(
-                f"unknown Sentinel-2 band {b!r} in {argument}; choose from {', '.join(BANDS)}"
+                f"unknown Sentinel-2 band {short_repr(b)} in {argument}; choose from {', '.join(BANDS)}"
             )
         out.append(key)
     if len(set(out)) != len(out):
-        raise InputError(f"{argument} lists a band twice: {list(bands)}")
+        raise InputError(f"{argument} lists a band twice: {short_repr(list(bands))}")
     return tuple(out)

@@ -152,7 +152,7 @@ def demo(
 
     try:
         profile = load_profile("local-demo")
-        region = generate_demo(Path(profile.demo_root or "out/demo"), progress=ProgressLine("generating demo scenes", unit="scenes"))
+        region = generate_demo(Path(profile.demo_folder), progress=ProgressLine("generating demo scenes", unit="scenes"))
         cfg = load_config(
             {"catalog": "local-demo", "bbox": list(region.default_bbox), "start": region.start, "end": region.end,
              "output": str(output), "max_cloud": 100.0},
@@ -219,7 +219,7 @@ def search(
             if profile.is_local_demo and url is None:
                 from s2pipe.synthetic.demo import demo_server, generate_demo
 
-                region = generate_demo(Path(profile.demo_root or "out/demo"))
+                region = generate_demo(Path(profile.demo_folder))
                 url = stack.enter_context(demo_server(region)).url
             items = search_items(profile, bbox=box, start=start, end=end, max_cloud=max_cloud, url=url)
     except ValueError as exc:

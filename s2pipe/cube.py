@@ -41,7 +41,7 @@ from stackstac.rio_reader import (
 )
 
 from s2pipe.bands import SCL, SPECTRAL_10, check_bands
-from s2pipe.errors import InputError, NoScenesError
+from s2pipe.errors import AssetReadError, InputError, NoScenesError
 from s2pipe.grid import Grid, grid_of  # noqa: F401  (re-exported: the grid of a cube)
 from s2pipe.runtime.objectstore import forget_cached_ranges
 from s2pipe.runtime.retry import (
@@ -51,8 +51,9 @@ from s2pipe.runtime.retry import (
     http_gdal_options,
     retryable_read_error,
 )
-from s2pipe.stac.assets import redact_href
+from s2pipe.stac.assets import check_hrefs, redact_href
 from s2pipe.stac.items import item_dict
+from s2pipe.stac.signing import HrefSigner, redact_library_logs
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE", "SOLAR_DAY", "ReadPath", "READ_PATHS", "TimeChunks", "TIME_CHUNKS", "Grid",
@@ -65,6 +66,8 @@ than a block decodes that block several times: 0.5x the speed in benchmarks/benc
 chunk (one date, one band) is 8 MiB; 2048 read ~10 % faster than 1024 here and makes 4x fewer tasks."""
 
 SOLAR_DAY = "s2pipe:solar_day"
+
+redact_library_logs()  # GDAL's HTTP messages name the signed href: its token must not reach a log
 
 ReadPath = Literal["auto", "warp"]
 READ_PATHS: tuple[str, ...] = get_args(ReadPath)
@@ -88,6 +91,7 @@ def build_cube(
     time_chunks: TimeChunks = "date",
     read_retry: RetryPolicy = READ_RETRY,
     http_timeout: float = HTTP_TIMEOUT,
+    signer: HrefSigner | None = None,
 ) -> xr.DataArray:
     """Build the lazy raw cube ``"dn"`` (time, band, y, x) uint16, 0 = nodata, one date per solar day.
 
@@ -131,6 +135,10 @@ def build_cube(
         connection) opens the file again and reads the window again, as often, with exponential backoff.
     http_timeout : float, default 30
         Seconds GDAL waits for an HTTP answer before the request counts as failed.
+    signer : s2pipe.stac.signing.HrefSigner, optional
+        Signs (or re-signs) each href it applies to just before the file is opened, with a token from a cache
+        that renews it before it expires; a read answered 403 is signed again and read again. None: hrefs are
+        opened as they are.
 
     Returns
     -------
@@ -149,6 +157,9 @@ def build_cube(
         ``bands`` lists SCL, the cube would have no band, or a band is missing from some items; ``bbox`` is
         malformed or meets no item; ``epsg`` is None and no item states one; an item has no datetime; or scenes of
         one solar day state different scales, or offsets that differ by a fractional number of DN.
+    AssetError
+        An asset href is not one the pipeline may open (``stac.assets.confine_href``: another scheme, a local
+        file outside the catalog's folders, a ``..`` path).
     """
     if read not in READ_PATHS:
         raise InputError(f"read={read!r} is not a read path; pass one of {list(READ_PATHS)} (argument: read)")
@@ -167,6 +178,7 @@ def build_cube(
         raise InputError("bands is empty and include_scl=False: the cube would have no band; give bands=[...]")
     all_bands = spectral + ((SCL,) if include_scl else ())
     _check_assets(plain, all_bands)
+    check_hrefs(plain, all_bands)
     resolution = float(resolution)
     if not math.isfinite(resolution) or resolution <= 0:
         raise InputError(f"resolution={resolution!r} must be a positive number of metres (argument: resolution)")
@@ -195,7 +207,7 @@ def build_cube(
         chunksize=(group_sizes if time_chunks == "date" else len(plain), 1, y_chunks, x_chunks), dtype="uint16",
         fill_value=np.uint16(0), rescale=False,
         sortby_date=False, xy_coords="center", properties=False, band_coords=False,
-        reader=partial(DirectReadRioReader if read == "auto" else PlainReadRioReader, retry=read_retry),
+        reader=partial(DirectReadRioReader if read == "auto" else PlainReadRioReader, retry=read_retry, signer=signer),
     )
     from s2pipe.runtime.objectstore import gdal_options
 
@@ -304,23 +316,49 @@ class PlainReadRioReader(AutoParallelRioReader):
     A failed open or read is retried under ``retry`` (``s2pipe.runtime.retry.READ_RETRY``: 1 + 3 attempts,
     0.5, 1, 2 s apart): the dataset is closed, GDAL's cache of the file's byte ranges dropped, and the file opened again, so a connection cut mid-body, a truncated body
     or a stalled request costs one more read of the window, not the run. HTTP 429/5xx answers are retried by
-    GDAL itself, per request (``http_gdal_options``), and not again here. The error of the last attempt is
-    raised, naming the href without its query string.
+    GDAL itself, per request (``http_gdal_options``), and not again here. A read that still fails raises
+    :class:`~s2pipe.errors.AssetReadError`, naming the href without its query string (``href``: as given).
+
+    With a ``signer`` (``s2pipe.stac.signing.HrefSigner``) the href is signed afresh each time the file is
+    opened, and a read answered 403 is retried with a new token.
     """
 
-    def __init__(self, *, retry: RetryPolicy = READ_RETRY, **kwargs):
+    def __init__(self, *, retry: RetryPolicy = READ_RETRY, signer: HrefSigner | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.retry = retry
+        self.retry, self.signer, self.href = retry, signer, self.url
+
+    def __getstate__(self):  # stackstac's pickles only its own arguments (a Dask worker would lose these)
+        return {**super().__getstate__(), "url": self.href, "retry": self.retry, "signer": self.signer}
+
+    def _sign(self) -> None:
+        """Sign the href afresh just before it is opened (a token from the cache, renewed before it expires)."""
+        if self.signer is not None:
+            self.url = self.signer.sign(self.href)
+
+    def _open(self):
+        self._sign()
+        return super()._open()
 
     def read(self, window, **kwargs):
-        return self.retry.call(lambda: self._read_once(window, **kwargs), retry_on=retryable_read_error,
-                               what=lambda: f"reading {redact_href(self.url)}", before_retry=self._reopen)
+        try:
+            return self.retry.call(lambda: self._read_once(window, **kwargs), retry_on=self._retryable,
+                                   what=lambda: f"reading {redact_href(self.url)}", before_retry=self._reopen)
+        except Exception as exc:  # noqa: BLE001 - every failure that is left is this asset's
+            failure = f"could not read {redact_href(self.href)}: {redact_href(str(exc))[:500]}"
+        # raised outside the handler, with no cause or context: their text holds the signed href, and rasterio's
+        # CPLE errors do not survive the pickling back from a Dask worker (the client would get a bare Exception)
+        raise AssetReadError(failure, self.href)
 
-    def _reopen(self) -> None:
+    def _retryable(self, exc: BaseException) -> bool:
+        return retryable_read_error(exc) or (self.signer is not None and _forbidden(exc))
+
+    def _reopen(self, exc: BaseException) -> None:
         """After a failed read: open the file again (a broken connection) and download its ranges again (GDAL
-        keeps a body cut short as if whole)."""
+        keeps a body cut short as if whole); after a 403, with a new token."""
         self.close()
         forget_cached_ranges(self.url)
+        if self.signer is not None and _forbidden(exc):
+            self.signer.renew(self.href)
 
     def _read_once(self, window, **kwargs):
         reader = self.dataset
@@ -332,6 +370,11 @@ class PlainReadRioReader(AutoParallelRioReader):
             except Exception:  # noqa: BLE001 - stackstac's own path below reports or masks the error
                 pass
         return AutoParallelRioReader.read(self, window, **kwargs)
+
+
+def _forbidden(exc: BaseException) -> bool:
+    """Whether a read failed with HTTP 403 (a token that expired or was revoked)."""
+    return "HTTP response code: 403" in f"{exc} {exc.__cause__!r}"
 
 
 class _DirectPlan(NamedTuple):
@@ -420,6 +463,7 @@ class DirectReadRioReader(PlainReadRioReader):
     def _open(self):
         if tuple(self.scale_offset) != (1, 0):
             return super()._open()
+        self._sign()
         with self.gdal_env.open:
             try:
                 ds = SelfCleaningDatasetReader(self.url, sharing=False)
@@ -689,4 +733,4 @@ def _catalog(items: list[dict]) -> tuple[str, str]:
             if link.get("rel") == "root":
                 url = link.get("href", "")
                 break
-    return str(props.get("s2pipe:catalog", "")), str(url)
+    return str(props.get("s2pipe:catalog", "")), redact_href(str(url))

@@ -13,6 +13,10 @@ Search, Planetary Computer, or the local demo catalog served by ``rustac serve``
   client and around the search as a whole, by ``s2pipe.runtime.retry.RetryPolicy`` (the one retry policy: see
   there which layer retries what). After ``retries`` retries, :class:`CatalogUnreachableError` names the URL and
   the attempts made.
+
+The API URL may carry credentials (``https://user:password@host/?token=...``): it is sent as given, but every log
+line and error names it without them (``stac.assets.redact_href``), and the text of the HTTP library's exceptions
+is scrubbed of its user info and query string too (requests quotes ``/search?token=...`` without the scheme).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import datetime as dt
 import json
 import logging
 import math
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -35,8 +40,9 @@ from pystac_client.stac_api_io import StacApiIO
 from shapely.geometry.base import BaseGeometry
 from urllib3 import Retry
 
-from s2pipe.errors import CatalogUnreachableError, InputError, NoScenesError
+from s2pipe.errors import CatalogUnreachableError, InputError, NoScenesError, short_repr
 from s2pipe.runtime.retry import RetryPolicy
+from s2pipe.stac.assets import redact_href
 from s2pipe.stac.catalog import CatalogProfile, load_profile
 from s2pipe.stac.items import item_datetime, normalize_item
 
@@ -115,12 +121,12 @@ def _parse_geometry(geometry: Any) -> BaseGeometry:
             geometry = geometry.get("geometry")
         if not isinstance(geometry, Mapping) or "type" not in geometry:
             raise InputError(
-                f"geometry {geometry!r:.120} is not a GeoJSON geometry dict; give "
+                f"geometry {short_repr(geometry)} is not a GeoJSON geometry dict; give "
                 '{"type": "Polygon", "coordinates": [...]} in degrees lon/lat (argument: geometry)'
             )
         if geometry["type"] not in ("Polygon", "MultiPolygon"):
             raise InputError(
-                f"geometry type {geometry['type']!r} is not supported; give a Polygon or MultiPolygon "
+                f"geometry type {short_repr(geometry['type'])} is not supported; give a Polygon or MultiPolygon "
                 "in degrees lon/lat (argument: geometry)"
             )
         try:
@@ -205,6 +211,21 @@ def _check_number(value: Any, *, argument: str, low: float, high: float | None =
 # ---------------------------------------------------------------------------------------------- network
 
 
+def _scrub(text: str, url: str, limit: int = 300) -> str:
+    """``text`` (an exception's text about a request to ``url``) without ``url``'s credentials, at most ``limit``
+    characters: URLs redacted (``redact_href``), then the user info, the query string and its values (as written
+    and percent-decoded, 3 characters or more) replaced by ``***`` wherever they still appear. Scrubbed before it
+    is cut, so no piece of a secret survives at the cut."""
+    parts = urllib.parse.urlsplit(url)
+    pieces = {parts.query, parts.fragment, parts.netloc.rpartition("@")[0], parts.username or "",
+              parts.password or "", *(v for _, v in urllib.parse.parse_qsl(parts.query))}
+    pieces |= {urllib.parse.unquote(p) for p in pieces}
+    text = redact_href(text)
+    for piece in sorted((p for p in pieces if len(p) >= 3), key=len, reverse=True):
+        text = text.replace(piece, "***")
+    return text[:limit]
+
+
 def _stac_io(retries: int, backoff: float, timeout: float) -> StacApiIO:
     """StacApiIO whose urllib3 ``Retry`` re-sends a request answered with 429/5xx (``retries`` times).
 
@@ -243,16 +264,18 @@ def _failure_kind(exc: BaseException) -> str:
 def _unreachable(url: str, exc: BaseException, attempts: int) -> CatalogUnreachableError:
     detail = _failure_kind(exc)
     return CatalogUnreachableError(
-        f"STAC API {url} is unreachable after {attempts} attempts ({detail}: {str(exc)[:300]}); check the URL "
-        "(argument: url, or the profile's url), the network, or try again later with more retries "
+        f"STAC API {redact_href(url)} is unreachable after {attempts} attempts ({detail}: {_scrub(str(exc), url)}); "
+        "check the URL (argument: url, or the profile's url), the network, or try again later with more retries "
         "(arguments: retries, backoff, timeout)"
     )
 
 
 def _with_retries(fn: Callable[[], T], *, url: str, what: str, retries: int, backoff: float) -> T:
     """Run ``fn`` under the search's ``RetryPolicy``: connection errors, time-outs and broken pages (invalid JSON)
-    are retried with exponential backoff; API errors are translated into s2pipe's errors."""
+    are retried with exponential backoff; API errors are translated into s2pipe's errors. ``url`` is named
+    without its credentials."""
     policy = RetryPolicy(retries=retries, backoff=backoff)
+    shown = redact_href(url)
 
     def transient(exc: BaseException) -> bool:
         if isinstance(exc, (APIError, requests.RequestException)):
@@ -262,23 +285,34 @@ def _with_retries(fn: Callable[[], T], *, url: str, what: str, retries: int, bac
     def give_up(exc: BaseException, attempts: int) -> CatalogUnreachableError:
         if isinstance(exc, json.JSONDecodeError) and not isinstance(exc, requests.RequestException):
             return CatalogUnreachableError(
-                f"{what} at STAC API {url} got a broken page (invalid JSON: {str(exc)[:200]}) after {attempts} "
+                f"{what} at STAC API {shown} got a broken page (invalid JSON: {_scrub(str(exc), url, 200)}) after {attempts} "
                 "attempts; the server or a proxy in between cuts its answers: try again later or with more retries "
                 "(arguments: retries, backoff)")
         return _unreachable(url, exc, attempts)
 
     try:
-        return policy.call(fn, retry_on=transient, what=f"{what} at {url}", give_up=give_up)
+        return policy.call(fn, retry_on=transient, what=f"{what} at {shown}", give_up=give_up)
+    except CatalogUnreachableError as err:  # give_up's, chained to the last failure
+        if _cause(err.__cause__, url) is None:
+            raise err from None
+        raise
     except (APIError, requests.RequestException) as exc:  # not transient
         status = getattr(exc, "status_code", None)
         if status in RETRY_STATUS:  # urllib3 already retried this one, per request
-            raise _unreachable(url, exc, retries + 1) from exc
+            raise _unreachable(url, exc, retries + 1) from _cause(exc, url)
         if status is not None and 400 <= status < 500:
             raise InputError(
-                f"STAC API {url} rejected the {what} request with HTTP {status}: {str(exc)[:300]}; "
+                f"STAC API {shown} rejected the {what} request with HTTP {status}: {_scrub(str(exc), url)}; "
                 "check the url, collection and search arguments"
-            ) from exc
-        raise CatalogUnreachableError(f"{what} at STAC API {url} failed: {str(exc)[:300]}") from exc
+            ) from _cause(exc, url)
+        raise CatalogUnreachableError(
+            f"{what} at STAC API {shown} failed: {_scrub(str(exc), url)}") from _cause(exc, url)
+
+
+def _cause(exc: BaseException | None, url: str) -> BaseException | None:
+    """The cause to chain s2pipe's error to: ``exc``, or None when ``url`` carries credentials (the text of the
+    HTTP library's exception quotes the query string: a traceback would show it)."""
+    return exc if redact_href(url) == url else None
 
 
 def _open_client(url: str, *, retries: int, backoff: float, timeout: float) -> Client:
@@ -290,10 +324,11 @@ def _open_client(url: str, *, retries: int, backoff: float, timeout: float) -> C
     except (pystac.STACError, pystac.STACTypeError, ValueError, KeyError) as exc:
         if isinstance(exc, InputError):
             raise
-        raise InputError(f"{url} is not a STAC API root ({exc}); check the URL (argument: url)") from exc
+        raise InputError(f"{redact_href(url)} is not a STAC API root ({_scrub(str(exc), url)}); check the URL "
+                         "(argument: url)") from _cause(exc, url)
     if not client.conforms_to(ConformanceClasses.ITEM_SEARCH):
         raise InputError(
-            f"{url} is a STAC catalog without the item-search API (/search); point url at a STAC API root "
+            f"{redact_href(url)} is a STAC catalog without the item-search API (/search); point url at a STAC API root "
             "(argument: url)"
         )
     return client
@@ -306,7 +341,7 @@ def _check_collection(client: Client, collection: str, *, url: str, retries: int
         available = _with_retries(lambda: sorted(c.id for c in client.get_collections()), url=url,
                                   what="collection listing", retries=retries, backoff=backoff)
         raise InputError(
-            f"collection {collection!r} does not exist at STAC API {url}; available collections: "
+            f"collection {collection!r} does not exist at STAC API {redact_href(url)}; available collections: "
             f"{', '.join(available) or 'none'} (fix the profile's collection or the url argument)"
         )
 
@@ -341,7 +376,8 @@ def _checked_arguments(profile, *, bbox, geometry, start, end, max_cloud, max_it
             "(argument: url), e.g. from s2pipe.synthetic.demo.demo_server"
         )
     if not isinstance(api, str) or not api.startswith(("http://", "https://")):
-        raise InputError(f"STAC API URL {api!r} must start with http:// or https:// (argument: url)")
+        shown = redact_href(api) if isinstance(api, str) else api
+        raise InputError(f"STAC API URL {shown!r:.200} must start with http:// or https:// (argument: url)")
     api = api.rstrip("/")
 
     return profile, region, start_day, end_day, api
@@ -441,7 +477,8 @@ def search_items(
 
     window = f"{start_day.isoformat()}T00:00:00Z/{end_day.isoformat()}T23:59:59Z"
     where = f"bbox {_bbox_text(region.bounds)}" if bbox is not None else f"geometry with bounds {_bbox_text(region.bounds)}"
-    log.info(f"searching {api} collection {profile.collection!r}: {where}, {window}, eo:cloud_cover <= {max_cloud:g}")
+    shown = redact_href(api)  # for the log lines and errors: without credentials
+    log.info(f"searching {shown} collection {profile.collection!r}: {where}, {window}, eo:cloud_cover <= {max_cloud:g}")
 
     client = _open_client(api, retries=int(retries), backoff=float(backoff), timeout=float(timeout))
     _check_collection(client, profile.collection, url=api, retries=int(retries), backoff=float(backoff))
@@ -479,11 +516,11 @@ def search_items(
             if counts["cloudy"] else ""
         )
         raise NoScenesError(
-            f"no scenes in collection {profile.collection!r} at {api} for {where}, "
+            f"no scenes in collection {profile.collection!r} at {shown} for {where}, "
             f"{start_day.isoformat()}..{end_day.isoformat()}, eo:cloud_cover <= {max_cloud:g}{cloudy}; "
             "widen the dates (start, end), the region (bbox, geometry) or the cloud limit (max_cloud)"
         )
     items = [normalize_item(d, profile) for d in raw]
     items.sort(key=lambda it: (item_datetime(it), it.id))
-    log.info(f"search: {len(items)} scenes from {api} ({counts['returned']} returned by the server)")
+    log.info(f"search: {len(items)} scenes from {shown} ({counts['returned']} returned by the server)")
     return items

@@ -334,7 +334,9 @@ def test_demo_region_normalized_items(tmp_path):
 
     region = generate_demo(tmp_path / "demo", DemoConfig(start="2021-12-01", end="2021-12-31", tile_size=64,
                                                          overlap=16, block_size=128, seed=3))
-    items = normalize_items(load_item_dicts(region.items_path), load_profile("local-demo"))
+    # the local-demo profile names its region's folder (demo_root): local hrefs elsewhere are refused unread
+    profile = load_profile("local-demo").model_copy(update={"demo_root": str(region.root)})
+    items = normalize_items(load_item_dicts(region.items_path), profile)
     assert len(items) >= 4
     bands = list(items[0].assets)
     assert "SCL" in bands and len(bands) == 11

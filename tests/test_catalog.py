@@ -57,7 +57,7 @@ def test_unknown_band_in_profile_raises():
 @pytest.mark.parametrize(
     "text,message",
     [
-        ("name: x\nurl: [unclosed\n", r"bad\.yaml is invalid"),  # YAML syntax error
+        ("name: x\nurl: [unclosed\n", r"bad\.yaml is not valid YAML"),  # YAML syntax error
         ("- just\n- a list\n", r"bad\.yaml is invalid"),  # not a mapping
         ("name: x\nurl: http://a\ncollection: c\nassets: {B04: red}\n", r"(?s)bad\.yaml is invalid.*offset_rule"),
         ("name: x\nurl: http://a\ncollection: c\noffset_rule: guess\nassets: {B04: red}\n", r"(?s)bad\.yaml is invalid.*offset_rule"),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from s2pipe.cube import build_cube
+from s2pipe.errors import AssetReadError
 from s2pipe.runtime.retry import RetryPolicy, http_gdal_options
 from s2pipe.stac.catalog import load_profile
 from s2pipe.stac.items import normalize_item
@@ -20,9 +21,9 @@ FAST = RetryPolicy(retries=3, backoff=0.1)
 
 @pytest.fixture(scope="module")
 def region_items(tiny_demo):
-    region, _ = tiny_demo
+    region, profile = tiny_demo
     features = json.loads(region.items_path.read_text())["features"]
-    items = [normalize_item(f, load_profile("local-demo"), sign=False).to_dict() for f in features]
+    items = [normalize_item(f, load_profile(profile), sign=False).to_dict() for f in features]
     return region, items
 
 
@@ -63,9 +64,73 @@ def test_an_asset_that_keeps_failing_fails_the_read_naming_it_within_bounded_tim
         cube = build_cube(http_items(one, server), bbox=region.default_bbox, chunk_size=64, time_chunks="all",
                           read_retry=RetryPolicy(retries=2, backoff=0.1), http_timeout=1)
         t0 = time.monotonic()
-        with pytest.raises(RuntimeError, match=name):
+        with pytest.raises(AssetReadError, match=name):
             cube.compute(scheduler="single-threaded")
         seconds = time.monotonic() - t0
     # GDAL: 1 + 2 tries per request with its backoff from 0.1 s; no second layer on top for an HTTP status
     assert server.counts["broken"] <= 3 * 2, server.counts  # the opening requests only: nothing multiplied
     assert seconds < 10, seconds
+
+
+def _signer(server, **kwargs):
+    from s2pipe.stac.signing import HrefSigner
+
+    return HrefSigner(token_url=server.token_url, hosts=(server.url(server.root / "x").split("/")[2],), **kwargs)
+
+
+def test_hrefs_signed_at_read_time_survive_tokens_that_expire_during_the_read(region_items, local_cube):
+    """Tokens live 0.4 s, far less than the read: each reader signs its href when it opens the file, and a
+    range answered 403 (the token expired on an open file) is signed again and read again."""
+    from s2pipe.stac.signing import forget_tokens
+
+    region, items = region_items
+    forget_tokens()
+    with FaultyCogServer(region.root, token_ttl=0.4) as server:
+        signer = _signer(server, renew_before=0.0, retry=RetryPolicy(retries=2, backoff=0.1))
+        t0 = time.monotonic()
+        got = build_cube(http_items(items, server), bbox=region.default_bbox, chunk_size=64, time_chunks="all",
+                         read_retry=FAST, http_timeout=2, signer=signer).compute(scheduler="threads")
+        seconds = time.monotonic() - t0
+    assert server.counts["tokens"] >= 2 and server.counts["403"] >= 1, server.counts  # tokens really expired
+    np.testing.assert_array_equal(got.values, local_cube.values)
+    print(f"read with expiring tokens: {dict(server.counts)}, {seconds:.1f} s")
+
+
+def test_without_a_signer_a_token_server_refuses_every_read(region_items):
+    region, items = region_items
+    with FaultyCogServer(region.root, token_ttl=60) as server:
+        cube = build_cube(http_items(items[:1], server), bbox=region.default_bbox, chunk_size=64,
+                          time_chunks="all", read_retry=RetryPolicy(retries=1, backoff=0.1), http_timeout=1)
+        with pytest.raises(AssetReadError, match="403"):
+            cube.compute(scheduler="single-threaded")
+    assert server.counts["403"] >= 1 and server.counts["tokens"] == 0
+
+
+def test_the_signer_caches_tokens_renews_them_before_expiry_and_keeps_them_out_of_messages(region_items):
+    from urllib.parse import parse_qs, urlsplit
+
+    from s2pipe.errors import SigningError
+    from s2pipe.stac.assets import redact_href
+    from s2pipe.stac.signing import HrefSigner, forget_tokens
+
+    region, items = region_items
+    forget_tokens()
+    with FaultyCogServer(region.root, token_ttl=3.0) as server:
+        href = http_items(items[:1], server)[0]["assets"]["B04"]["href"]
+        fresh = _signer(server, renew_before=0.0)
+        a, b = fresh.sign(href), fresh.sign(href + "?se=1&sig=stale")
+        assert a == b and server.counts["tokens"] == 1  # one token per container, an old one replaced
+        assert parse_qs(urlsplit(a).query)["sig"] and redact_href(a).count("sig=") == 0
+        eager = _signer(server)  # renew 300 s before expiry, but at most half a token's lifetime (here 1.5 s)
+        assert eager.sign(href) == a and server.counts["tokens"] == 1
+        time.sleep(1.6)
+        assert eager.sign(href) != a and server.counts["tokens"] == 2
+        assert fresh.sign(href) == eager.sign(href) and server.counts["tokens"] == 2  # one cache per process
+        fresh.renew(href)  # after a 403
+        fresh.sign(href)
+        assert server.counts["tokens"] == 3
+        assert fresh.sign("https://example.org/x.tif") == "https://example.org/x.tif"  # other hosts as they are
+    dead = HrefSigner(token_url="http://127.0.0.1:9/token", hosts=("127.0.0.1:9",),
+                      retry=RetryPolicy(retries=1, backoff=0.05), timeout=1)
+    with pytest.raises(SigningError, match="after 2 attempts"):
+        dead.sign("http://127.0.0.1:9/c/x.tif")

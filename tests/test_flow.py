@@ -341,14 +341,16 @@ def test_scheduled_appends_extend_the_cube_like_one_run(flow_run, tmp_path):
         assert ds.band.values.tolist() == ["B02", "B03", "B04"] and ds.sizes["time"] == full.sizes["time"]
 
 
-def test_a_truncated_asset_leaves_its_scene_out_or_fails_in_strict_mode(flow_run, tmp_path):
-    """A COG cut short in the catalog: the scene is left out and recorded in the store's provenance and the run
-    summary; `s2pipe run --strict` fails naming it, before anything is written."""
+@pytest.fixture(scope="module")
+def truncated_run(flow_run, tmp_path_factory):
+    """A copy of the tiny region whose middle scene has its B04 COG cut short, and the store of a run on it (the
+    scene left out by the asset check): (copied region, its profile, the victim item, the store)."""
     import shutil
 
     from s2pipe.flows.regional_cube import regional_cube
 
     region, profile, _, _ = flow_run
+    tmp_path = tmp_path_factory.mktemp("truncated")
     src = Path(region.root)
     copy = tmp_path / "region"
     shutil.copytree(src, copy)
@@ -361,15 +363,23 @@ def test_a_truncated_asset_leaves_its_scene_out_or_fails_in_strict_mode(flow_run
     cog.write_bytes(cog.read_bytes()[: int(cog.stat().st_size * 0.6)])
     prof = tmp_path / "profile.yaml"
     prof.write_text(Path(profile).read_text().replace(f"demo_root: {src}", f"demo_root: {copy}"))
-
-    out = tmp_path / "strict.zarr"
-    result = _cli("run", _config_file(tmp_path / "strict.yaml", _config(region, prof, out, quicklook=False)), "--strict")
-    assert result.exit_code == 1 and victim["id"] in result.output and "error:" in result.output, result.output
-    assert isinstance(result.exception, SystemExit)
-    assert not out.exists()
-
     out = tmp_path / "lenient.zarr"
     summary = regional_cube(_config(region, prof, out, quicklook=False))
+    return copy, prof, victim, out, summary
+
+
+def test_a_truncated_asset_leaves_its_scene_out_or_fails_in_strict_mode(flow_run, truncated_run, tmp_path):
+    """A COG cut short in the catalog: the scene is left out and recorded in the store's provenance and the run
+    summary; `s2pipe run --strict` fails naming it, before anything is written."""
+    region = flow_run[0]
+    _, prof, victim, out, summary = truncated_run
+    strict = tmp_path / "strict.zarr"
+    result = _cli("run", _config_file(tmp_path / "strict.yaml", _config(region, prof, strict, quicklook=False)),
+                  "--strict")
+    assert result.exit_code == 1 and victim["id"] in result.output and "error:" in result.output, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert not strict.exists()
+
     run = json.loads(Path(summary["run_summary"]).read_text())
     assert run["scenes_dropped"] == [victim["id"]] and victim["id"] not in run["scenes"]
     assert run["assets"]["dropped"][0]["asset"] == "B04" and "Truncated" in run["assets"]["dropped"][0]["reason"]
@@ -779,30 +789,115 @@ def test_demo_maps_flow_trains_maps_both_year_ends_and_finds_the_change(flow_run
     assert pyogrio.read_info(change["vectors"])["features"] == change["polygons"]
 
 
-def test_a_run_through_a_faulty_object_store_writes_the_same_store(flow_run, tmp_path):
+def test_a_run_through_a_faulty_object_store_writes_the_same_store(flow_run, truncated_run, tmp_path, monkeypatch,
+                                                                   caplog):
     """The tiny region's COGs over HTTP from a server that spoils 3 % of the range requests (503, 429, stalls,
-    bodies cut short or truncated), its items from the local STAC API: the run completes, leaves no scene out,
-    and writes the store of the run on the local files (values, weights, observed flags, factors)."""
+    bodies cut short or truncated), wants SAS tokens that expire every 2 s, and stops serving one asset for good
+    once the asset check has passed it; the items come from the local STAC API. The run completes, leaves that
+    scene out and records it, and writes the store of the run on the local files without that scene (values,
+    weights, observed flags, factors); no token reaches the summary or the store."""
+    import s2pipe.flows.regional_cube as rc
     from s2pipe.flows.regional_cube import regional_cube
+    from s2pipe.runtime.objectstore import forget_cached_ranges
     from s2pipe.stac.server import LocalStacServer
+    from s2pipe.stac.signing import forget_tokens
     from s2pipe.synthetic.faulty_server import FaultyCogServer, http_items
 
-    region, profile, reference, _ = flow_run
+    region, profile, _, _ = flow_run
+    copy, _, victim, reference, _ = truncated_run
     features = json.loads(region.items_path.read_text())["features"]
+    broken = Path(victim["assets"]["red"]["href"]).relative_to(copy).as_posix()
     out = tmp_path / "http.zarr"
-    with FaultyCogServer(region.root, rate=0.03, seed=11, stall_s=3.0) as cogs:
+    forget_tokens()
+    real_check = rc.check_assets_task
+
+    def check_then_break(*args, **kwargs):  # the asset passes the check, then its reads fail for good
+        check = real_check.fn(*args, **kwargs)
+        cogs.broken = (broken,)
+        forget_cached_ranges(cogs.url(Path(region.root) / broken))  # what the check read of it, GDAL forgets
+        return check
+
+    monkeypatch.setattr(rc, "check_assets_task", check_then_break)
+    with FaultyCogServer(region.root, rate=0.03, seed=11, stall_s=3.0, token_ttl=2.0) as cogs:
         items = tmp_path / "items.json"
         items.write_text(json.dumps({"type": "FeatureCollection", "features": http_items(features, cogs)}))
         with LocalStacServer([region.collection_path, items]) as stac:
             prof = tmp_path / "http.yaml"
-            text = Path(profile).read_text().replace("url: local-demo", f"url: {stac.url}")
+            host = cogs.token_url.split("/")[2]
+            text = (Path(profile).read_text().replace("url: local-demo", f"url: {stac.url}")
+                    .replace("signing: none", f"signing: planetary-computer\ntoken_url: {cogs.token_url}\n"
+                                              f"sign_hosts: ['{host}']\ntoken_renew_s: 0.5"))
             prof.write_text(text + "\nread_backoff: 0.1\nhttp_timeout: 1\n")
             summary = regional_cube(_config(region, prof, out, quicklook=False))
     faults = {k: v for k, v in cogs.counts.items() if k in FaultyCogServer.KINDS}
-    assert sum(faults.values()) >= 5, cogs.counts
+    assert sum(faults.values()) >= 5 and cogs.counts["broken"] >= 1 and cogs.counts["tokens"] >= 2, cogs.counts
     run = json.loads(Path(summary["run_summary"]).read_text())
-    assert run["scenes_dropped"] == [] and run["status"] == "completed"
+    assert run["status"] == "completed" and run["scenes_dropped"] == [victim["id"]], run
+    assert "could not read" in run["assets"]["dropped"][0]["reason"] and "sig=" not in json.dumps(run)
     got = xr.open_zarr(out, consolidated=True).load()
     ref = xr.open_zarr(reference, consolidated=True).load()
     xr.testing.assert_identical(got.drop_attrs(), ref.drop_attrs())
     assert got.reflectance.attrs == ref.reflectance.attrs and got.attrs["stac_items"] == ref.attrs["stac_items"]
+    assert got.attrs["dropped_items"] == [victim["id"]] and "sig=" not in json.dumps(got.attrs)
+    assert "HTTP error code" in caplog.text and "sig=" not in caplog.text  # GDAL's messages, redacted
+    print(f"faulty flow run: {dict(cogs.counts)}")
+
+def test_a_conflicting_run_is_refused_before_any_work_and_changes_nothing(flow_run, monkeypatch, tmp_path):
+    """Another clear_classes on a complete store: refused before the search, naming the field and both values;
+    the store and its run summary keep every byte. A second live run on the store is refused the same way."""
+    import os
+
+    import s2pipe.flows.regional_cube as rc
+    from s2pipe.errors import OutputConflictError, StoreLockedError
+    from s2pipe.store.zarr import lock_path
+
+    region, profile, out, _ = flow_run
+    summary_file = rc.run_summary_path(out)
+    before = {p: p.read_bytes() for p in [summary_file, *out.rglob("*")] if p.is_file()}
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the refused run searched")
+
+    monkeypatch.setattr(rc, "_search", no_search)
+    with pytest.raises(OutputConflictError) as err:
+        rc.regional_cube(_config(region, profile, out, clear_classes=[4, 5, 6]))
+    assert "clear_classes [4, 5, 6, 7] (store) vs [4, 5, 6] (this run)" in str(err.value), err.value
+    lock = lock_path(out)
+    lock.write_text(json.dumps({"host": os.uname().nodename, "pid": 1, "started": "now", "token": "x"}))
+    try:
+        with pytest.raises(StoreLockedError, match="pid 1"):
+            rc.regional_cube(_config(region, profile, out))
+    finally:
+        lock.unlink()
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_a_rerun_on_a_complete_store_reads_no_pixel_and_a_copied_store_resumes(flow_run, monkeypatch, tmp_path):
+    """A complete store copied elsewhere (`cp -r`), the same run on the copy: it finds the store complete from
+    the same scenes and stops after the search, reading no pixel. A copy with a region unrecorded resumes it
+    and equals the original."""
+    import shutil
+    import time
+
+    from s2pipe.flows.regional_cube import regional_cube
+    from s2pipe.store.zarr import state_path
+
+    region, profile, out, _ = flow_run
+    moved = tmp_path / "moved.zarr"
+    shutil.copytree(out, moved)
+    reads = _count_reads(monkeypatch)
+    t0 = time.monotonic()
+    again = regional_cube(_config(region, profile, moved))
+    assert again["mode"] == "up-to-date" and not reads and time.monotonic() - t0 < 20, again
+
+    copy = tmp_path / "elsewhere" / "copy.zarr"
+    shutil.copytree(out, copy)
+    done = sorted(state_path(copy, "done").iterdir())
+    assert len(done) >= 2
+    done[0].unlink()
+    state_path(copy, "complete").unlink()
+    resumed = regional_cube(_config(region, profile, copy))
+    run = json.loads(Path(resumed["run_summary"]).read_text())
+    assert run["mode"] == "resume" and run["regions"]["written_by_this_run"] == 1, run
+    xr.testing.assert_identical(xr.open_zarr(copy, consolidated=True).load().drop_attrs(),
+                                xr.open_zarr(out, consolidated=True).load().drop_attrs())

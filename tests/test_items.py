@@ -5,6 +5,7 @@ import copy
 import datetime as dt
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pystac
@@ -300,38 +301,33 @@ def test_normalize_items_accepts_collections_and_sorts(item_files):
 # ----------------------------------------------------------------------------------------------- signing
 
 
-def test_planetary_computer_signing_path(item_files, monkeypatch):
-    """The PC profile signs through planetary_computer.sign; checked without the network.
+def test_planetary_computer_signing_path(item_files):
+    """The PC profile signs every Azure blob href with a token of its token service (here a local one, the
+    token API of ``FaultyCogServer``), replacing a token already there; other hosts are left as they are, and
+    ``sign=False`` or an unsigned profile asks for no token."""
+    from s2pipe.stac.signing import forget_tokens
+    from s2pipe.synthetic.faulty_server import FaultyCogServer
 
-    Hrefs that already carry a SAS token (st/se/sp) are left as they are by the real signer, as are
-    hrefs outside Azure blob storage, so the real function runs but makes no request.
-    """
-    import planetary_computer
-
-    calls = []
-    real_sign = planetary_computer.sign
-
-    def spy(obj, *args, **kwargs):
-        calls.append(obj)
-        return real_sign(obj, *args, **kwargs)
-
-    monkeypatch.setattr(planetary_computer, "sign", spy)
     raw = copy.deepcopy(item_files["planetary-computer/rustac_two-sentinel-2-items.json"][0])
-    token = "st=2024-01-01T00%3A00%3A00Z&se=2024-01-02T00%3A00%3A00Z&sp=rl&sig=abc"
-    for key, a in raw["assets"].items():
-        a["href"] = a["href"] + "?" + token if key == "B04" else a["href"].replace(
-            "https://sentinel2l2a01.blob.core.windows.net", "http://127.0.0.1:9")
-    profile = load_profile("planetary-computer-l2a")
-    assert profile.signing == "planetary-computer"
-    it = normalize_item(raw, profile)
-    assert [getattr(c, "id", None) for c in calls][:1] == [raw["id"]]
-    assert it.assets["B04"].href.endswith(token)
-    assert it.assets["SCL"].href == raw["assets"]["SCL"]["href"]
-    calls.clear()
-    normalize_item(raw, profile, sign=False)
-    normalize_item(item_files["earth-search-v1/rustac_sentinel-2-c1-l2a_item-collection.json"][0],
-                   load_profile("earth-search-v1-c1-l2a"))
-    assert calls == []
+    stale = "st=2024-01-01T00%3A00%3A00Z&se=2024-01-02T00%3A00%3A00Z&sp=rl&sig=abc"
+    raw["assets"]["B04"]["href"] += "?" + stale
+    raw["assets"]["B05"]["href"] = raw["assets"]["B05"]["href"].replace(
+        "https://sentinel2l2a01.blob.core.windows.net", "http://127.0.0.1:9")
+    forget_tokens()
+    with FaultyCogServer(Path(__file__).parent, token_ttl=600) as server:
+        profile = load_profile("planetary-computer-l2a").model_copy(update={"token_url": server.token_url})
+        assert profile.signing == "planetary-computer"
+        it = normalize_item(raw, profile)
+        assert server.counts["tokens"] == 1  # one container, one token (cached)
+        signed = {k: a.href for k, a in it.assets.items() if ".blob.core.windows.net" in a.href}
+        assert "B04" in signed and "SCL" in signed
+        for href in signed.values():
+            assert "&sig=" in href and "se=" in href and stale not in href
+        assert it.assets["B05"].href == raw["assets"]["B05"]["href"]
+        assert normalize_item(raw, profile, sign=False).assets["B04"].href.endswith(stale)
+        normalize_item(item_files["earth-search-v1/rustac_sentinel-2-c1-l2a_item-collection.json"][0],
+                       load_profile("earth-search-v1-c1-l2a"))
+        assert server.counts["tokens"] == 1
 
 
 # ---------------------------------------------------------------------------------------------- stackstac

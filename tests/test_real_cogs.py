@@ -22,6 +22,7 @@ from rasterio.warp import reproject
 from s2pipe.cube import build_cube
 from s2pipe.products.cog import write_cog
 from s2pipe.search import search_items
+from s2pipe.stac.catalog import load_profile
 from s2pipe.stac.server import LocalStacServer
 from s2pipe.synthetic.items import earth_search_item
 
@@ -87,7 +88,8 @@ def served_items(source, tmp_path_factory):
     (root / "collection.json").write_text(json.dumps(collection))
     w, s, e, n = features[0]["bbox"]
     with LocalStacServer([root / "collection.json", root / "items.json"]) as server:
-        items = search_items("local-demo", bbox=(w + 0.001, s + 0.001, e - 0.001, n - 0.001), start=CLEAR_DATE,
+        profile = load_profile("local-demo").model_copy(update={"local_roots": (str(root),)})
+        items = search_items(profile, bbox=(w + 0.001, s + 0.001, e - 0.001, n - 0.001), start=CLEAR_DATE,
                              end=CLOUDY_DATE, url=server.url)
     assert [it.id for it in items] == [f["id"] for f in features]
     assert items[0].assets["B02"].href == features[0]["assets"]["blue"]["href"]  # Earth Search "blue" -> B02

@@ -135,7 +135,7 @@ def test_complete_store_same_inputs_is_left_as_is(tmp_path):
     "change, message",
     [
         (dict(ny=NY + 8), r"grid: shape \[40, 56\] \(store\) vs \[48, 56\] \(new\)"),
-        (dict(items=("A", "C")), r"inputs: attribute 'stac_items' \[\"A\", \"B\"\] \(store\) vs \[\"A\", \"C\"\]"),
+        (dict(items=("A", "C")), r"inputs: attribute stac_items \[\"A\", \"B\"\] \(store\) vs \[\"A\", \"C\"\]"),
     ],
 )
 def test_conflict_raises_and_writes_nothing(tmp_path, change, message):

@@ -24,7 +24,12 @@ from s2pipe import __version__
 from s2pipe.cloudmask import mask_clouds, observed_mask
 from s2pipe.config import RunConfig, load_config
 from s2pipe.cube import build_cube, default_chunk_size
-from s2pipe.errors import NoScenesError
+from s2pipe.errors import (
+    AssetReadError,
+    NoScenesError,
+    OutputConflictError,
+    StoreLockedError,
+)
 from s2pipe.gapfill import cressman
 from s2pipe.normalize import cube_scale, normalize
 from s2pipe.runtime import cluster
@@ -32,7 +37,7 @@ from s2pipe.runtime.cluster import dask_client, persist_budget
 from s2pipe.runtime.objectstore import ObjectPath, is_url, location, storage_environment
 from s2pipe.runtime.progress import ProgressLine
 from s2pipe.search import search_items
-from s2pipe.stac.assets import AssetCheck, check_assets
+from s2pipe.stac.assets import AssetCheck, check_assets, redact_href
 from s2pipe.stac.catalog import CatalogProfile, load_profile
 from s2pipe.store import staging
 from s2pipe.store.dataset import output_dataset
@@ -42,7 +47,13 @@ from s2pipe.store.incremental import (
     plan_append,
     stored_scale,
 )
-from s2pipe.store.zarr import append_cube, write_cube
+from s2pipe.store.zarr import (
+    append_cube,
+    check_parameters,
+    is_complete,
+    store_lock,
+    write_cube,
+)
 
 __all__ = [
     "run_logger", "demo_data_task", "search_task", "check_assets_task", "cube_task", "mask_task",
@@ -71,7 +82,7 @@ def demo_data_task(root: str):
 @task(name="search", cache_policy=NO_CACHE)  # search_items retries (s2pipe.runtime.retry); Prefect does not
 def search_task(cfg: RunConfig, profile: CatalogProfile, url: str | None) -> list:
     log = run_logger()
-    log.info(f"searching {url or profile.url} collection {profile.collection!r} {cfg.start}..{cfg.end}, cloud <= {cfg.max_cloud}%")
+    log.info(f"searching {redact_href(url) if url else profile.public_url} collection {profile.collection!r} {cfg.start}..{cfg.end}, cloud <= {cfg.max_cloud}%")
     items = search_items(
         profile, bbox=cfg.bbox, geometry=cfg.geometry, start=cfg.start, end=cfg.end, max_cloud=cfg.max_cloud, url=url
     )
@@ -87,7 +98,8 @@ def check_assets_task(items: list, cfg: RunConfig, client, profile: CatalogProfi
     log = run_logger()
     with storage_environment(cfg.storage, client=client):
         check = check_assets(items, [*cfg.bands, "SCL"], strict=cfg.strict, client=client,
-                             retries=profile.read_retries, backoff=profile.read_backoff, timeout=profile.http_timeout)
+                             retries=profile.read_retries, backoff=profile.read_backoff, timeout=profile.http_timeout,
+                             signer=profile.signer)
     for d in check.dropped:
         log.warning(f"scene {d['id']} left out: asset {d['asset']} ({d['href']}) failed after {d['attempts']} "
                     f"attempts: {d['reason']}")
@@ -102,9 +114,9 @@ def cube_task(items: list, cfg: RunConfig, profile: CatalogProfile) -> tuple[xr.
     cube = build_cube(
         items, bands=cfg.bands, include_scl=True, bbox=_bbox(cfg), epsg=cfg.epsg, resolution=cfg.resolution,
         chunk_size=cfg.chunk_size or default_chunk_size(profile.block_size), storage=cfg.storage, time_chunks="all",
-        read_retry=profile.read_retry, http_timeout=profile.http_timeout,
+        read_retry=profile.read_retry, http_timeout=profile.http_timeout, signer=profile.signer,
     )
-    cube.attrs.update(catalog=profile.name, catalog_url=profile.url)
+    cube.attrs.update(catalog=profile.name, catalog_url=profile.public_url)
     log = run_logger()
     log.info(f"cube: {dict(cube.sizes)} uint16, {cube.nbytes / 2**30:.2f} GiB, chunks {cube.data.chunksize}")
     budget = persist_budget()
@@ -117,9 +129,12 @@ def cube_task(items: list, cfg: RunConfig, profile: CatalogProfile) -> tuple[xr.
     # read chunks' spatial extent, each read by one task (few large tasks keep the scheduler out of the way).
     t0 = time.monotonic()
     cube = cube.persist()
-    from distributed import wait
+    from distributed import futures_of, wait
 
     wait(cube.data)
+    for future in futures_of(cube):
+        if future.status == "error":
+            future.result()  # raises the read's error (an AssetReadError names the asset) before any write
     log.info(f"cube read into cluster memory in {time.monotonic() - t0:.1f} s (fits in {cluster.PERSIST_FRACTION:.0%} of it)")
     return cube, True
 
@@ -294,6 +309,30 @@ def output_of(cube: xr.DataArray, reflectance: xr.DataArray, clear: xr.DataArray
     return output_dataset(normalized, weight, clear, cube=cube, parameters=cfg.parameters())
 
 
+def _cube_to_store(check: AssetCheck, cfg: RunConfig, profile: CatalogProfile, plan, *, timed):
+    """Read, mask, fill, normalise and write the checked scenes: (cube, dataset, store path, region counts), or
+    (cube, None, None, None) when an append finds no new output date."""
+    cube, persisted = timed("cube", cube_task, check.items, cfg, profile)
+    cube.attrs.update(check.provenance())
+    reflectance, clear = timed("cloud_mask", mask_task, cube, cfg)
+    new_dates = None
+    if plan is not None:
+        new_dates = new_output_dates(reflectance.time.values, last_date=plan.last_date, times=cfg.gapfill.times)
+        if len(new_dates) == 0:
+            return cube, None, None, None
+    ds = output_of(cube, reflectance, clear, cfg, persisted=persisted, plan=plan, new_dates=new_dates, timed=timed)
+    if plan is not None:
+        ds.attrs = extended_attrs(plan.attrs, ds.attrs)
+    path, regions = timed("write", write_task, ds, cfg, append=plan is not None)
+    return cube, ds, path, regions
+
+
+def _same_scenes(state: dict, items: list) -> bool:
+    """Whether a store's state says it was built from exactly ``items`` (used or left out)."""
+    attrs = state.get("inputs", {}).get("attrs", {})
+    return set(_ids(items)) == {*attrs.get("stac_items", []), *attrs.get("dropped_items", [])}
+
+
 def _search(cfg: RunConfig, profile: CatalogProfile, *, timed) -> list:
     """The run's scenes: the profile's STAC API searched; the local demo catalog is served for the search."""
     with contextlib.ExitStack() as stack:
@@ -301,7 +340,7 @@ def _search(cfg: RunConfig, profile: CatalogProfile, *, timed) -> list:
         if profile.is_local_demo:
             from s2pipe.synthetic.demo import demo_server
 
-            region = demo_data_task(profile.demo_root or "out/demo")
+            region = demo_data_task(profile.demo_folder)
             url = stack.enter_context(demo_server(region)).url
             run_logger().info(f"local demo STAC API serving on {url}")
         return timed("search", search_task, cfg, profile, url)
@@ -365,8 +404,12 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
                 "seconds": record["seconds"],
                 "run_summary": str(write_json(run_summary_path(cfg.output), record, storage=cfg.storage))}
 
-    with _Warnings() as caught:
+    with _Warnings() as caught, contextlib.ExitStack() as held:
         try:
+            # Before any request: one run at a time on the store, and none that would conflict with it.
+            held.enter_context(store_lock(cfg.output, storage=cfg.storage))
+            state = None if plan is not None or cfg.overwrite else check_parameters(
+                cfg.output, cfg.parameters(), storage=cfg.storage)
             if plan is not None and plan.search_start > cfg.end:
                 return up_to_date(f"the window ends {cfg.end}, before anything new could follow {plan.last_date.date()}")
             try:
@@ -376,32 +419,42 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
                     raise
                 return up_to_date(f"no scenes in {plan.search_start}..{cfg.end}")
             record["scenes"] = _ids(items)
+            if state is not None and _same_scenes(state, items) and is_complete(cfg.output, storage=cfg.storage):
+                return up_to_date("the store is complete, written from these scenes with these parameters")
             with dask_client(cfg.dask) as client:
                 log.info(f"dask cluster: {client.scheduler.address} with {len(client.scheduler_info().get('workers', {}))} workers")
                 check = timed("check_assets", check_assets_task, items, cfg, client, profile)
                 record["assets"] = check.summary()
                 record["scenes"] = _ids(check.items)
                 record["scenes_dropped"] = check.dropped_ids
-                cube, persisted = timed("cube", cube_task, check.items, cfg, profile)
-                cube.attrs.update(check.provenance())
-                reflectance, clear = timed("cloud_mask", mask_task, cube, cfg)
-                new_dates = None
-                if plan is not None:
-                    new_dates = new_output_dates(reflectance.time.values, last_date=plan.last_date, times=cfg.gapfill.times)
-                    if len(new_dates) == 0:
-                        return up_to_date(f"no acquisition after {plan.last_date.date()} up to {cfg.end}")
-                ds = output_of(cube, reflectance, clear, cfg, persisted=persisted, plan=plan, new_dates=new_dates,
-                               timed=timed)
-                if plan is not None:
-                    ds.attrs = extended_attrs(plan.attrs, ds.attrs)
-                path, regions = timed("write", write_task, ds, cfg, append=plan is not None)
+                # An asset that passed the check but whose pixels cannot be read leaves its scene out, and the
+                # cube is built again without it: only where this run owns the whole output (nothing of an
+                # earlier run's store, made with that scene, would then disagree); otherwise the run fails.
+                can_leave_out = not cfg.strict and (cfg.overwrite or not location(cfg.output, cfg.storage).exists())
+                run_cfg = cfg
+                while True:
+                    try:
+                        cube, ds, path, regions = _cube_to_store(check, run_cfg, profile, plan, timed=timed)
+                        break
+                    except AssetReadError as exc:
+                        left = (check.leave_out(exc.href, reason=str(exc), attempts=profile.read_retry.attempts)
+                                if can_leave_out else None)
+                        if left is None or not check.items:
+                            raise
+                        log.warning(f"scene {left} left out: its asset {redact_href(exc.href)} could not be read "
+                                    f"({exc}); building the cube again without it")
+                        record.update(assets=check.summary(), scenes=_ids(check.items),
+                                      scenes_dropped=check.dropped_ids)
+                        run_cfg = cfg.model_copy(update={"overwrite": True})  # what this run wrote, it rewrites
+                if ds is None:
+                    return up_to_date(f"no acquisition after {plan.last_date.date()} up to {cfg.end}")
                 record["regions"] = regions
                 staging.remove(cfg.output, storage=cfg.storage)
                 record["mode"] = "append" if plan is not None else "resume" if regions["resumed"] else "create"
                 png = timed("quicklook", quicklook_task, cube, path, cfg.storage) if cfg.quicklook else None
         except BaseException as exc:
-            from s2pipe.stac.assets import redact_href
-
+            if isinstance(exc, (StoreLockedError, OutputConflictError)):
+                raise  # refused before any work: the store and its summary are another run's, left as they are
             record.update(status="failed", error=redact_href(f"{type(exc).__name__}: {exc}")[:4000],
                           seconds=round(time.monotonic() - t0, 1), warnings=caught.messages)
             write_json(run_summary_path(cfg.output), record, storage=cfg.storage)

@@ -13,10 +13,16 @@ pixel reads        HTTP 429 / 5xx, time-outs, resets (GDAL,     1 + 3 per reques
 (GDAL /vsicurl)    per range request, ``http_gdal_options``)
 pixel reads        anything else: a body cut short, a broken    1 + 3 per window      0.5, 1, 2 s (± 10 %)
 (``build_cube``'s  connection, a stalled request (the file is
-readers)           opened again, GDAL's cache of it dropped)
+readers)           opened again, GDAL's cache of it dropped);
+                   a 403 when hrefs are signed (a new token)
+SAS tokens         connection errors, time-outs, 429 / 5xx      1 + 3 per token       1, 2, 4 s (± 10 %)
+(``stac.signing``)
 Prefect tasks      none: a task that fails with ``TransientError`` is not tried again, so retries never
                    multiply; a scheduled run is retried by its next run, which resumes the store
 =================  ==========================================  ====================  ==========================
+
+A window that still fails raises ``AssetReadError``; the flow then leaves its scene out and builds the cube
+again without it, where the run owns the whole output (not ``strict``, not a resumed or appended store).
 
 The pixel-read and asset-check counts, backoff and HTTP time-out come from the catalog profile
 (``read_retries``, ``read_backoff``, ``http_timeout``); ``check_assets`` called on its own retries 1 + 2 times
@@ -87,7 +93,7 @@ class RetryPolicy:
 
     def call(self, fn: Callable[[], T], *, retry_on: Callable[[BaseException], bool], what: str | Callable[[], str],
              give_up: Callable[[BaseException, int], BaseException] | None = None,
-             before_retry: Callable[[], None] | None = None) -> T:
+             before_retry: Callable[[BaseException], None] | None = None) -> T:
         """``fn()``, retried while it raises an exception for which ``retry_on`` is true.
 
         Parameters
@@ -102,7 +108,8 @@ class RetryPolicy:
         give_up
             ``give_up(exc, attempts)`` -> the exception raised after the last failed attempt (default: ``exc``).
         before_retry
-            Called after each failure that is retried, before the sleep (e.g. to reopen a connection).
+            ``before_retry(exc)`` is called after each failure that is retried, before the sleep (e.g. to reopen
+            a connection).
         """
         for k in range(self.attempts):
             try:
@@ -115,7 +122,7 @@ class RetryPolicy:
                         raise
                     raise give_up(exc, self.attempts) from exc
                 if before_retry is not None:
-                    before_retry()
+                    before_retry(exc)
                 self.sleep(k, what=what() if callable(what) else what, exc=exc)
         raise AssertionError("unreachable")  # pragma: no cover
 

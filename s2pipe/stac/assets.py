@@ -17,7 +17,17 @@ failure only costs a few header reads. An item any of whose assets fails is left
 records every failed asset (one entry per bad asset, so a scene missing all its files lists each band) for the
 output's provenance attributes and the run summary. ``strict=True`` raises :class:`~s2pipe.errors.AssetError` on
 the first failure instead. Hrefs and reasons never carry credentials: :func:`redact_href` strips query strings
-(signed URLs, SAS tokens) and ``user:password@``.
+(signed URLs, SAS tokens) and ``user:password@``; nor do they carry any byte of a file.
+
+Before anything is opened, :func:`confine_href` decides whether s2pipe may open an href at all: remote hrefs that
+GDAL reaches through a network file system (``http(s)://``, ``s3://``, ``gs://``, ``az://``, ``/vsicurl/`` of an
+HTTP URL), and local files that name their file directly (no ``..`` segment) and lie, symlinks and all resolved,
+under the item's allowed folders: ``local_roots`` if given, else the ``s2pipe:local_roots`` that
+``stac.items.normalize_item`` stamps from the catalog profile (``CatalogProfile.asset_roots``: the local demo's
+folder; none for a remote STAC API). Items without that property (built in-process, e.g.
+``synthetic.scenes.make_scenes``) are the caller's own: their local paths are not confined to a folder. Anything
+else fails as :class:`HrefNotAllowedError` with 0 attempts, unread. :func:`check_hrefs` is the same guard for the
+pixel read (``cube.build_cube``).
 """
 from __future__ import annotations
 
@@ -26,27 +36,30 @@ import json
 import math
 import os
 import re
+import stat
 import struct
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pystac
 
 from s2pipe.errors import AssetError, InputError, NoScenesError
-from s2pipe.runtime.objectstore import forget_cached_ranges
+from s2pipe.runtime.objectstore import forget_cached_ranges, gdal_vsi_path
 from s2pipe.runtime.retry import ASSET_RETRY, RetryPolicy, http_gdal_options
 
 ASSET_HTTP_RETRY = RetryPolicy(retries=2, backoff=0.5)
 """GDAL's retries of each HTTP request of the asset check (429 / 5xx, time-outs, resets)."""
-from s2pipe.stac.items import item_dict
+from s2pipe.stac.items import LOCAL_ROOTS, href_scheme, item_dict
 
 __all__ = [
-    "HEAD_BYTES", "AssetCheckFailure", "HTTPStatusError", "NotATiffError", "NotTiledError", "GridMismatchError",
-    "TruncatedAssetError", "AssetCheck", "redact_href", "check_assets", "check_asset",
+    "HEAD_BYTES", "AssetCheckFailure", "HrefNotAllowedError", "HTTPStatusError", "NotATiffError", "NotTiledError",
+    "GridMismatchError", "TruncatedAssetError", "AssetCheck", "redact_href", "confine_href", "item_local_roots",
+    "check_hrefs", "check_assets", "check_asset",
 ]
 
 HEAD_BYTES = 16384
@@ -58,6 +71,11 @@ _REASON_CHARS = 300
 
 class AssetCheckFailure(Exception):
     """Base of the reasons an asset fails the check (they appear by name in ``AssetCheck.dropped`` reasons)."""
+
+
+class HrefNotAllowedError(AssetCheckFailure):
+    """The href names something s2pipe does not open (another scheme, a local file outside the allowed folders,
+    a ``..`` path, a device): refused without reading any of it (:func:`confine_href`)."""
 
 
 class HTTPStatusError(AssetCheckFailure):
@@ -123,6 +141,19 @@ class AssetCheck:
             "retried": [dict(d) for d in self.retried],
         }
 
+    def leave_out(self, href: str, *, reason: str, attempts: int | None = None) -> str | None:
+        """Leave out the kept item with an asset at ``href`` (its pixels could not be read after the check), as
+        if it had failed the check: returns its id, or None when no kept item has that href."""
+        for i, it in enumerate(self.items):
+            plain = item_dict(it, caller="AssetCheck.leave_out")
+            for key, asset in plain["assets"].items():
+                if asset.get("href") == href:
+                    del self.items[i]
+                    self.dropped.append({"id": plain["id"], "asset": key, "href": redact_href(href),
+                                         "reason": redact_href(reason)[:500], "attempts": attempts})
+                    return plain["id"]
+        return None
+
 
 # ------------------------------------------------------------------------------------------------ public
 
@@ -138,9 +169,149 @@ _URL_RE = re.compile(
 def redact_href(href: str | os.PathLike) -> str:
     """``href`` (or any text holding URLs) without query strings, fragments and ``user:password@``.
 
-    ``https://u:p@host/a.tif?X-Amz-Signature=...`` -> ``https://host/a.tif``; local paths are returned unchanged.
+    ``https://u:p@host/a.tif?X-Amz-Signature=...`` -> ``https://host/a.tif``; a query string after a bare name
+    (GDAL writes ``B04.tif?se=...&sig=...``) goes too; local paths are returned unchanged. Linear time.
     """
-    return _URL_RE.sub(lambda m: m["scheme"] + m["rest"], os.fspath(href))
+    return _QUERY_RE.sub("", _URL_RE.sub(lambda m: m["scheme"] + m["rest"], os.fspath(href)))
+
+
+_QUERY_RE = re.compile(r"\?[A-Za-z0-9_.\-]{1,64}=[^\s'\"<>]*")
+"""A ``?key=value...`` query string not caught as part of a URL (no scheme before it)."""
+
+_GDAL_NETWORK_PREFIXES = ("/vsicurl/", "/vsis3/", "/vsigs/", "/vsiaz/")
+"""GDAL virtual file systems that reach the network only (``/vsicurl/`` then needs an http(s) URL: curl also
+reads ``file://``)."""
+_FIX_LOCAL = ("add its folder to the catalog profile's local_roots (or pass local_roots=...) if the file is yours, "
+              "or fix the catalog")
+
+
+def confine_href(href: str | os.PathLike, *, local_roots: Sequence[str | os.PathLike] | None) -> None:
+    """Refuse ``href`` unless s2pipe may open it; nothing of it is read.
+
+    Parameters
+    ----------
+    href
+        An asset href as the item gives it (normalized items: made absolute against the item's self link).
+    local_roots
+        Folders local files must lie in once resolved (``Path.resolve``: symlinks and ``..`` cannot lead out);
+        an empty sequence allows no local file; None does not confine local paths to a folder (the caller's own
+        items).
+
+    Raises
+    ------
+    HrefNotAllowedError
+        ``href`` is empty or holds control characters; has a scheme other than ``file``, ``http(s)``, ``s3``,
+        ``gs``, ``az`` (``s2pipe.runtime.objectstore.gdal_vsi_path``); is a GDAL ``/vsi`` path other than
+        ``/vsicurl/`` of an http(s) URL, ``/vsis3/``, ``/vsigs/`` or ``/vsiaz/``; is a ``file://`` URL of another
+        host; is a local path with a ``..`` segment (it may name another scene's file), outside ``local_roots``,
+        or naming a directory, device or pipe. The message names the href (redacted), never a byte of the file.
+    """
+    text = os.fspath(href) if isinstance(href, os.PathLike) else href
+    if not isinstance(text, str) or not text.strip():
+        raise HrefNotAllowedError(f"asset href {text!r:.80} is empty or not text; give a URL or a file path")
+    shown = redact_href(text)
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise HrefNotAllowedError(f"asset href {shown!r:.200} holds control characters; fix the catalog")
+    if text.startswith("/vsi"):
+        inner = next((text[len(p):] for p in _GDAL_NETWORK_PREFIXES if text.startswith(p)), None)
+        if inner is None or (text.startswith("/vsicurl/") and href_scheme(inner) not in ("http", "https")):
+            raise HrefNotAllowedError(
+                f"GDAL path {shown!r:.200} is not opened: of GDAL's virtual file systems only /vsicurl/ of an "
+                "http(s) URL, /vsis3/, /vsigs/ and /vsiaz/ are; name the file by its URL")
+        return
+    scheme = href_scheme(text)
+    if scheme and scheme != "file":
+        if gdal_vsi_path(text) is None:
+            raise HrefNotAllowedError(
+                f"asset href {shown!r:.200}: scheme {scheme!r} is not opened; asset hrefs are http(s)://, s3://, "
+                "gs://, az:// URLs or local files under the catalog's local_roots")
+        return
+    path = text
+    if scheme == "file":
+        parts = urllib.parse.urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise HrefNotAllowedError(f"asset href {shown!r:.200} names a file on host {parts.netloc!r}; "
+                                      "serve it over http(s) or copy it into the catalog's folder")
+        path = urllib.parse.unquote(parts.path)
+    if ".." in Path(path).parts:
+        raise HrefNotAllowedError(f"local asset href {shown!r:.200} climbs out of its folder with '..' (it may "
+                                  "name another scene's file, or any file of the machine); name the file by its "
+                                  "own path")
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        raise HrefNotAllowedError(f"local asset href {shown!r:.200} cannot be resolved (a symlink loop?); "
+                                  "fix the file or the catalog") from None
+    if local_roots is not None:
+        roots = [Path(r) for r in local_roots]
+        if not any(resolved.is_relative_to(r) for r in roots):
+            where = f" (resolved: {str(resolved)!r:.120})" if str(resolved) != path else ""
+            allowed = ", ".join(str(r) for r in roots) or "none: the catalog's assets are remote"
+            raise HrefNotAllowedError(f"local asset href {shown!r:.200}{where} lies outside the folders the "
+                                      f"catalog may name ({allowed:.200}); {_FIX_LOCAL}")
+    try:
+        mode = os.stat(resolved).st_mode  # metadata only; a missing file is for the check itself to report
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise HrefNotAllowedError(f"local asset href {shown!r:.200} is not a regular file (a directory, device or "
+                                  "pipe); fix the catalog")
+
+
+def item_local_roots(item: pystac.Item | dict[str, Any], local_roots: Sequence[str | os.PathLike] | None = None
+                     ) -> tuple[str, ...] | None:
+    """The folders ``item``'s local asset files must lie in, resolved: ``local_roots`` if given, else the item's
+    ``properties["s2pipe:local_roots"]`` (stamped by ``normalize_item`` from the profile; a malformed value allows
+    no local file), else None (an item built in-process: its local paths are not confined to a folder)."""
+    if local_roots is not None:
+        return _resolved_roots(local_roots)
+    stamped = (item_dict(item, caller="item_local_roots").get("properties") or {}).get(LOCAL_ROOTS)
+    if stamped is None:
+        return None
+    if not isinstance(stamped, (list, tuple)) or not all(isinstance(r, str) and r for r in stamped):
+        return ()
+    return _resolved_roots(stamped)
+
+
+def _resolved_roots(roots: Sequence[str | os.PathLike] | str | os.PathLike) -> tuple[str, ...]:
+    """Folders as absolute paths with symlinks resolved (relative ones: from the working directory)."""
+    if isinstance(roots, (str, os.PathLike)):
+        roots = [roots]
+    return tuple(str(Path(os.fspath(r)).expanduser().resolve()) for r in roots)
+
+
+def _refusal(href: str, roots: tuple[str, ...] | None) -> dict[str, Any] | None:
+    """The result of an href :func:`confine_href` refuses (0 attempts), None when it may be opened."""
+    try:
+        confine_href(href, local_roots=roots)
+    except HrefNotAllowedError as exc:
+        return {"ok": False, "attempts": 0, "href": href, "reason": _reason(exc)}
+    return None
+
+
+def check_hrefs(
+    items: Iterable[pystac.Item | dict[str, Any]],
+    bands: Sequence[str],
+    *,
+    local_roots: Sequence[str | os.PathLike] | None = None,
+) -> None:
+    """Raise :class:`AssetError` for the first ``bands`` asset href of ``items`` that :func:`confine_href`
+    refuses: the pixel read's guard (``build_cube``), which reads every asset it is given.
+
+    ``local_roots``: as in :func:`check_assets` (None: each item's own ``s2pipe:local_roots``). Assets missing from
+    an item are not this function's to report. The error names the item, the asset and the href (redacted).
+    """
+    if isinstance(bands, str):
+        bands = [bands]
+    for it in items:
+        item = item_dict(it, caller="check_hrefs")
+        roots = item_local_roots(item, local_roots)
+        for band in bands:
+            asset = (item.get("assets") or {}).get(band) or {}
+            if asset.get("href"):
+                res = _refusal(str(asset["href"]), roots)
+                if res is not None:
+                    _raise_strict(item, band, res)
 
 
 def check_assets(
@@ -153,6 +324,8 @@ def check_assets(
     client: Any = None,
     timeout: float = 30.0,
     max_workers: int = 8,
+    local_roots: Sequence[str | os.PathLike] | None = None,
+    signer: Any = None,
 ) -> AssetCheck:
     """Check every ``bands`` asset of every item and leave out the items with a bad asset.
 
@@ -161,10 +334,15 @@ def check_assets(
     ``retries``: extra attempts per asset after a failure; ``backoff``: seconds, the sleep after failure k is
     ``backoff * 2**k``. ``strict``: raise :class:`AssetError` on the first failed asset instead of dropping.
     ``client``: a ``distributed.Client``: the checks run as tasks on its cluster; else in a local thread pool
-    of ``max_workers`` threads. ``timeout``: seconds per HTTP request.
+    of ``max_workers`` threads. ``timeout``: seconds per HTTP request. ``local_roots``: the folders local asset
+    files must lie in (an empty sequence: no local file); None (default): each item's ``s2pipe:local_roots``
+    (``normalize_item`` stamps the profile's ``asset_roots``), and no folder confinement for items without it.
+    ``signer``: an ``s2pipe.stac.signing.HrefSigner`` that signs each href afresh before each attempt (a 403
+    drops its token); None: hrefs are opened as they are.
 
-    An item lacking a ``bands`` key fails that asset without retry (attempts 0). Empty ``items`` give an empty
-    result. Raises :class:`NoScenesError` when every item fails, naming a few reasons.
+    An item lacking a ``bands`` key, or whose href :func:`confine_href` refuses (``HrefNotAllowedError``), fails
+    that asset without retry and without a read (attempts 0). Empty ``items`` give an empty result. Raises
+    :class:`NoScenesError` when every item fails, naming a few reasons.
     """
     if isinstance(bands, str):
         bands = [bands]
@@ -184,6 +362,7 @@ def check_assets(
     tasks: list[tuple[int, str, dict[str, Any]]] = []
     results: dict[tuple[int, str], dict[str, Any]] = {}
     for i, item in enumerate(plain):
+        roots = item_local_roots(item, local_roots)
         for band in bands:
             asset = (item.get("assets") or {}).get(band)
             if not asset or not asset.get("href"):
@@ -194,6 +373,12 @@ def check_assets(
                     _raise_strict(item, band, res)
                 results[(i, band)] = res
                 continue
+            refused = _refusal(str(asset["href"]), roots)
+            if refused is not None:  # never opened, never retried
+                if strict:
+                    _raise_strict(item, band, refused)
+                results[(i, band)] = refused
+                continue
             tasks.append((i, band, {"href": str(asset["href"]), "expect": _expected(item, asset)}))
 
     def record(task: tuple[int, str, dict[str, Any]], res: dict[str, Any]) -> None:
@@ -203,7 +388,7 @@ def check_assets(
             _raise_strict(plain[i], band, res)
         results[(i, band)] = res
 
-    options = {"retries": retries, "backoff": float(backoff), "timeout": float(timeout)}
+    options = {"retries": retries, "backoff": float(backoff), "timeout": float(timeout), "signer": signer}
     if tasks and client is not None:
         _run_on_client(client, tasks, options, record)
     elif tasks:
@@ -270,9 +455,10 @@ def _check_asset_task(spec: tuple[str, dict[str, Any], dict[str, Any]]) -> dict[
 
 def _raise_strict(item: dict[str, Any], band: str, res: dict[str, Any]) -> None:
     href = redact_href(res.get("href") or "")
+    how = f"after {res['attempts']} attempt(s)" if res["attempts"] else "without being opened"
     err = AssetError(
-        f"asset {band!r} of item {item.get('id')!r} ({href or 'no href'}) failed the asset check after "
-        f"{res['attempts']} attempt(s): {res['reason']}; {_FIX}"
+        f"asset {band!r} of item {item.get('id')!r} ({href or 'no href'}) failed the asset check {how}: "
+        f"{res['reason']}; {_FIX}"
     )
     err.item_id, err.asset, err.href, err.reason, err.attempts = (
         str(item.get("id")), band, href, res["reason"], res["attempts"])
@@ -284,23 +470,33 @@ def _raise_strict(item: dict[str, Any], band: str, res: dict[str, Any]) -> None:
 
 def check_asset(
     href: str, *, expect: dict[str, Any] | None = None, retries: int = ASSET_RETRY.retries,
-    backoff: float = ASSET_RETRY.backoff, timeout: float = 30.0
+    backoff: float = ASSET_RETRY.backoff, timeout: float = 30.0,
+    local_roots: Sequence[str | os.PathLike] | None = None, signer: Any = None,
 ) -> dict[str, Any]:
     """Check one asset with retries: ``{"ok": bool, "attempts": n, "reason": str | None}``.
 
     ``expect``: ``{"shape": (rows, cols) | None, "transform": 6 floats | None, "epsg": int | None}``.
     ``reason`` is the redacted ``"ExceptionType: message"`` of the last failure (None if the first try passed).
+    ``local_roots``: see :func:`confine_href`; an href it refuses gives attempts 0, unread. ``signer``: see
+    :func:`check_assets`.
     """
+    refused = _refusal(str(href), _resolved_roots(local_roots) if local_roots is not None else None)
+    if refused is not None:
+        return {k: refused[k] for k in ("ok", "attempts", "reason")}
     policy = RetryPolicy(retries=retries, backoff=backoff)
     reason = None
     for k in range(policy.attempts):
+        url = href
         try:
-            _check_once(href, expect or {}, timeout)
+            url = signer.sign(href) if signer is not None else href
+            _check_once(url, expect or {}, timeout)
             return {"ok": True, "attempts": k + 1, "reason": reason}
         except Exception as exc:  # noqa: BLE001 - every failure is a reason to retry, then to drop the scene
             reason = _reason(exc)
+            if signer is not None and "403" in reason:
+                signer.renew(href)  # a token expired or revoked: the next attempt asks for a new one
         if k < policy.retries:
-            forget_cached_ranges(href)  # GDAL keeps a body cut short as if whole: download it again
+            forget_cached_ranges(url)  # GDAL keeps a body cut short as if whole: download it again
             policy.sleep(k)
     return {"ok": False, "attempts": policy.attempts, "reason": reason}
 
@@ -390,10 +586,14 @@ def _blocks_look_tiled(src) -> bool:
     return bw < src.width or bh >= src.height
 
 
+_NOT_A_TIFF = "not a TIFF (no II*/MM* signature at the start of the file)"
+
+
 def _tiff_is_tiled(head: bytes, reader: Callable[[int, int], bytes]) -> bool:
     """Whether the first IFD (the full-resolution image) has TileWidth and TileOffsets tags."""
+    # No message here quotes a byte of the file: it may be any file (a secret) that is not a TIFF.
     if len(head) < 8 or head[:2] not in (b"II", b"MM"):
-        raise NotATiffError(f"the file does not start with a TIFF header (first bytes {head[:8]!r})")
+        raise NotATiffError(_NOT_A_TIFF)
     e = "<" if head[:2] == b"II" else ">"
     magic = struct.unpack(e + "H", head[2:4])[0]
     if magic == 42:
@@ -401,18 +601,18 @@ def _tiff_is_tiled(head: bytes, reader: Callable[[int, int], bytes]) -> bool:
     elif magic == 43 and len(head) >= 16:
         ifd, count_fmt, entry = struct.unpack(e + "Q", head[8:16])[0], "Q", 20
     else:
-        raise NotATiffError(f"the file does not start with a TIFF header (magic {magic})")
+        raise NotATiffError(_NOT_A_TIFF)
     count_size = struct.calcsize(count_fmt)
 
     def read(offset: int, n: int) -> bytes:
         data = head[offset:offset + n] if offset + n <= len(head) else reader(offset, n)
         if len(data) < n:
-            raise TruncatedAssetError(f"the TIFF directory at byte {offset} is cut short (file ends first)")
+            raise TruncatedAssetError("the first TIFF directory is cut short (the file ends first)")
         return data
 
     n_entries = struct.unpack(e + count_fmt, read(ifd, count_size))[0]
     if n_entries > 10000:
-        raise NotATiffError(f"the first TIFF directory claims {n_entries} entries: corrupt header")
+        raise NotATiffError("the first TIFF directory claims more than 10000 entries: corrupt header")
     raw = read(ifd + count_size, n_entries * entry)
     tags = {struct.unpack(e + "H", raw[k * entry:k * entry + 2])[0] for k in range(n_entries)}
     return 322 in tags and 324 in tags  # TileWidth, TileOffsets

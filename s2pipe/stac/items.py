@@ -14,6 +14,11 @@ every later stage relies on (docs/architecture.md):
 - ``raster:bands = [{"scale": s, "offset": o, "nodata": n}]`` on every asset with reflectance = DN*s + o
   (SCL: scale 1, offset 0), decided by the profile's ``offset_rule``;
 - ``properties["s2pipe:solar_day"] = "YYYY-MM-DD"``: the date of UTC datetime + centroid longitude / 15 h;
+- relative asset hrefs made absolute against the item's ``self`` link (URL rules for a URL, joined paths for a
+  local file: ``..`` segments stay, for the asset check to refuse);
+- ``properties["s2pipe:local_roots"]``: the local folders its asset hrefs may name, the profile's
+  ``asset_roots`` (always the profile's: a value the catalog sent is replaced). ``s2pipe.stac.assets`` opens no
+  local file outside them (:func:`s2pipe.stac.assets.confine_href`);
 - asset hrefs signed when the profile says so (Planetary Computer SAS tokens).
 
 Normalized items drop the projection extension's schema URI from ``stac_extensions``: pystac's migration
@@ -28,6 +33,8 @@ import datetime as dt
 import json
 import math
 import os
+import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,12 +47,15 @@ from s2pipe.errors import CatalogUnreachableError, InputError
 from s2pipe.stac.catalog import CatalogProfile
 
 __all__ = [
-    "SOLAR_DAY", "BASELINE_04_DATE", "BOA_OFFSET_FLAGS", "load_item_dicts", "item_dict", "item_datetime",
-    "solar_day", "is_normalized", "normalize_item", "normalize_items",
+    "SOLAR_DAY", "LOCAL_ROOTS", "BASELINE_04_DATE", "BOA_OFFSET_FLAGS", "load_item_dicts", "item_dict",
+    "item_datetime", "solar_day", "is_normalized", "href_scheme", "normalize_item", "normalize_items",
 ]
 
 SOLAR_DAY = "s2pipe:solar_day"
 """Property holding the item's local solar date, ``YYYY-MM-DD``."""
+
+LOCAL_ROOTS = "s2pipe:local_roots"
+"""Property holding the local folders (absolute, symlinks resolved) the item's asset hrefs may name."""
 
 BASELINE_04_DATE = dt.datetime(2022, 1, 25, tzinfo=dt.timezone.utc)
 """Processing baseline 04.00 (pixels hold DN + 1000) applies to scenes acquired from this instant on."""
@@ -104,6 +114,37 @@ def item_dict(item: pystac.Item | Mapping[str, Any], *, deep: bool = False, call
         f"{caller}: items must be pystac.Item or STAC item dicts, got {type(item).__name__} {item!r:.80} "
         "(argument: items)"
     )
+
+
+# ------------------------------------------------------------------------------------------------ hrefs
+
+
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,31}:")
+
+
+def href_scheme(href: str) -> str:
+    """The lower-case URL scheme of ``href`` (``https``, ``file``, ``javascript``), ``""`` for a local path."""
+    m = _SCHEME_RE.match(href)
+    return m.group(0)[:-1].lower() if m else ""
+
+
+def _self_href(d: Mapping[str, Any]) -> str | None:
+    for link in d.get("links") or []:
+        if isinstance(link, Mapping) and link.get("rel") == "self" and isinstance(link.get("href"), str):
+            return link["href"]
+    return None
+
+
+def _absolute_href(href: Any, base: str | None) -> Any:
+    """``href`` made absolute against ``base`` (the item's self href), as STAC resolves relative asset hrefs:
+    against a URL by URL rules, against a local file by joining paths (``..`` segments kept)."""
+    if not isinstance(href, str) or not href or not base or href_scheme(href) or href.startswith("/"):
+        return href
+    scheme = href_scheme(base)
+    if scheme and scheme != "file":
+        return urllib.parse.urljoin(base, href)
+    folder = os.path.dirname(urllib.parse.unquote(urllib.parse.urlsplit(base).path) if scheme else base)
+    return os.path.join(folder, href)
 
 
 # ------------------------------------------------------------------------------------------- metadata
@@ -309,7 +350,8 @@ def normalize_item(
     item
         a ``pystac.Item`` or a STAC item dict from the catalog ``profile`` describes (any STAC version).
     profile
-        the catalog profile: asset-key map, ``offset_rule``, scale, nodata, signing.
+        the catalog profile: asset-key map, ``offset_rule``, scale, nodata, signing, and the local folders asset
+        hrefs may name (``asset_roots``, stamped on the item as ``properties["s2pipe:local_roots"]``).
     sign
         sign asset hrefs (Planetary Computer SAS tokens, a network call per storage container);
         None (default) signs when ``profile.signing`` asks for it, False never signs.
@@ -357,6 +399,10 @@ def normalize_item(
               for band, key in keymap.items()}
 
     props[SOLAR_DAY] = _solar_day(when, _centroid_lon(d, item_id=item_id)).isoformat()
+    props[LOCAL_ROOTS] = list(profile.asset_roots)  # the profile decides, never the catalog
+    base = _self_href(d)
+    for a in assets.values():
+        a["href"] = _absolute_href(a.get("href"), base)
 
     out_dict = _item_out_dict(d, props, assets)
     out = pystac.Item.from_dict(out_dict, migrate=False, preserve_dict=False)
@@ -439,21 +485,18 @@ def _item_out_dict(d: Mapping[str, Any], props: dict[str, Any], assets: dict[str
 
 
 def _sign(item: pystac.Item, profile: CatalogProfile) -> None:
-    """Sign asset hrefs in place as ``profile.signing`` says."""
-    if profile.signing == "planetary-computer":
-        import planetary_computer
-        import requests
+    """Sign asset hrefs in place with ``profile.signer`` (the readers sign them again when they open them)."""
+    from s2pipe.errors import SigningError
 
-        try:
-            planetary_computer.sign(item, copy=False)
-        except requests.RequestException as exc:
-            raise CatalogUnreachableError(
-                f"could not sign the asset hrefs of STAC item {item.id!r} for catalog {profile.name!r}: the "
-                f"Planetary Computer token service is unreachable ({exc}); check the network, set "
-                "PC_SDK_SUBSCRIPTION_KEY, or normalise with sign=False and sign later"
-            ) from exc
-    elif profile.signing != "none":  # pragma: no cover - the profile model forbids other values
-        raise InputError(f"catalog {profile.name!r} has an unknown signing {profile.signing!r}")
+    signer = profile.signer
+    try:
+        for asset in item.assets.values():
+            asset.href = signer.sign(asset.href)
+    except SigningError as exc:
+        raise CatalogUnreachableError(
+            f"could not sign the asset hrefs of STAC item {item.id!r} for catalog {profile.name!r}: {exc}; or "
+            "normalise with sign=False and sign later"
+        ) from None
 
 
 def normalize_items(

@@ -21,7 +21,7 @@ import xarray as xr
 
 from s2pipe.errors import OutputConflictError
 from s2pipe.runtime.objectstore import ObjectPath, location
-from s2pipe.store.zarr import is_complete, store_state
+from s2pipe.store.zarr import is_complete, store_state, value_diffs
 
 __all__ = [
     "VARYING_PARAMETERS", "AppendPlan", "reach_days", "plan_append", "new_output_dates", "extended_attrs",
@@ -70,8 +70,7 @@ def plan_append(path: str | Path, parameters: dict[str, Any], *, start: dt.date,
         return None
     attrs = dict(state["inputs"]["attrs"])
     stored = attrs.get("parameters") or {}
-    diffs = [f"{k} {stored.get(k)!r} (store) vs {parameters.get(k)!r} (this run)"
-             for k in sorted((set(stored) | set(parameters)) - VARYING_PARAMETERS) if stored.get(k) != parameters.get(k)]
+    diffs = value_diffs(stored, parameters, new_is="this run", ignore=VARYING_PARAMETERS)
     if diffs:
         raise OutputConflictError(
             f"cannot append to {path}: it was built with different parameters: " + "; ".join(diffs)

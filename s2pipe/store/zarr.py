@@ -61,7 +61,8 @@ from s2pipe.runtime.objectstore import (
 
 __all__ = [
     "STATE_DIR", "DEFAULT_REGION_SIZE", "MAX_CHUNK", "VOLATILE_ATTRS", "WRITE_TASK_BYTES", "Progress",
-    "write_cube", "lock_path", "state_path", "is_complete", "store_lock", "append_cube", "store_state",
+    "write_cube", "lock_path", "state_path", "is_complete", "store_lock", "append_cube", "store_state", "value_diffs",
+    "check_parameters",
     "open_cube", "chunk_for", "write_json",
 ]
 
@@ -74,6 +75,9 @@ MAX_CHUNK = 1024
 """Largest spatial Zarr chunk side (pixels): a (1, 10 bands, 1024, 1024) float32 chunk is 40 MiB."""
 VOLATILE_ATTRS = frozenset({"history", "date_created", "created"})
 """Dataset attributes left out of the signature (they may change between an interrupted run and its resume)."""
+LOCATION_PARAMETERS = frozenset({"output"})
+"""Run parameters that say where a store lies, not what it holds: left out of its signature, so a copied or
+moved store resumes."""
 
 WRITE_TASK_BYTES = 64 * 2**20
 """Dask write tasks span several dates (several Zarr chunks, about this many bytes): zarr writes the chunks
@@ -145,14 +149,31 @@ class store_lock:
     ``If-None-Match: *``, GCS ``ifGenerationMatch=0``, Azure ``overwrite=False``), exclusive on AWS S3, GCS,
     Azure and S3-compatible servers that honour ``If-None-Match`` (MinIO, moto); on other fsspec filesystems
     (``memory://``, servers ignoring the condition) it is advisory. A lock left by a crash on another host is
-    never taken over: delete the object named in the error."""
+    never taken over: delete the object named in the error.
+
+    Re-entrant within a process: the flow takes the lock before its first request, and ``write_cube`` taking it
+    again inside is a no-op."""
+
+    _held: dict[str, int] = {}
+    """Lock files this process holds -> how many times (re-entrance)."""
 
     def __init__(self, path: str | os.PathLike | ObjectPath, *, storage: Any = None):
         self.path = location(path, storage)
         self.lock = lock_path(self.path)
         self._token = uuid.uuid4().hex
+        self._key = str(self.lock)
+        self._nested = False
 
     def __enter__(self) -> "store_lock":
+        if self._key in store_lock._held:
+            store_lock._held[self._key] += 1
+            self._nested = True
+            return self
+        self._acquire()
+        store_lock._held[self._key] = 1
+        return self
+
+    def _acquire(self) -> None:
         import socket
 
         self.lock.parent.mkdir(parents=True, exist_ok=True)
@@ -182,7 +203,7 @@ class store_lock:
             if fd is not None:
                 with os.fdopen(fd, "w") as f:
                     json.dump(me, f)
-            return self
+            return
         raise StoreLockedError(f"could not lock {self.path} ({self.lock} keeps reappearing); another run is starting")
 
     def _create(self, me: dict) -> int | None:
@@ -200,6 +221,10 @@ class store_lock:
             return None
 
     def __exit__(self, *exc) -> None:
+        store_lock._held[self._key] -= 1
+        if self._nested or store_lock._held[self._key] > 0:
+            return
+        del store_lock._held[self._key]
         owner = self._owner()
         if owner is not None and owner.get("token") == self._token:
             self.lock.unlink(missing_ok=True)
@@ -318,6 +343,27 @@ def store_state(path: str | os.PathLike | ObjectPath, *, storage: Any = None) ->
     ``path``/``storage``: a local path, or an object-store URL and its settings."""
     state_file = state_path(location(path, storage), "state.json")
     return json.loads(state_file.read_text()) if state_file.is_file() else None
+
+
+def check_parameters(path: str | os.PathLike | ObjectPath, parameters: dict[str, Any], *,
+                     storage: Any = None) -> dict | None:
+    """Refuse, before any work, to resume the store at ``path`` with other run parameters
+    (``RunConfig.parameters()``): ``OutputConflictError`` names each differing field with both values
+    (``clear_classes [4, 5, 6, 7] (store) vs [4, 5, 6] (this run)``). Returns the store's state (None: no s2pipe
+    store there yet). The location (``output``) is not compared: a copied or moved store resumes."""
+    state = store_state(path, storage=storage)
+    if state is None:
+        return None
+    stored = (state.get("inputs", {}).get("attrs", {}) or {}).get("parameters")
+    if isinstance(stored, dict):
+        diffs = value_diffs(stored, parameters, new_is="this run", ignore=LOCATION_PARAMETERS)
+        if diffs:
+            raise OutputConflictError(
+                f"the output store {location(path, storage)} was written with other parameters: "
+                + "; ".join(diffs[:12]) + ("; ..." if len(diffs) > 12 else "")
+                + "; run with the store's parameters, pass overwrite=True (CLI: --overwrite) to replace it, or "
+                "write to a new path")
+    return state
 
 
 def _append_cube(ds, path: Path | ObjectPath, *, progress: Progress | None) -> Path | ObjectPath:
@@ -552,7 +598,10 @@ def _describe(ds: xr.Dataset) -> tuple[dict, dict]:
                "attrs": {k: v for k, v in ds[name].attrs.items() if k != "_CRS"}}
         for name in sorted(ds.data_vars)
     }
-    inputs = {"attrs": {k: v for k, v in sorted(ds.attrs.items()) if k not in VOLATILE_ATTRS}, "variables": variables}
+    attrs = {k: v for k, v in sorted(ds.attrs.items()) if k not in VOLATILE_ATTRS}
+    if isinstance(attrs.get("parameters"), dict):  # where the store lies is not what it holds: a copy resumes
+        attrs["parameters"] = {k: v for k, v in attrs["parameters"].items() if k not in LOCATION_PARAMETERS}
+    inputs = {"attrs": attrs, "variables": variables}
     return grid, inputs
 
 
@@ -690,6 +739,23 @@ def _existing_state(path: Path | ObjectPath, signature: str, grid: dict, inputs:
     raise OutputConflictError(f"the output path {path} exists and is not an s2pipe cube store; {fix}")
 
 
+def value_diffs(old: Any, new: Any, *, name: str = "", old_is: str = "store", new_is: str = "new",
+                ignore: frozenset[str] = frozenset()) -> list[str]:
+    """Where two JSON-like values differ, one entry per differing leaf, named by its dotted path:
+    ``["gapfill.radius '10D' (store) vs '20D' (new)", ...]`` (keys in ``ignore`` at the top level skipped)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            if not name and key in ignore:
+                continue
+            out += value_diffs(old.get(key), new.get(key), name=f"{name}.{key}" if name else str(key),
+                               old_is=old_is, new_is=new_is)
+        return out
+    if old == new:
+        return []
+    return [f"{name or 'value'} {_short(old)} ({old_is}) vs {_short(new)} ({new_is})"]
+
+
 def _diff(state: dict, grid: dict, inputs: dict) -> str:
     """Readable summary of what differs between a stored state and the new grid/inputs."""
     parts = []
@@ -701,9 +767,7 @@ def _diff(state: dict, grid: dict, inputs: dict) -> str:
     if parts:
         return "grid: " + "; ".join(parts)
     oa, na = old_inputs.get("attrs", {}), inputs.get("attrs", {})
-    for key in sorted(set(oa) | set(na)):
-        if oa.get(key) != na.get(key):
-            parts.append(f"attribute {key!r} {_short(oa.get(key))} (store) vs {_short(na.get(key))} (new)")
+    parts += [f"attribute {d}" for d in value_diffs(oa, na)]
     ov, nv = old_inputs.get("variables", {}), inputs.get("variables", {})
     for key in sorted(set(ov) | set(nv)):
         a, b = ov.get(key), nv.get(key)
