@@ -220,3 +220,50 @@ def test_demo_command_builds_the_default_cube(demo_home, prefect_harness, monkey
         assert ds.sizes["band"] == 10 and int(ds.observed.sum()) > 0
     with rasterio.open(f'ZARR:"{out}":/reflectance') as src:
         assert src.crs.to_epsg() == region.epsg
+
+
+def test_a_killed_run_leaves_no_child_process_behind(tiny_demo, tmp_path):
+    """`s2pipe run` SIGKILLed while its temporary Prefect API server and its Dask worker processes run: no atexit
+    handler runs, yet every child process is gone within seconds (none lives on orphaned)."""
+    import contextlib
+    import os
+    import signal
+    import time
+
+    import psutil
+    from helpers import flow_config
+
+    region, profile = tiny_demo
+    cfg = flow_config(region, profile, tmp_path / "cube.zarr", quicklook=False,
+                      dask={"n_workers": 1, "threads_per_worker": 1, "processes": True})
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # the CLI starts its own server
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("s2pipe")), "run", str(path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = psutil.Process(proc.pid)
+    children: dict[int, psutil.Process] = {}
+
+    def cmd(p: psutil.Process) -> str:
+        try:
+            return " ".join(p.cmdline())
+        except psutil.Error:  # ended meanwhile
+            return ""
+
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:  # until the server and a worker run
+            with contextlib.suppress(psutil.Error):
+                for c in parent.children(recursive=True):
+                    children.setdefault(c.pid, c)
+            cmds = [cmd(c) for c in children.values()]
+            if any("uvicorn" in c for c in cmds) and any("multiprocessing" in c or "spawn" in c for c in cmds):
+                break
+            time.sleep(0.3)
+        assert proc.poll() is None, "the run ended before its children could be seen"
+        assert any("uvicorn" in cmd(c) for c in children.values()), [cmd(c) for c in children.values()]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    gone, alive = psutil.wait_procs(list(children.values()), timeout=20)
+    assert not alive, [(p.pid, cmd(p)[:120]) for p in alive]

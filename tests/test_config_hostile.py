@@ -270,3 +270,18 @@ def test_fuzzed_configs_give_a_runconfig_or_one_short_input_error(tmp_path):
         slowest = max(slowest, time.perf_counter() - t0)
     assert slowest < SECONDS, f"slowest case {slowest:.2f} s"
     assert outcomes["ok"] >= 10 and outcomes["refused"] >= 100, outcomes
+
+
+def test_the_largest_geometry_accepted_fits_in_a_prefect_flow_parameter():
+    """Prefect refuses flow parameters over 512 KB (a 422 traceback): the largest geometry accepted, with
+    coordinates at full double precision, stays well inside it."""
+    import json
+
+    rng = random.Random(0)
+    n = MAX_VERTICES - 1
+    ring = [[-80.9 + 0.01 * math.cos(2 * math.pi * k / n) + rng.random() * 1e-9,
+             25.3 + 0.008 * math.sin(2 * math.pi * k / n) + rng.random() * 1e-9] for k in range(n)]
+    cfg = load_config({**{k: v for k, v in GOOD.items() if k != "bbox"},
+                       "geometry": {"type": "Polygon", "coordinates": [ring + [ring[0]]]}})
+    size = len(json.dumps(cfg.model_dump(mode="json")))
+    assert size < 450_000, size

@@ -134,3 +134,30 @@ def test_the_signer_caches_tokens_renews_them_before_expiry_and_keeps_them_out_o
                       retry=RetryPolicy(retries=1, backoff=0.05), timeout=1)
     with pytest.raises(SigningError, match="after 2 attempts"):
         dead.sign("http://127.0.0.1:9/c/x.tif")
+
+
+def test_a_dead_object_store_fails_the_check_and_the_read_within_the_documented_time(region_items):
+    """Nothing listens where the COGs should be: the asset check gives up on every asset after its attempts and
+    says so (NoScenesError), and a read without the check fails naming the href, each within seconds."""
+    from pathlib import Path
+
+    from s2pipe.errors import NoScenesError
+    from s2pipe.stac.assets import check_assets
+    from s2pipe.stac.server import free_port
+
+    region, items = region_items
+    port = free_port()  # bound to nothing
+    dead = json.loads(json.dumps(items[:3]))
+    for it in dead:
+        for asset in it["assets"].values():
+            asset["href"] = f"http://127.0.0.1:{port}/{Path(asset['href']).relative_to(region.root).as_posix()}"
+    t0 = time.monotonic()
+    with pytest.raises(NoScenesError, match="all 3 scenes failed the asset check"):
+        check_assets(dead, ["B04", "SCL"], retries=2, backoff=0.1, timeout=1)
+    assert time.monotonic() - t0 < 15
+    cube = build_cube(dead, bbox=region.default_bbox, chunk_size=64, time_chunks="all",
+                      read_retry=RetryPolicy(retries=2, backoff=0.1), http_timeout=1)
+    t0 = time.monotonic()
+    with pytest.raises(AssetReadError, match=f"could not read http://127.0.0.1:{port}/"):
+        cube.compute(scheduler="single-threaded")
+    assert time.monotonic() - t0 < 15

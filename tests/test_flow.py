@@ -284,8 +284,8 @@ def test_rerun_resumes_and_changes_nothing(flow_run):
     summary = regional_cube(_config(region, profile, out))
     after = xr.open_zarr(out, consolidated=True).load()
     xr.testing.assert_identical(before, after)
-    regions = json.loads(Path(summary["run_summary"]).read_text())["regions"]
-    assert regions["written_by_this_run"] == 0 and regions["resumed"] == regions["total"] > 0
+    run = json.loads(Path(summary["run_summary"]).read_text())
+    assert run["mode"] == "up-to-date" and "complete" in run["reason"] and "regions" not in run, run
 
 
 def test_scheduled_appends_extend_the_cube_like_one_run(flow_run, tmp_path):
@@ -515,15 +515,14 @@ def test_output_built_from_another_grid_is_refused_and_left_untouched(flow_run):
     from s2pipe.flows.regional_cube import regional_cube
 
     region, profile, out, _ = flow_run
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    summary = out.with_name("cube.run.json")
+    before = {p: p.stat().st_mtime_ns for p in [summary, *out.rglob("*")] if p.is_file()}
     w, s, e, n = region.default_bbox
     smaller = [w, s, (w + e) / 2, n]
-    with pytest.raises(OutputConflictError, match="overwrite"):
+    with pytest.raises(OutputConflictError, match=r"bbox \[.*\] \(store\) vs \[.*\] \(this run\).*overwrite"):
         regional_cube(_config(region, profile, out, bbox=smaller))
-    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    assert before == after
-    run = json.loads(out.with_name("cube.run.json").read_text())  # a failed run leaves its summary too
-    assert run["status"] == "failed" and "OutputConflictError" in run["error"] and "regions" not in run
+    after = {p: p.stat().st_mtime_ns for p in [summary, *out.rglob("*")] if p.is_file()}
+    assert before == after  # a refused run writes nothing: not the store, not its run summary
 
 
 def test_flow_runs_as_a_prefect_deployment(flow_run, tmp_path):
@@ -795,7 +794,8 @@ def test_a_run_through_a_faulty_object_store_writes_the_same_store(flow_run, tru
     bodies cut short or truncated), wants SAS tokens that expire every 2 s, and stops serving one asset for good
     once the asset check has passed it; the items come from the local STAC API. The run completes, leaves that
     scene out and records it, and writes the store of the run on the local files without that scene (values,
-    weights, observed flags, factors); no token reaches the summary or the store."""
+    weights, observed flags, factors). No token reaches the logs, the summary or the store, nor the password
+    and token in the catalog URL."""
     import s2pipe.flows.regional_cube as rc
     from s2pipe.flows.regional_cube import regional_cube
     from s2pipe.runtime.objectstore import forget_cached_ranges
@@ -824,7 +824,8 @@ def test_a_run_through_a_faulty_object_store_writes_the_same_store(flow_run, tru
         with LocalStacServer([region.collection_path, items]) as stac:
             prof = tmp_path / "http.yaml"
             host = cogs.token_url.split("/")[2]
-            text = (Path(profile).read_text().replace("url: local-demo", f"url: {stac.url}")
+            canary = stac.url.replace("http://", "http://s2pipe-user:CANARY-PASSWORD@").rstrip("/") + "/?token=CANARY-TOKEN"
+            text = (Path(profile).read_text().replace("url: local-demo", f"url: '{canary}'")
                     .replace("signing: none", f"signing: planetary-computer\ntoken_url: {cogs.token_url}\n"
                                               f"sign_hosts: ['{host}']\ntoken_renew_s: 0.5"))
             prof.write_text(text + "\nread_backoff: 0.1\nhttp_timeout: 1\n")
@@ -840,6 +841,9 @@ def test_a_run_through_a_faulty_object_store_writes_the_same_store(flow_run, tru
     assert got.reflectance.attrs == ref.reflectance.attrs and got.attrs["stac_items"] == ref.attrs["stac_items"]
     assert got.attrs["dropped_items"] == [victim["id"]] and "sig=" not in json.dumps(got.attrs)
     assert "HTTP error code" in caplog.text and "sig=" not in caplog.text  # GDAL's messages, redacted
+    for f in [p for p in tmp_path.rglob("*") if p.is_file() and p.name not in ("http.yaml", "items.json")]:
+        assert b"CANARY" not in f.read_bytes(), f  # the catalog URL's password and token: in no byte written
+    assert "CANARY" not in caplog.text
     print(f"faulty flow run: {dict(cogs.counts)}")
 
 def test_a_conflicting_run_is_refused_before_any_work_and_changes_nothing(flow_run, monkeypatch, tmp_path):
@@ -901,3 +905,13 @@ def test_a_rerun_on_a_complete_store_reads_no_pixel_and_a_copied_store_resumes(f
     assert run["mode"] == "resume" and run["regions"]["written_by_this_run"] == 1, run
     xr.testing.assert_identical(xr.open_zarr(copy, consolidated=True).load().drop_attrs(),
                                 xr.open_zarr(out, consolidated=True).load().drop_attrs())
+
+
+def test_an_update_with_a_bad_model_file_fails_before_the_cube_is_touched(flow_run, tmp_path):
+    region, profile, _, _ = flow_run
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model" * 100)
+    out = tmp_path / "new.zarr"
+    result = _cli("update", _config_file(tmp_path / "u.yaml", _config(region, profile, out)), "--mapper", bad)
+    assert result.exit_code == 2 and "error:" in result.output and "bad.pt" in result.output, result.output
+    assert not out.exists() and not (tmp_path / "new-products").exists()

@@ -67,6 +67,21 @@ def api() -> Iterator[str | None]:
         yield _url
 
 
+_WITH_PARENT = """\
+import os, signal, sys, threading, time
+parent = os.getppid()
+def watch():  # the run was killed (even SIGKILL: no atexit ran): stop, rather than live on orphaned
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread(target=watch, daemon=True).start()
+import uvicorn.main
+sys.argv[0] = "uvicorn"
+uvicorn.main.main()
+"""
+"""uvicorn's command line, in a process that stops when its parent (the run) dies."""
+
+
 def _start() -> None:
     global _url, _proc
     try:
@@ -79,7 +94,7 @@ def _start() -> None:
         # environment, profiles and settings files as this one
         app_dir = Path(importlib.util.find_spec("prefect").origin).parent.parent
         _proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
+            [sys.executable, "-c", _WITH_PARENT, "--app-dir", str(app_dir), "--factory",
              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
              "--log-level", "error", "--lifespan", "on"],
             env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"})

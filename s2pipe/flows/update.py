@@ -21,6 +21,8 @@ from s2pipe.errors import InputError
 from s2pipe.flows.forecast import forecast_predict
 from s2pipe.flows.mapping import map_predict
 from s2pipe.flows.regional_cube import regional_cube, run_logger
+from s2pipe.forecast import load_dynamics
+from s2pipe.mapping import load_mapper
 from s2pipe.store.zarr import is_complete, open_cube
 
 __all__ = ["products_folder", "due_dates", "regional_update"]
@@ -78,6 +80,11 @@ def regional_update(
     for name, path in (("mapper", mapper), ("forecaster", forecaster)):
         if path is not None and not Path(path).is_file():
             raise InputError(f"{name} {path} does not exist; train one first, or leave {name} out")
+    # the models are read before the cube is touched: a bad file fails the update before any work
+    if mapper is not None:
+        load_mapper(mapper)
+    if forecaster is not None:
+        load_dynamics(forecaster)
     log = run_logger()
     cube = regional_cube(cfg)
     folder = Path(products) if products else products_folder(cfg.output)
