@@ -161,3 +161,24 @@ def test_a_dead_object_store_fails_the_check_and_the_read_within_the_documented_
     with pytest.raises(AssetReadError, match=f"could not read http://127.0.0.1:{port}/"):
         cube.compute(scheduler="single-threaded")
     assert time.monotonic() - t0 < 15
+
+
+def test_s3_reads_through_a_faulty_s3_endpoint_equal_the_local_read(region_items, local_cube):
+    """The same faults behind an S3 endpoint: ``s3://`` hrefs read through GDAL's /vsis3/ (path-style, unsigned,
+    the endpoint from ``storage``) from the faulty server, whose root holds the bucket. The cube is identical."""
+    from pathlib import Path
+
+    region, items = region_items
+    root = Path(region.root)
+    s3 = json.loads(json.dumps(items))
+    for it in s3:
+        for asset in it["assets"].values():
+            asset["href"] = f"s3://{root.name}/{Path(asset['href']).relative_to(root).as_posix()}"
+    with FaultyCogServer(root.parent, rate=0.05, seed=5, stall_s=3.0) as server:
+        endpoint = "http://" + server.token_url.split("/")[2]
+        got = build_cube(s3, bbox=region.default_bbox, chunk_size=64, time_chunks="all", read_retry=FAST,
+                         http_timeout=1, storage={"endpoint_url": endpoint, "anon": True}).compute(scheduler="threads")
+    faults = {k: v for k, v in server.counts.items() if k in FaultyCogServer.KINDS}
+    assert sum(faults.values()) >= 5 and len(faults) >= 3, server.counts
+    np.testing.assert_array_equal(got.values, local_cube.values)
+    print(f"faulty S3 read: {server.counts['requests']} requests, faults {faults}")
