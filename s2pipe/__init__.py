@@ -64,6 +64,7 @@ _LAZY: dict[str, str] = {
     "write_class_map": "s2pipe.products.maps",
     "detect_change": "s2pipe.products.maps",
     "write_change": "s2pipe.products.maps",
+    "export_cube": "s2pipe.products.export",
     # the demo region
     "DemoConfig": "s2pipe.synthetic.demo",
     "generate_demo": "s2pipe.synthetic.demo",

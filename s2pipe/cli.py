@@ -528,6 +528,51 @@ def map_change_cmd(
                f"{summary['polygons']} polygons -> {summary['raster']}, {summary['vectors']}, {summary['png']}")
 
 
+@app.command("export")
+def export_cmd(
+    store: Annotated[str, typer.Argument(help="Zarr cube written by s2pipe: a path or an s3://, gs://, az:// URL.")],
+    folder: Annotated[Path, typer.Argument(help="Output folder: <YYYY-MM-DD>.tif per date, items.json (STAC), stack.vrt.")],
+    dates: Annotated[Optional[str], typer.Option("--dates", help="Days to export, comma-separated YYYY-MM-DD (default: all the cube's dates).")] = None,
+    bands: Annotated[Optional[str], typer.Option("--bands", help="Bands to export, comma-separated, e.g. B04,B08 (default: all).")] = None,
+    bbox: Annotated[Optional[str], typer.Option("--bbox", help="Clip to west,south,east,north in degrees lon/lat.")] = None,
+    geometry: Annotated[Optional[Path], typer.Option("--geometry", help="Clip to a GeoJSON Polygon/MultiPolygon file (lon/lat); pixels outside it become nodata.")] = None,
+    denormalize: Annotated[bool, typer.Option("--denormalize", help="Write reflectance (undo the normalisation) instead of the stored normalized values.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Rewrite COGs that exist (default: keep those of the same export, refuse others).")] = False,
+) -> None:
+    """Export dates and bands of a cube to GIS files: one multi-band COG per date, a STAC ItemCollection and a
+    VRT stack that open them as one time series."""
+    _setup_logging(False)
+    from s2pipe.products.export import export_cube
+
+    try:
+        box = None
+        if bbox is not None:
+            try:
+                box = [float(v) for v in bbox.split(",")]
+            except ValueError:
+                raise InputError(f"--bbox {bbox!r} must be 4 numbers: west,south,east,north") from None
+            if len(box) != 4:
+                raise InputError(f"--bbox {bbox!r} must have 4 numbers: west,south,east,north")
+        shape = None
+        if geometry is not None:
+            from s2pipe.runtime.files import read_yaml
+
+            shape = read_yaml(geometry, what="geometry file")  # JSON is YAML; bounded against hostile files
+        summary = export_cube(
+            store, folder,
+            dates=[d.strip() for d in dates.split(",") if d.strip()] if dates is not None else None,
+            bands=[b.strip() for b in bands.split(",") if b.strip()] if bands is not None else None,
+            bbox=box, geometry=shape, denormalize=denormalize, overwrite=overwrite,
+        )
+    except S2PipeError as exc:
+        raise _fail(exc) from None
+    rows, cols = summary["shape"]
+    typer.echo(f"exported {len(summary['dates'])} dates x {len(summary['bands'])} bands "
+               f"({', '.join(summary['bands'])}; {summary['values']}, {rows} x {cols} px) to {summary['folder']}: "
+               f"{len(summary['written'])} written, {len(summary['skipped'])} up to date, {summary['seconds']} s")
+    typer.echo(f"  time series: {summary['items']} (STAC), {summary['vrt']} (VRT, band = date x band)")
+
+
 def _print_summary(summary: dict) -> None:
     if summary.get("mode") == "up-to-date":
         typer.echo(f"{summary['output']} is up to date: {summary['reason']}; nothing written")

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import json
 import math
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -54,11 +56,16 @@ from s2pipe.runtime.files import (
 __all__ = [
     "DaskConfig", "GapfillConfig", "NormalizeConfig", "StorageConfig", "RunConfig", "RUN_POLICY", "load_config",
     "read_yaml", "MAX_CONFIG_BYTES", "MAX_YAML_NODES", "MAX_YAML_DEPTH", "MAX_SCALAR_CHARS", "MAX_VERTICES",
-    "MAX_OUTPUT_DATES", "RESOLUTION_RANGE_M", "DEFAULT_MAX_GRID_VALUES", "MAX_MESSAGE_CHARS",
+    "MAX_OUTPUT_DATES", "RESOLUTION_RANGE_M", "DEFAULT_MAX_GRID_VALUES", "MAX_MESSAGE_CHARS", "MAX_FILE_VERTICES",
+    "MAX_GEOMETRY_FILE_BYTES",
 ]
 
 MAX_VERTICES = 10_000
-"""Most vertices of ``geometry``."""
+"""Most vertices of a ``geometry`` written in the configuration."""
+MAX_FILE_VERTICES = 1_000_000
+"""Most vertices of a ``geometry`` given as the path of a GeoJSON file (read when needed: by reference)."""
+MAX_GEOMETRY_FILE_BYTES = 64 << 20
+"""Largest GeoJSON file a ``geometry`` path may name (64 MiB)."""
 MAX_OUTPUT_DATES = 10_000
 """Most output dates of the gap-filled cube (``gapfill.times`` over start..end)."""
 RESOLUTION_RANGE_M = (1.0, 10_000.0)
@@ -183,7 +190,7 @@ class RunConfig(BaseModel):
 
     catalog: str = Field("local-demo", max_length=MAX_SCALAR_CHARS, description="Catalog profile name (see `s2pipe catalogs`) or path to a profile YAML.")
     bbox: tuple[float, float, float, float] | None = Field(None, description="Region as (west, south, east, north) in degrees lon/lat.")
-    geometry: dict[str, Any] | None = Field(None, description=f"Region as a GeoJSON Polygon/MultiPolygon in lon/lat (instead of bbox), at most {MAX_VERTICES:,} vertices; the grid covers its bounds.")
+    geometry: dict[str, Any] | str | None = Field(None, description=f"Region as a GeoJSON Polygon/MultiPolygon in lon/lat (instead of bbox), at most {MAX_VERTICES:,} vertices; or the path of a GeoJSON file holding one (a Feature or a FeatureCollection of one also do), at most {MAX_FILE_VERTICES:,} vertices, read where needed (so a large region reaches the flow by reference, not as a parameter). The grid covers its bounds.")
     start: dt.date = Field(description="First day of the time window (inclusive), YYYY-MM-DD.")
     end: dt.date = Field(description="Last day of the time window (inclusive), YYYY-MM-DD; 'today' means the UTC date when the run starts (scheduled runs).")
     max_cloud: float = Field(100.0, ge=0, le=100, description="Keep scenes whose eo:cloud_cover is at most this percentage.")
@@ -280,7 +287,13 @@ class RunConfig(BaseModel):
     def _vertices(cls, v: Any) -> Any:
         if isinstance(v, Mapping) and _vertex_count(v, limit=MAX_VERTICES) > MAX_VERTICES:
             raise ValueError(f"geometry has more than {MAX_VERTICES:,} vertices; simplify it (e.g. shapely's "
-                             "simplify(tolerance), or ogr2ogr -simplify) or pass a bbox")
+                             "simplify(tolerance), or ogr2ogr -simplify), pass a bbox, or give the path of a "
+                             "GeoJSON file holding it (geometry: region.geojson)")
+        if isinstance(v, (str, os.PathLike)):
+            v = os.fspath(v)
+            if len(v) > MAX_SCALAR_CHARS or "\0" in v:
+                raise ValueError(f"geometry {_short(v)} is not a GeoJSON file path; give one, or a GeoJSON mapping")
+            geometry_file(v)  # readable, bounded, a geometry: checked now, read again where needed
         return v
 
     @field_validator("epsg")
@@ -309,16 +322,26 @@ class RunConfig(BaseModel):
             raise ValueError("give exactly one of bbox (west, south, east, north) or geometry (GeoJSON)")
         if self.append and self.overwrite:
             raise ValueError("append and overwrite exclude each other: append extends the store, overwrite replaces it")
-        region = parse_region(bbox=self.bbox, geometry=self.geometry)
+        region = parse_region(bbox=self.bbox, geometry=self.region_geometry())
         if self.end < self.start:
             raise ValueError(f"end {self.end} is before start {self.start}; swap them or fix the dates")
         _check_grid(self, region.bounds)
         _check_dates(self)
         return self
 
+    def region_geometry(self) -> dict[str, Any] | None:
+        """The region's GeoJSON geometry: ``geometry`` itself, or the content of the file it names (read once
+        per process and file version); None with a bbox."""
+        return geometry_file(self.geometry) if isinstance(self.geometry, str) else self.geometry
+
     def parameters(self) -> dict[str, Any]:
-        """JSON-serialisable parameters (stored as provenance in the output)."""
-        return json.loads(self.model_dump_json(exclude=set(RUN_POLICY)))
+        """JSON-serialisable parameters (stored as provenance in the output). A geometry file appears as the
+        SHA-256 of its geometry, not its path: the same region from a moved file is the same parameters."""
+        out = json.loads(self.model_dump_json(exclude=set(RUN_POLICY)))
+        if isinstance(self.geometry, str):
+            text = json.dumps(self.region_geometry(), sort_keys=True, separators=(",", ":"))
+            out["geometry"] = {"geojson_sha256": hashlib.sha256(text.encode()).hexdigest()}
+        return out
 
 
 RUN_POLICY = ("dask", "overwrite", "quicklook", "append", "strict", "storage", "max_grid_values")
@@ -488,6 +511,49 @@ def _check_dates(cfg: RunConfig) -> None:
         raise ValueError(f"gapfill.times {cfg.gapfill.times!r} makes about {n:,} output dates from {cfg.start} to "
                          f"{cfg.end}, more than {MAX_OUTPUT_DATES:,}; give a longer step, a shorter window, or "
                          "times: null to keep the acquisition dates")
+
+
+def geometry_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The GeoJSON geometry in the file ``path`` (a geometry, a Feature, or a FeatureCollection of one feature),
+    checked: at most ``MAX_GEOMETRY_FILE_BYTES`` bytes and ``MAX_FILE_VERTICES`` vertices. Cached per file
+    version (path, size, modification time)."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as exc:
+        raise InputError(f"geometry file {_short(str(path))} cannot be read ({exc.strerror}); give the path of a "
+                         "GeoJSON file, or the geometry itself") from None
+    if not stat.S_ISREG(st.st_mode):  # a folder, a device, a pipe (which could block the run): refused unread
+        raise InputError(f"geometry file {_short(str(path))} is not a regular file; give the path of a GeoJSON file")
+    return _geometry_file(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _geometry_file(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
+    shown = _short(path)
+    if size > MAX_GEOMETRY_FILE_BYTES:
+        raise InputError(f"geometry file {shown} has {size:,} bytes, more than {MAX_GEOMETRY_FILE_BYTES:,}; "
+                         "simplify the geometry (e.g. ogr2ogr -simplify) or pass a bbox")
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read(MAX_GEOMETRY_FILE_BYTES + 1))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise InputError(f"geometry file {shown} is not GeoJSON ({_clip(type(exc).__name__ + ': ' + str(exc), 120)}); "
+                         "give a GeoJSON Polygon/MultiPolygon file") from None
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        feats = data.get("features") or []
+        if len(feats) != 1:
+            raise InputError(f"geometry file {shown} holds {len(feats)} features; give one (dissolve them first, "
+                             "e.g. ogr2ogr -dialect sqlite -sql 'SELECT ST_Union(geometry) FROM layer')")
+        data = feats[0]
+    if isinstance(data, dict) and data.get("type") == "Feature":
+        data = data.get("geometry")
+    if not isinstance(data, dict):
+        raise InputError(f"geometry file {shown} holds no GeoJSON geometry; give a Polygon/MultiPolygon")
+    if _vertex_count(data, limit=MAX_FILE_VERTICES) > MAX_FILE_VERTICES:
+        raise InputError(f"geometry file {shown} has more than {MAX_FILE_VERTICES:,} vertices; simplify it "
+                         "(e.g. ogr2ogr -simplify) or pass a bbox")
+    return data
 
 
 def _vertex_count(geometry: Mapping, *, limit: int) -> int:

@@ -320,7 +320,8 @@ class PlainReadRioReader(AutoParallelRioReader):
     :class:`~s2pipe.errors.AssetReadError`, naming the href without its query string (``href``: as given).
 
     With a ``signer`` (``s2pipe.stac.signing.HrefSigner``) the href is signed afresh each time the file is
-    opened, and a read answered 403 is retried with a new token.
+    opened; an open file whose token is due for renewal is opened again with the new one before the next
+    window, and a read answered 403 is retried with a new token.
     """
 
     def __init__(self, *, retry: RetryPolicy = READ_RETRY, signer: HrefSigner | None = None, **kwargs):
@@ -340,6 +341,8 @@ class PlainReadRioReader(AutoParallelRioReader):
         return super()._open()
 
     def read(self, window, **kwargs):
+        if self.signer is not None and self._dataset is not None and self.signer.sign(self.href) != self.url:
+            self.close()  # its token is due for renewal: open the file again with the new one, before a 403
         try:
             return self.retry.call(lambda: self._read_once(window, **kwargs), retry_on=self._retryable,
                                    what=lambda: f"reading {redact_href(self.url)}", before_retry=self._reopen)

@@ -383,6 +383,11 @@ def _checked_arguments(profile, *, bbox, geometry, start, end, max_cloud, max_it
     return profile, region, start_day, end_day, api
 
 
+MAX_QUERY_VERTICES = 2000
+"""A search region with more vertices is sent to the STAC API as its convex hull (the items are then filtered
+against the region itself)."""
+
+
 def _item_filter(collection: str, region, start_day: dt.date, end_day: dt.date, *, max_cloud: float,
                  counts: dict[str, int]) -> Callable[[Mapping[str, Any]], bool]:
     """The client-side check of each returned item: its collection, time, footprint and cloud cover (the same
@@ -486,6 +491,10 @@ def search_items(
     params: dict[str, Any] = {"collections": [profile.collection], "datetime": window, "limit": PAGE_SIZE}
     if bbox is not None:
         params["bbox"] = list(region.bounds)
+    elif shapely.get_num_coordinates(region) > MAX_QUERY_VERTICES:
+        # A STAC API takes a request of a few hundred kB at most: ask with the convex hull, then keep the items
+        # that meet the region itself (the client-side filter below tests every footprint against it).
+        params["intersects"] = shapely.geometry.mapping(region.convex_hull)
     else:
         params["intersects"] = shapely.geometry.mapping(region)
     if max_cloud < 100 and client.conforms_to(ConformanceClasses.QUERY):

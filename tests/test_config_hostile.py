@@ -285,3 +285,38 @@ def test_the_largest_geometry_accepted_fits_in_a_prefect_flow_parameter():
                        "geometry": {"type": "Polygon", "coordinates": [ring + [ring[0]]]}})
     size = len(json.dumps(cfg.model_dump(mode="json")))
     assert size < 450_000, size
+
+
+def test_a_large_geometry_travels_by_reference_as_a_file(tmp_path):
+    """A 120,000-vertex region as a GeoJSON file: accepted quickly; the configuration (the flow's parameter)
+    holds only the path; the store's parameters hold the geometry's digest, the same for a moved copy; a pipe or
+    a folder is refused unread."""
+    import json
+    import os
+    import shutil
+    import time
+
+    from s2pipe.search import parse_region
+
+    n = 120_000
+    ring = [[-80.9 + 0.01 * math.cos(2 * math.pi * k / n), 25.3 + 0.008 * math.sin(2 * math.pi * k / n)]
+            for k in range(n)]
+    path = tmp_path / "region.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring + [ring[0]]]}}]}))
+    base = {k: v for k, v in GOOD.items() if k != "bbox"}
+    t0 = time.monotonic()
+    cfg = load_config({**base, "geometry": str(path)})
+    assert time.monotonic() - t0 < SECONDS
+    assert len(cfg.model_dump_json()) < 2000 and cfg.geometry == str(path)
+    assert parse_region(geometry=cfg.region_geometry()).area > 0
+    digest = cfg.parameters()["geometry"]["geojson_sha256"]
+    moved = tmp_path / "elsewhere.json"
+    shutil.copy(path, moved)
+    assert load_config({**base, "geometry": str(moved)}).parameters() == cfg.parameters() and len(digest) == 64
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for bad, words in ((fifo, "not a regular file"), (tmp_path, "not a regular file"),
+                       (tmp_path / "missing.json", "cannot be read")):
+        with pytest.raises(InputError, match=words):
+            load_config({**base, "geometry": str(bad)})

@@ -91,9 +91,32 @@ def test_hrefs_signed_at_read_time_survive_tokens_that_expire_during_the_read(re
         got = build_cube(http_items(items, server), bbox=region.default_bbox, chunk_size=64, time_chunks="all",
                          read_retry=FAST, http_timeout=2, signer=signer).compute(scheduler="threads")
         seconds = time.monotonic() - t0
-    assert server.counts["tokens"] >= 2 and server.counts["403"] >= 1, server.counts  # tokens really expired
+    assert server.counts["tokens"] >= 2, server.counts  # tokens really expired (renewed before, at half-life)
     np.testing.assert_array_equal(got.values, local_cube.values)
     print(f"read with expiring tokens: {dict(server.counts)}, {seconds:.1f} s")
+
+
+def test_revoked_tokens_are_answered_403_and_the_readers_sign_again(region_items, local_cube):
+    """Every token revoked between two reads (the cached one still looks valid): the files answer 403, the
+    readers drop the token, get a new one and read again."""
+    from s2pipe.runtime.objectstore import forget_cached_ranges
+    from s2pipe.stac.signing import forget_tokens
+
+    region, items = region_items
+    forget_tokens()
+    with FaultyCogServer(region.root, token_ttl=600) as server:
+        signer = _signer(server, retry=RetryPolicy(retries=2, backoff=0.1))
+        cube = build_cube(http_items(items[:4], server), bbox=region.default_bbox, chunk_size=64,
+                          time_chunks="all", read_retry=FAST, http_timeout=2, signer=signer)
+        first = cube.compute(scheduler="threads")
+        issued = server.counts["tokens"]
+        server.revoke()
+        for it in http_items(items[:4], server):  # what GDAL keeps of the files would hide the revocation
+            for asset in it["assets"].values():
+                forget_cached_ranges(asset["href"])
+        again = cube.compute(scheduler="threads")
+    assert server.counts["403"] >= 1 and server.counts["tokens"] > issued, server.counts
+    np.testing.assert_array_equal(again.values, first.values)
 
 
 def test_without_a_signer_a_token_server_refuses_every_read(region_items):

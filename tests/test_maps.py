@@ -76,7 +76,8 @@ def test_class_map_argmax_to_class_ids_and_nodata(proba):
 def test_class_map_cog_is_valid_with_colormap_and_names(proba, tmp_path):
     cm = class_map(proba)
     path = write_class_map(cm, tmp_path / "classes.tif", colors={7: "#ff0000"}, blocksize=32)
-    assert path == tmp_path / "classes.tif" and sorted(p.name for p in tmp_path.iterdir()) == ["classes.tif"]
+    assert path == tmp_path / "classes.tif" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "classes.qml", "classes.tif", "classes.tif.aux.xml"]  # the COG and its legends (QGIS style, GDAL PAM)
     with rasterio.open(path) as src:
         assert src.driver == "GTiff"
         assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
@@ -246,7 +247,7 @@ def test_write_change_cog_and_geopackage_polygons(tmp_path):
     earlier, later = _maps()
     ch = detect_change(earlier, later, target=7, kind="both")
     files = write_change(ch, tmp_path / "change.tif", tmp_path / "change.gpkg", layer="roads", blocksize=32)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["change.gpkg", "change.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["change.gpkg", "change.qml", "change.tif", "change.tif.aux.xml"]
     with rasterio.open(files.raster) as src:
         assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and src.overviews(1)
         assert src.crs.to_epsg() == EPSG and src.transform == TRANSFORM and src.nodata == 255

@@ -98,6 +98,22 @@ def test_geometry_search(pc_server, pc, pc_features):
                                          url=pc_server.url)] == want
 
 
+def test_a_region_of_many_vertices_is_asked_as_its_hull_and_filtered_exactly(pc_server, pc, pc_features):
+    """The triangle of test_geometry_search drawn with 30,000 vertices: the STAC API is asked with the convex
+    hull (a request it takes), and the items kept are those meeting the region itself."""
+    from s2pipe.search import MAX_QUERY_VERTICES
+
+    corners = [(-106.1, 40.3), (-105.5, 40.1), (-105.5, 40.5)]
+    ring = []
+    for (x0, y0), (x1, y1) in zip(corners, corners[1:] + corners[:1]):
+        ring += [[x0 + (x1 - x0) * k / 10_000, y0 + (y1 - y0) * k / 10_000] for k in range(10_000)]
+    dense = {"type": "Polygon", "coordinates": [ring + [ring[0]]]}
+    assert len(ring) > MAX_QUERY_VERTICES
+    items = search_items(pc, geometry=dense, start="2024-04-01", end="2024-09-30", url=pc_server.url)
+    want = expected_ids(pc_features, shapely.geometry.shape(dense), "2024-04-01", "2024-09-30")
+    assert [it.id for it in items] == want and want
+
+
 def test_date_window_is_inclusive_at_both_ends(pc_server, pc, pc_features):
     days = sorted({f["properties"]["datetime"][:10] for f in pc_features})
     first, last = days[10], days[13]

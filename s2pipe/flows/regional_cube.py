@@ -84,7 +84,7 @@ def search_task(cfg: RunConfig, profile: CatalogProfile, url: str | None) -> lis
     log = run_logger()
     log.info(f"searching {redact_href(url) if url else profile.public_url} collection {profile.collection!r} {cfg.start}..{cfg.end}, cloud <= {cfg.max_cloud}%")
     items = search_items(
-        profile, bbox=cfg.bbox, geometry=cfg.geometry, start=cfg.start, end=cfg.end, max_cloud=cfg.max_cloud, url=url
+        profile, bbox=cfg.bbox, geometry=cfg.region_geometry(), start=cfg.start, end=cfg.end, max_cloud=cfg.max_cloud, url=url
     )
     log.info(f"found {len(items)} scenes")
     return items
@@ -407,7 +407,7 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
     with _Warnings() as caught, contextlib.ExitStack() as held:
         try:
             # Before any request: one run at a time on the store, and none that would conflict with it.
-            held.enter_context(store_lock(cfg.output, storage=cfg.storage))
+            held.enter_context(store_lock(cfg.output, storage=cfg.storage, reentrant=True))
             state = None if plan is not None or cfg.overwrite else check_parameters(
                 cfg.output, cfg.parameters(), storage=cfg.storage)
             if plan is not None and plan.search_start > cfg.end:
@@ -474,7 +474,7 @@ def _bbox(cfg: RunConfig) -> tuple[float, float, float, float]:
         return cfg.bbox
     from s2pipe.search import parse_region
 
-    return tuple(parse_region(geometry=cfg.geometry).bounds)
+    return tuple(parse_region(geometry=cfg.region_geometry()).bounds)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 * ``class_map``: class probabilities (class, y, x) -> uint8 class ids (y, x), ``nodata`` where unknown;
 * ``write_class_map``: a Cloud-Optimized GeoTIFF with an embedded colour table, class names in the metadata
-  (``CLASS_<id>`` band tags and a JSON ``CLASSES`` dataset tag) and internal overviews;
+  (``CLASS_<id>`` band tags and a JSON ``CLASSES`` dataset tag) and internal overviews, and its legend
+  sidecars (``legend_paths``): a GDAL ``.aux.xml`` (category names, a raster attribute table, the colour table
+  with transparency) and a QGIS ``.qml`` style (a paletted renderer of the classes present);
 * ``write_probabilities``: the probabilities as a GIS-readable Zarr store (``s2pipe.store.zarr.write_cube``;
   GDAL: ``ZARR:"path":/probability``, one band per class), with the uncertainty layers ``entropy`` and
   ``margin`` beside them;
@@ -12,7 +14,8 @@
   logits over a window, as ``sits_smooth``, or a Gaussian filter), NaN-aware, chunk by chunk with a halo;
 * ``detect_change``: pixels where a target class appeared (1) or disappeared (2) between two class maps,
   small groups removed;
-* ``write_change``: the change map as a COG and its regions as polygons in a GeoPackage.
+* ``write_change``: the change map as a COG (with the same legend sidecars; "no change" transparent) and its
+  regions as polygons in a GeoPackage (version 1.2, which GDAL >= 2.2 and QGIS 3 read without a warning).
 
 Every file is written under a temporary name in the destination folder and renamed when complete.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -36,13 +40,17 @@ from s2pipe.grid import Grid, grid_of
 from s2pipe.runtime.files import atomic_path
 
 __all__ = [
-    "class_map", "class_names", "class_colormap", "write_class_map", "read_class_map", "write_probabilities",
-    "uncertainty", "write_uncertainty", "smooth_probabilities", "detect_change", "write_change", "change_polygons", "ChangeFiles",
-    "NODATA", "NO_CHANGE", "APPEARED", "DISAPPEARED", "CLASS_COLORS",
+    "class_map", "class_names", "class_colormap", "write_class_map", "read_class_map", "legend_paths",
+    "write_probabilities", "uncertainty", "write_uncertainty", "smooth_probabilities", "detect_change",
+    "write_change", "change_polygons", "ChangeFiles", "GPKG_VERSION", "NODATA", "NO_CHANGE", "APPEARED",
+    "DISAPPEARED", "CLASS_COLORS",
 ]
 
 NODATA = 255
 """Default nodata value of uint8 class and change maps."""
+GPKG_VERSION = "1.2"
+"""GeoPackage version of the change polygons: read without a warning by GDAL >= 2.2 (GDAL 3.6 warns that the
+1.4 files of newer GDAL "may only be partially supported")."""
 NO_CHANGE, APPEARED, DISAPPEARED = 0, 1, 2
 CHANGE_NAMES = {NO_CHANGE: "no change", APPEARED: "appeared", DISAPPEARED: "disappeared"}
 CHANGE_COLORS = {NO_CHANGE: (0, 0, 0, 0), APPEARED: (228, 26, 28, 255), DISAPPEARED: (55, 126, 184, 255)}
@@ -127,8 +135,10 @@ def write_class_map(
     """Write a (y, x) class map as a Cloud-Optimized GeoTIFF; return the path.
 
     Tiled (``blocksize`` px), DEFLATE, internal overviews, the ``nodata`` value, an embedded colour table and the
-    class names (``CLASS_<id>`` band tags and a JSON ``CLASSES`` dataset tag). The file is written under a
-    temporary name and renamed when complete. A Dask-backed map is computed.
+    class names (``CLASS_<id>`` band tags and a JSON ``CLASSES`` dataset tag). Beside it, the legend sidecars
+    (``legend_paths``): ``<path>.aux.xml`` (GDAL category names and raster attribute table, the colour table
+    with nodata transparent) and ``<stem>.qml`` (the QGIS style: the classes present, by name). Each file is
+    written under a temporary name and renamed when complete. A Dask-backed map is computed.
 
     Parameters
     ----------
@@ -140,7 +150,7 @@ def write_class_map(
         {id: name} (default: the ``classes`` attribute).
     colors : mapping of int to colour, optional
         {id: (r, g, b[, a]) or "#rrggbb"} (default: ``CLASS_COLORS`` by name, else a qualitative palette;
-        nodata is transparent).
+        nodata is transparent). A class given alpha 0 is not drawn (left out of the QGIS style).
     overviews : bool, default True
         Write internal overviews.
     nodata : int, optional
@@ -169,9 +179,9 @@ def write_class_map(
     cmap = class_colormap(sorted(set(names) | present), names, colors, nodata)
     tags = {"CLASSES": json.dumps({str(k): v for k, v in sorted(names.items())})}
     band_tags = {f"CLASS_{k}": v for k, v in sorted(names.items())}
-    return _write_cog_uint8(values, path, grid=grid, nodata=nodata, colormap=cmap, description="class",
-                            tags=tags, band_tags=band_tags, overviews=overviews, blocksize=blocksize,
-                            resampling=resampling)
+    return _write_cog_uint8(values, path, grid=grid, nodata=nodata, colormap=cmap, names=names,
+                            description="class", tags=tags, band_tags=band_tags, overviews=overviews,
+                            blocksize=blocksize, resampling=resampling)
 
 
 def read_class_map(path: str | os.PathLike) -> xr.DataArray:
@@ -526,9 +536,12 @@ def write_change(
 
     The COG (``path_tif``) has internal overviews (nearest), a colour table (0 transparent, 1 appeared red,
     2 disappeared blue), the change names (``CLASS_<id>`` band tags, a JSON ``CLASSES`` tag) and the target
-    (``CHANGE_TARGET`` tag). With ``path_gpkg``, the change regions are written as polygons in a GeoPackage layer
-    ``layer`` in the grid's CRS: one polygon per connected region (the map's ``connectivity`` attribute, default
-    8; a region whose pixels touch only at corners is a valid MultiPolygon, so every feature is a MultiPolygon)
+    (``CHANGE_TARGET`` tag), with the legend sidecars of ``write_class_map`` beside it (``legend_paths``; the
+    TIFF colour table cannot hold transparency, so "no change" is transparent through the ``.aux.xml`` colour
+    table and left out of the ``.qml`` style). With ``path_gpkg``, the change regions are written as polygons
+    in a GeoPackage (version 1.2, ``GPKG_VERSION``) layer ``layer`` in the grid's CRS: one polygon per connected
+    region (the map's ``connectivity`` attribute, default 8; a region whose pixels touch only at corners is a
+    valid MultiPolygon, so every feature is a MultiPolygon)
     with the attributes ``change`` ("appeared"/"disappeared"), ``class_id`` (the target class; -1 when the target
     is several classes), ``target`` (the target id(s), e.g. "6+7"), ``area_m2`` (square metres, measured in an
     estimated UTM CRS when the grid's CRS is not in metres) and ``pixels``. Each file is written under a temporary
@@ -565,8 +578,9 @@ def write_change(
     blocksize = _auto_blocksize(values.shape) if blocksize is None else blocksize
     tif = _write_cog_uint8(
         values, path_tif, grid=grid, nodata=nodata, colormap=class_colormap([0, 1, 2], CHANGE_NAMES, CHANGE_COLORS, nodata),
-        description="change", tags={"CLASSES": json.dumps({str(k): v for k, v in CHANGE_NAMES.items()}),
-                                    "CHANGE_TARGET": json.dumps(change.attrs.get("target"))},
+        names=CHANGE_NAMES, description="change",
+        tags={"CLASSES": json.dumps({str(k): v for k, v in CHANGE_NAMES.items()}),
+              "CHANGE_TARGET": json.dumps(change.attrs.get("target"))},
         band_tags={f"CLASS_{k}": v for k, v in CHANGE_NAMES.items()}, overviews=True, blocksize=blocksize,
         resampling="nearest",
     )
@@ -575,7 +589,8 @@ def write_change(
     gdf = change_polygons(change)
     gpkg = Path(path_gpkg)
     with atomic_path(gpkg, companions=("-wal", "-shm")) as tmp:
-        gdf.to_file(tmp, driver="GPKG", layer=layer, engine="pyogrio", geometry_type="MultiPolygon")
+        gdf.to_file(tmp, driver="GPKG", layer=layer, engine="pyogrio", geometry_type="MultiPolygon",
+                    dataset_options={"VERSION": GPKG_VERSION})
     return ChangeFiles(tif, gpkg, len(gdf))
 
 
@@ -702,9 +717,11 @@ def class_colormap(ids: Sequence[int], names: Mapping[int, str], colors: Mapping
 
 
 def _write_cog_uint8(values: np.ndarray, path: str | os.PathLike, *, grid: Grid, nodata: int,
-                     colormap: Mapping[int, tuple[int, ...]], description: str, tags: Mapping[str, str],
-                     band_tags: Mapping[str, str], overviews: bool, blocksize: int, resampling: str) -> Path:
-    """A uint8 COG with colour table and metadata (``s2pipe.products.cog.write_cog``: temporary name, then renamed)."""
+                     colormap: Mapping[int, tuple[int, ...]], names: Mapping[int, str], description: str,
+                     tags: Mapping[str, str], band_tags: Mapping[str, str], overviews: bool, blocksize: int,
+                     resampling: str) -> Path:
+    """A uint8 COG with colour table and metadata (``s2pipe.products.cog.write_cog``: temporary name, then renamed)
+    and its legend sidecars (``_write_legend``)."""
     if isinstance(blocksize, bool) or not isinstance(blocksize, (int, np.integer)) or blocksize < 16 or blocksize % 16:
         raise InputError(f"blocksize={blocksize!r} must be a multiple of 16 pixels; pass e.g. blocksize=512")
     if resampling not in ("nearest", "mode"):
@@ -713,10 +730,114 @@ def _write_cog_uint8(values: np.ndarray, path: str | os.PathLike, *, grid: Grid,
         raise InputError(f"values span {values.min()}..{values.max()}; a class map COG holds uint8 ids in 0..255")
     from s2pipe.products.cog import write_cog
 
-    return write_cog(path, values.astype(np.uint8, copy=False), transform=Affine(*list(grid.transform)[:6]),
-                     crs=f"EPSG:{grid.epsg}" if grid.epsg else grid.crs, nodata=nodata, blocksize=int(blocksize),
-                     overviews=overviews, overview_resampling=resampling, colormap=colormap,
-                     description=description, tags=tags, band_tags=band_tags)
+    values = values.astype(np.uint8, copy=False)
+    tif = write_cog(path, values, transform=Affine(*list(grid.transform)[:6]),
+                    crs=f"EPSG:{grid.epsg}" if grid.epsg else grid.crs, nodata=nodata, blocksize=int(blocksize),
+                    overviews=overviews, overview_resampling=resampling, colormap=colormap,
+                    description=description, tags=tags, band_tags=band_tags)
+    _write_legend(tif, values=values, names=names, colormap=colormap, nodata=nodata)
+    return tif
+
+
+# ---------------------------------------------------------------------------------------------- legends
+
+_QGIS_VERSION = "3.28.0-Firenze"
+"""QGIS version named in the ``.qml`` styles (the paletted renderer reads the same in QGIS 3.4 and later)."""
+_RAT_COLUMNS = (("Value", 0, 5), ("Class", 2, 2), ("Count", 0, 1), ("Red", 0, 6), ("Green", 0, 7),
+                ("Blue", 0, 8), ("Alpha", 0, 9))
+"""Raster attribute table columns (name, GDALRATFieldType: 0 integer 2 string, GDALRATFieldUsage: 5 MinMax
+2 Name 1 PixelCount 6..9 Red Green Blue Alpha)."""
+
+
+def legend_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """The legend sidecars of a class or change COG ``path``: ``(<path>.aux.xml, <stem>.qml)``.
+
+    GDAL reads ``<name>.tif.aux.xml`` (its PAM file: category names, raster attribute table, colour table with
+    transparency) whenever it opens ``<name>.tif``; QGIS loads ``<name>.qml`` as the default style of the layer
+    ``<name>.tif``. Both are written by ``write_class_map`` and ``write_change``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The COG.
+
+    Returns
+    -------
+    tuple of pathlib.Path
+        The GDAL PAM file and the QGIS style file.
+    """
+    path = Path(path)
+    return path.with_name(path.name + ".aux.xml"), path.with_suffix(".qml")
+
+
+def _write_legend(tif: Path, *, values: np.ndarray, names: Mapping[int, str],
+                  colormap: Mapping[int, tuple[int, ...]], nodata: int) -> tuple[Path, Path]:
+    """Write the legend sidecars of the uint8 COG ``tif`` holding ``values`` (see ``legend_paths``).
+
+    * ``<tif>.aux.xml`` (GDAL PAM): ``CategoryNames`` indexed by pixel value up to the largest named or present
+      class (empty for other values and nodata; a present value without a name is "class <id>"); the full
+      ``colormap`` as ``ColorTable`` with its alpha (a TIFF colour table has none, GDAL then reads this one); a
+      thematic raster attribute table of the present values (Value, Class, Count, Red, Green, Blue, Alpha);
+    * ``<stem>.qml`` (QGIS style): a paletted renderer of the present values drawn (alpha > 0), labelled by
+      name; nodata and transparent values (e.g. "no change") are not listed, so QGIS does not draw them.
+
+    Each file is written under a temporary name and renamed when complete.
+    """
+    rows = max(1, (1 << 22) // max(1, values.shape[1]))  # ~4 Mpx at a time: bincount makes an int64 copy
+    counts = np.zeros(256, dtype=np.int64)
+    for start in range(0, values.shape[0], rows):
+        counts += np.bincount(values[start:start + rows].ravel(), minlength=256)
+    present = [int(v) for v in np.flatnonzero(counts) if int(v) != nodata]
+    labels = {**{int(k): str(v) for k, v in names.items() if int(k) != nodata},
+              **{v: names.get(v, f"class {v}") for v in present}}
+    rgba = {v: tuple(int(c) for c in (*colormap.get(v, (0, 0, 0, 0)), 255)[:4]) for v in range(256)}
+
+    pam = ET.Element("PAMDataset")
+    band = ET.SubElement(pam, "PAMRasterBand", band="1")
+    categories = ET.SubElement(band, "CategoryNames")
+    for v in range(max(labels, default=-1) + 1):
+        ET.SubElement(categories, "Category").text = labels.get(v, "")
+    table = ET.SubElement(band, "ColorTable")
+    for v in range(256):
+        ET.SubElement(table, "Entry", {f"c{i + 1}": str(c) for i, c in enumerate(rgba[v])})
+    rat = ET.SubElement(band, "GDALRasterAttributeTable", tableType="thematic")
+    for i, (name, kind, usage) in enumerate(_RAT_COLUMNS):
+        field = ET.SubElement(rat, "FieldDefn", index=str(i))
+        for tag, text in (("Name", name), ("Type", kind), ("Usage", usage)):
+            ET.SubElement(field, tag).text = str(text)
+    for row, v in enumerate(present):
+        entry = ET.SubElement(rat, "Row", index=str(row))
+        for text in (v, labels[v], int(counts[v]), *rgba[v]):
+            ET.SubElement(entry, "F").text = str(text)
+
+    qgis = ET.Element("qgis", version=_QGIS_VERSION, styleCategories="AllStyleCategories",
+                      hasScaleBasedVisibilityFlag="0", minScale="1e+08", maxScale="0")
+    pipe = ET.SubElement(qgis, "pipe")
+    ET.SubElement(ET.SubElement(pipe, "provider"), "resampling", enabled="false", maxOversampling="2",
+                  zoomedInResamplingMethod="nearestNeighbour", zoomedOutResamplingMethod="nearestNeighbour")
+    renderer = ET.SubElement(pipe, "rasterrenderer", type="paletted", band="1", opacity="1", alphaBand="-1",
+                             nodataColor="")
+    ET.SubElement(renderer, "rasterTransparency")
+    palette = ET.SubElement(renderer, "colorPalette")
+    for v in present:
+        r, g, b, a = rgba[v]
+        if a > 0:
+            ET.SubElement(palette, "paletteEntry", value=str(v), color=f"#{r:02x}{g:02x}{b:02x}", alpha=str(a),
+                          label=labels[v])
+    ET.SubElement(pipe, "brightnesscontrast", brightness="0", contrast="0", gamma="1")
+    ET.SubElement(pipe, "huesaturation", saturation="0", grayscaleMode="0", colorizeOn="0", colorizeRed="255",
+                  colorizeGreen="128", colorizeBlue="128", colorizeStrength="100")
+    ET.SubElement(pipe, "rasterresampler", maxOversampling="2")
+    ET.SubElement(pipe, "resamplingStage").text = "resamplingFilter"
+    ET.SubElement(qgis, "blendMode").text = "0"
+
+    aux, qml = legend_paths(tif)
+    doctype = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+    for path, root, head in ((aux, pam, ""), (qml, qgis, doctype)):
+        ET.indent(root)
+        with atomic_path(path) as tmp:  # UTF-8 without an XML declaration, as GDAL and QGIS write them
+            tmp.write_text(head + ET.tostring(root, encoding="unicode") + "\n", encoding="utf-8")
+    return aux, qml
 
 
 def _auto_blocksize(shape: tuple[int, ...]) -> int:

@@ -149,21 +149,14 @@ def gdal_vsi_path(href: str) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def _gdal_clear_cache():
-    """GDAL's ``VSICurlPartialClearCache`` from the libgdal this process loaded (rasterio's), or None."""
+    """GDAL's ``VSICurlPartialClearCache`` from rasterio's libgdal, or None. Looked up through rasterio's own
+    extension module (its dependencies are searched), not the first libgdal loaded: pyogrio loads another."""
     import ctypes
-    import ctypes.util
 
-    import rasterio  # noqa: F401 - loads libgdal
+    import rasterio._base
 
-    path = None
-    if os.path.exists("/proc/self/maps"):
-        with open("/proc/self/maps") as maps:
-            path = next((line.split()[-1] for line in maps if "libgdal" in line.rsplit("/", 1)[-1]), None)
-    path = path or ctypes.util.find_library("gdal")
-    if path is None:
-        return None
     try:
-        fn = ctypes.CDLL(path).VSICurlPartialClearCache
+        fn = ctypes.CDLL(rasterio._base.__file__).VSICurlPartialClearCache
     except (OSError, AttributeError):
         return None
     fn.argtypes, fn.restype = [ctypes.c_char_p], None

@@ -151,26 +151,27 @@ class store_lock:
     (``memory://``, servers ignoring the condition) it is advisory. A lock left by a crash on another host is
     never taken over: delete the object named in the error.
 
-    Re-entrant within a process: the flow takes the lock before its first request, and ``write_cube`` taking it
-    again inside is a no-op."""
+    ``reentrant=True``: while this lock is held, other ``store_lock`` calls on the same store in this process
+    are no-ops (the flow takes the lock before its first request; ``write_cube`` takes it again inside)."""
 
-    _held: dict[str, int] = {}
-    """Lock files this process holds -> how many times (re-entrance)."""
+    _reentrant: dict[str, int] = {}
+    """Lock files held here with ``reentrant=True`` -> how many holders are inside them."""
 
-    def __init__(self, path: str | os.PathLike | ObjectPath, *, storage: Any = None):
+    def __init__(self, path: str | os.PathLike | ObjectPath, *, storage: Any = None, reentrant: bool = False):
         self.path = location(path, storage)
         self.lock = lock_path(self.path)
         self._token = uuid.uuid4().hex
         self._key = str(self.lock)
-        self._nested = False
+        self._mode = "reentrant" if reentrant else "plain"
 
     def __enter__(self) -> "store_lock":
-        if self._key in store_lock._held:
-            store_lock._held[self._key] += 1
-            self._nested = True
+        if self._key in store_lock._reentrant:
+            store_lock._reentrant[self._key] += 1
+            self._mode = "nested"
             return self
         self._acquire()
-        store_lock._held[self._key] = 1
+        if self._mode == "reentrant":
+            store_lock._reentrant[self._key] = 1
         return self
 
     def _acquire(self) -> None:
@@ -221,10 +222,11 @@ class store_lock:
             return None
 
     def __exit__(self, *exc) -> None:
-        store_lock._held[self._key] -= 1
-        if self._nested or store_lock._held[self._key] > 0:
+        if self._mode == "nested":
+            store_lock._reentrant[self._key] -= 1
             return
-        del store_lock._held[self._key]
+        if self._mode == "reentrant":
+            del store_lock._reentrant[self._key]
         owner = self._owner()
         if owner is not None and owner.get("token") == self._token:
             self.lock.unlink(missing_ok=True)

@@ -46,6 +46,13 @@ class FaultyCogServer:
     def url(self, path) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/{Path(path).relative_to(self.root).as_posix()}"
 
+    def revoke(self) -> None:
+        """Revoke every token issued so far (a new signing key): files answer 403 until signed again."""
+        import os
+
+        with self._lock:
+            self._secret = os.urandom(16)
+
     @property
     def token_url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/token"
