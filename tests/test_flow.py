@@ -60,12 +60,17 @@ def test_flow_writes_a_complete_cube(flow_run):
     assert attrs["stac_items"] and attrs["catalog_url"] == "local-demo" and "s2pipe" in attrs["software"]
     assert attrs["parameters"]["gapfill"]["radius"] == "10D"
     assert "dropped_items" not in attrs and "dropped_assets" not in attrs  # present only when a scene is left out
+    import pystac
+
+    item = pystac.read_file(str(out.with_name("cube.item.json")))  # STAC metadata beside the store
+    assert Path(item.assets["data"].get_absolute_href()) == out and item.properties["cube:dimensions"]["time"]
+    assert {ln.href.rsplit("/", 1)[-1] for ln in item.links if ln.rel == "derived_from"} <= set(attrs["stac_items"])
     assert summary["scenes"] >= 2 * summary["dates_in"] - 2, "two tiles per date were merged into solar days"
     run = json.loads(Path(summary["run_summary"]).read_text())
     assert Path(summary["run_summary"]) == out.with_name("cube.run.json")
     assert run["status"] == "completed" and len(run["scenes"]) == summary["scenes"] == len(attrs["stac_items"])
     assert run["regions"]["written_by_this_run"] == run["regions"]["total"] > 0 and run["regions"]["resumed"] == 0
-    assert set(run["stage_seconds"]) == {"search", "check_assets", "cube", "cloud_mask", "gap_fill", "normalize", "write", "quicklook"}
+    assert set(run["stage_seconds"]) == {"search", "check_assets", "cube", "cloud_mask", "gap_fill", "normalize", "write", "quicklook", "stac"}
     assert isinstance(run["warnings"], list) and run["parameters"]["gapfill"]["radius"] == "10D"
 
 

@@ -57,7 +57,7 @@ from s2pipe.store.zarr import (
 
 __all__ = [
     "run_logger", "demo_data_task", "search_task", "check_assets_task", "cube_task", "mask_task",
-    "gapfill_task", "normalize_task", "stage_task", "write_task", "quicklook_task", "run_summary_path",
+    "gapfill_task", "normalize_task", "stage_task", "write_task", "quicklook_task", "stac_task", "run_summary_path",
     "output_of", "regional_cube",
 ]
 
@@ -250,6 +250,16 @@ def quicklook_task(cube: xr.DataArray, path: Path | str, storage=None) -> Path |
         png = quicklook(cube, open_cube(store), target)
     run_logger().info(f"quick-look saved to {png}")
     return png
+
+
+@task(name="stac-metadata", cache_policy=NO_CACHE)
+def stac_task(path: Path | str, storage=None, collection: str | None = None) -> dict[str, Path | str]:
+    """The STAC Collection and Item beside the store (``<stem>.collection.json``, ``<stem>.item.json``)."""
+    from s2pipe.products.stac_metadata import write_cube_stac
+
+    files = write_cube_stac(path, storage=storage, input_collection=collection)
+    run_logger().info(f"STAC metadata written: {files['collection']}, {files['item']}")
+    return files
 
 
 def _ids(items: list) -> list[str]:
@@ -452,6 +462,8 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
                 staging.remove(cfg.output, storage=cfg.storage)
                 record["mode"] = "append" if plan is not None else "resume" if regions["resumed"] else "create"
                 png = timed("quicklook", quicklook_task, cube, path, cfg.storage) if cfg.quicklook else None
+                stac = timed("stac", stac_task, path, cfg.storage, profile.collection)
+                record["stac"] = {k: str(v) for k, v in stac.items()}
         except BaseException as exc:
             if isinstance(exc, (StoreLockedError, OutputConflictError)):
                 raise  # refused before any work: the store and its summary are another run's, left as they are

@@ -53,8 +53,13 @@ from s2pipe.stac.catalog import list_profiles, load_profile
 from s2pipe.store.zarr import open_cube, store_state
 
 __all__ = [
-    "cube_stac", "write_cube_stac", "stac_paths", "ZARR_MEDIA_TYPE", "DATACUBE_SCHEMA", "PROJECTION_SCHEMA",
+    "DATACUBE_SCHEMA",
     "DENSIFY",
+    "PROJECTION_SCHEMA",
+    "ZARR_MEDIA_TYPE",
+    "cube_stac",
+    "stac_paths",
+    "write_cube_stac",
 ]
 
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
@@ -107,18 +112,33 @@ def cube_stac(store: str | os.PathLike | ObjectPath, *, storage: Any = None,
     Returns
     -------
     (pystac.Collection, pystac.Item)
-        Their self hrefs are the files ``write_cube_stac`` writes (``stac_paths``); every other href is relative
-        to them. See the module docstring for the fields.
+        Their self hrefs are the files ``write_cube_stac`` writes (``stac_paths``), and they are linked to each
+        other in memory (``item.get_collection()`` is the collection, read from no file). The files hold the same
+        fields with every href between them relative (pystac's ``to_dict`` adds link titles). See the module
+        docstring for the fields.
 
     Raises
     ------
     InputError
         No store at ``store``, an unfinished one, or one without a ``time`` axis or a CRS.
     """
-    collection, item = _stac_dicts(location(store, storage), input_collection=input_collection)
-    paths = stac_paths(store, storage=storage)
-    return (pystac.Collection.from_dict(collection, href=str(paths["collection"]), preserve_dict=False),
-            pystac.Item.from_dict(item, href=str(paths["item"]), preserve_dict=False))
+    path = location(store, storage)
+    collection_dict, item_dict = _stac_dicts(path, input_collection=input_collection)
+    paths = stac_paths(path)
+    # migrate=False: as written (pystac's projection migration would drop proj:epsg)
+    collection = pystac.Collection.from_dict(collection_dict, href=str(paths["collection"]), migrate=False)
+    item = pystac.Item.from_dict(item_dict, href=str(paths["item"]), migrate=False)
+    # linked in memory, so that nothing is read from the files (which may not be written yet)
+    collection.catalog_type = pystac.CatalogType.SELF_CONTAINED
+    for link in collection.links:
+        if link.rel == "root":
+            link.target = collection
+        elif link.rel == "item":
+            link.target = item
+    for link in item.links:
+        if link.rel in ("root", "parent", "collection"):
+            link.target = collection
+    return collection, item
 
 
 def write_cube_stac(store: str | os.PathLike | ObjectPath, *, storage: Any = None,
