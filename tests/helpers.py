@@ -257,7 +257,17 @@ def arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 def chunk_mtimes(path: Path, var: str = "reflectance") -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in (path / var).iterdir() if not p.name.startswith(".")}
+    """Modification times of the chunks of ``var``; zarr's temporary ``*.partial`` files (a task of an
+    interrupted write may still be finishing one on a distributed worker) are not chunks."""
+    out = {}
+    for p in (path / var).iterdir():
+        if p.name.startswith(".") or p.name.endswith(".partial"):
+            continue
+        try:
+            out[p.name] = p.stat().st_mtime_ns
+        except FileNotFoundError:  # renamed meanwhile
+            continue
+    return out
 
 
 # ------------------------------------------------------------------------------------------ flow runs

@@ -69,6 +69,11 @@ def gdal_legend(path) -> tuple[list[str], list[dict[str, str]]]:
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args
     lib.GDALAllRegister()
+    # GDAL finds the .aux.xml beside a file only when it may list the folder: an earlier rasterio.Env in the
+    # main thread can leave GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR set process-wide (as cloud set-ups often
+    # do); this thread's own setting wins, as a desktop GIS's default would
+    lib.CPLSetThreadLocalConfigOption.argtypes = [cp, cp]
+    lib.CPLSetThreadLocalConfigOption(b"GDAL_DISABLE_READDIR_ON_OPEN", b"FALSE")
     ds = lib.GDALOpen(str(path).encode(), 0)
     assert ds, f"GDAL cannot open {path}"
     try:
@@ -86,6 +91,7 @@ def gdal_legend(path) -> tuple[list[str], list[dict[str, str]]]:
                     for r in range(lib.GDALRATGetRowCount(rat))]
     finally:
         lib.GDALClose(ds)
+        lib.CPLSetThreadLocalConfigOption(b"GDAL_DISABLE_READDIR_ON_OPEN", None)
     return categories, rows
 
 
@@ -116,7 +122,7 @@ def test_class_map_legend_gdal_categories_rat_and_qgis_style(tmp_path):
         ("1", "water", str(counts[1])), ("7", "road", str(counts[7]))]
     assert [tuple(r[c] for c in ("Red", "Green", "Blue", "Alpha")) for r in rows] == [
         (*map(str, (31, 120, 180)), "255"), ("255", "0", "0", "255")]
-    with rasterio.open(path) as src:
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="FALSE"), rasterio.open(path) as src:
         cmap = src.colormap(1)
         assert src.nodata == 255 and cmap[255][3] == 0 and cmap[7] == (255, 0, 0, 255)
         assert cmap[1] == (31, 120, 180, 255) and cmap[2][3] == 255  # named, absent: still coloured
@@ -155,7 +161,7 @@ def test_change_map_legend_no_change_transparent_and_geopackage_1_2(tmp_path):
     assert categories == ["no change", "appeared", "disappeared"]
     assert [(r["Value"], r["Class"], r["Alpha"]) for r in rows] == [
         ("0", "no change", "0"), ("1", "appeared", "255"), ("2", "disappeared", "255")]
-    with rasterio.open(files.raster) as src:
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="FALSE"), rasterio.open(files.raster) as src:
         cmap = src.colormap(1)
         assert cmap[NO_CHANGE][3] == 0 and cmap[255][3] == 0  # the TIFF table has no alpha: read from .aux.xml
         assert cmap[APPEARED] == (228, 26, 28, 255) and cmap[DISAPPEARED] == (55, 126, 184, 255)
