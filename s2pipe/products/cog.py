@@ -12,7 +12,16 @@ from affine import Affine
 
 from s2pipe.runtime.files import atomic_path
 
-__all__ = ["write_cog"]
+__all__ = ["write_cog", "cog_blocksize"]
+
+
+def cog_blocksize(shape: tuple[int, ...]) -> int:
+    """COG tile side (px) for a raster of ``shape``: 512, halved down to 128 so that a small raster still has an
+    overview."""
+    size = 512
+    while size > 128 and max(shape) <= size:
+        size //= 2
+    return size
 
 
 def write_cog(

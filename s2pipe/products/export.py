@@ -38,7 +38,8 @@ from s2pipe import __version__
 from s2pipe.errors import InputError, OutputConflictError, short_repr
 from s2pipe.grid import Grid, grid_of
 from s2pipe.normalize import invert
-from s2pipe.runtime.files import atomic_path
+from s2pipe.products.cog import cog_blocksize
+from s2pipe.runtime.files import atomic_path, write_if_changed
 from s2pipe.runtime.objectstore import is_url
 from s2pipe.search import parse_day, parse_region
 from s2pipe.store.zarr import open_cube
@@ -171,7 +172,7 @@ def export_cube(
         values: ExportValues = "reflectance" if denormalize else "normalized"
         window_grid = _window_grid(grid, rows, cols)
         if size is None:
-            size = _auto_blocksize(window_grid.shape)
+            size = cog_blocksize(window_grid.shape)
         days = [_day(t) for t in times]
         signature = {
             "bands": band_names, "crs": window_grid.crs, "transform": list(window_grid.transform)[:6],
@@ -195,11 +196,11 @@ def export_cube(
         ds.close()
 
     items_path = folder / ITEMS_NAME
-    _write_if_changed(items_path, json.dumps(
+    write_if_changed(items_path, json.dumps(
         _item_collection(days, paths, grid=window_grid, bands=band_names, values=values, source=source),
         indent=1).encode())
     vrt_path = folder / VRT_NAME
-    _write_if_changed(vrt_path, _vrt(days, paths, grid=window_grid, bands=band_names, values=values))
+    write_if_changed(vrt_path, _vrt(days, paths, grid=window_grid, bands=band_names, values=values))
     return {
         "folder": str(folder),
         "files": {day: str(paths[day]) for day in days},
@@ -239,13 +240,6 @@ def _check_blocksize(blocksize: Any) -> int | None:
         raise InputError(f"blocksize={short_repr(blocksize)} must be a multiple of 16 pixels; pass e.g. "
                          "blocksize=512 (argument: blocksize)")
     return int(blocksize)
-
-
-def _auto_blocksize(shape: tuple[int, int]) -> int:
-    size = 512
-    while size > 128 and max(shape) <= size:
-        size //= 2
-    return size
 
 
 def _select_bands(refl: xr.DataArray, bands: Sequence[str] | None, store) -> list[str]:
@@ -512,13 +506,6 @@ def _write_date(refl: xr.DataArray, path: Path, *, day: str, bands: list[str], r
                                      BIGTIFF="IF_SAFER")
     finally:
         stage.unlink(missing_ok=True)
-
-
-def _write_if_changed(path: Path, content: bytes) -> None:
-    if path.is_file() and path.read_bytes() == content:
-        return
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(content)
 
 
 # ---------------------------------------------------------------------------------------------- indexes

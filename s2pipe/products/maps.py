@@ -37,6 +37,7 @@ from scipy import ndimage
 
 from s2pipe.errors import InputError
 from s2pipe.grid import Grid, grid_of
+from s2pipe.products.cog import cog_blocksize
 from s2pipe.runtime.files import atomic_path
 
 __all__ = [
@@ -172,7 +173,7 @@ def write_class_map(
         ``names``, a colour, ``blocksize`` or ``resampling`` is invalid.
     """
     values, grid = _raster_of(class_map, "class_map")
-    blocksize = _auto_blocksize(values.shape) if blocksize is None else blocksize
+    blocksize = cog_blocksize(values.shape) if blocksize is None else blocksize
     nodata = _nodata_of(class_map, nodata)
     names = class_names(class_map, names)
     present = {int(v) for v in np.unique(values) if int(v) != nodata}
@@ -332,7 +333,7 @@ def write_uncertainty(unc: xr.Dataset | xr.DataArray, folder: str | os.PathLike,
             layer = layer.assign_attrs(crs=unc.attrs["crs"], transform=unc.attrs.get("transform"))
         grid = grid_of(layer)
         values = np.asarray(layer.transpose("y", "x").values, dtype=np.float32)
-        size = _auto_blocksize(values.shape) if blocksize is None else blocksize
+        size = cog_blocksize(values.shape) if blocksize is None else blocksize
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 16 or size % 16:
             raise InputError(f"blocksize={blocksize!r} must be a multiple of 16 pixels; pass e.g. blocksize=512")
         a = UNCERTAINTY_ATTRS[name]
@@ -575,7 +576,7 @@ def write_change(
     """
     values, grid = _raster_of(change, "change")
     nodata = _nodata_of(change, None)
-    blocksize = _auto_blocksize(values.shape) if blocksize is None else blocksize
+    blocksize = cog_blocksize(values.shape) if blocksize is None else blocksize
     tif = _write_cog_uint8(
         values, path_tif, grid=grid, nodata=nodata, colormap=class_colormap([0, 1, 2], CHANGE_NAMES, CHANGE_COLORS, nodata),
         names=CHANGE_NAMES, description="change",
@@ -838,14 +839,6 @@ def _write_legend(tif: Path, *, values: np.ndarray, names: Mapping[int, str],
         with atomic_path(path) as tmp:  # UTF-8 without an XML declaration, as GDAL and QGIS write them
             tmp.write_text(head + ET.tostring(root, encoding="unicode") + "\n", encoding="utf-8")
     return aux, qml
-
-
-def _auto_blocksize(shape: tuple[int, ...]) -> int:
-    """COG tile side for a map of ``shape``: 512, halved down to 128 so that a small map still has an overview."""
-    size = 512
-    while size > 128 and max(shape) <= size:
-        size //= 2
-    return size
 
 
 def _same_grid(a: Grid, b: Grid) -> bool:

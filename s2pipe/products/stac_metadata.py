@@ -46,7 +46,7 @@ import pystac
 
 from s2pipe.errors import InputError
 from s2pipe.grid import Grid, grid_of
-from s2pipe.runtime.files import atomic_path
+from s2pipe.runtime.files import write_if_changed
 from s2pipe.runtime.objectstore import ObjectPath, location
 from s2pipe.stac.assets import redact_href
 from s2pipe.stac.catalog import list_profiles, load_profile
@@ -179,9 +179,7 @@ def write_cube_stac(store: str | os.PathLike | ObjectPath, *, storage: Any = Non
                 target.write_bytes(content)
             out[key] = target.url
             continue
-        if not (target.is_file() and target.read_bytes() == content):
-            with atomic_path(target) as tmp:
-                tmp.write_bytes(content)
+        write_if_changed(target, content)
         out[key] = target
     return out
 

@@ -20,7 +20,7 @@ import yaml
 from s2pipe.errors import InputError
 from s2pipe.errors import clip_text as _clip
 
-__all__ = ["atomic_path", "pid_alive", "read_yaml", "MAX_CONFIG_BYTES", "MAX_YAML_NODES", "MAX_YAML_DEPTH",
+__all__ = ["atomic_path", "write_if_changed", "pid_alive", "read_yaml", "MAX_CONFIG_BYTES", "MAX_YAML_NODES", "MAX_YAML_DEPTH",
            "MAX_SCALAR_CHARS"]
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -64,6 +64,18 @@ def atomic_path(path: str | os.PathLike, *, companions: tuple[str, ...] = ()) ->
     finally:
         for p in (tmp, *(tmp.with_name(tmp.name + c) for c in companions)):
             p.unlink(missing_ok=True)
+
+
+def write_if_changed(path: str | os.PathLike, content: bytes) -> bool:
+    """Write ``content`` to ``path`` atomically (``atomic_path``) unless the file already holds exactly these
+    bytes (an index or metadata file rewritten on every run keeps its modification time). Returns whether it
+    wrote."""
+    path = Path(path)
+    if path.is_file() and path.read_bytes() == content:
+        return False
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(content)
+    return True
 
 
 def pid_alive(pid: int) -> bool:
