@@ -53,7 +53,7 @@ from s2pipe.runtime.retry import (
 )
 from s2pipe.stac.assets import check_hrefs, redact_href
 from s2pipe.stac.items import item_dict
-from s2pipe.stac.signing import HrefSigner, redact_library_logs
+from s2pipe.stac.signing import HrefSigner, is_forbidden, redact_library_logs
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE", "SOLAR_DAY", "ReadPath", "READ_PATHS", "TimeChunks", "TIME_CHUNKS", "Grid",
@@ -353,14 +353,14 @@ class PlainReadRioReader(AutoParallelRioReader):
         raise AssetReadError(failure, self.href)
 
     def _retryable(self, exc: BaseException) -> bool:
-        return retryable_read_error(exc) or (self.signer is not None and _forbidden(exc))
+        return retryable_read_error(exc) or (self.signer is not None and is_forbidden(exc))
 
     def _reopen(self, exc: BaseException) -> None:
         """After a failed read: open the file again (a broken connection) and download its ranges again (GDAL
         keeps a body cut short as if whole); after a 403, with a new token."""
         self.close()
         forget_cached_ranges(self.url)
-        if self.signer is not None and _forbidden(exc):
+        if self.signer is not None and is_forbidden(exc):
             self.signer.renew(self.href)
 
     def _read_once(self, window, **kwargs):
@@ -373,11 +373,6 @@ class PlainReadRioReader(AutoParallelRioReader):
             except Exception:  # noqa: BLE001 - stackstac's own path below reports or masks the error
                 pass
         return AutoParallelRioReader.read(self, window, **kwargs)
-
-
-def _forbidden(exc: BaseException) -> bool:
-    """Whether a read failed with HTTP 403 (a token that expired or was revoked)."""
-    return "HTTP response code: 403" in f"{exc} {exc.__cause__!r}"
 
 
 class _DirectPlan(NamedTuple):

@@ -55,6 +55,7 @@ from s2pipe.runtime.retry import ASSET_RETRY, RetryPolicy, http_gdal_options
 ASSET_HTTP_RETRY = RetryPolicy(retries=2, backoff=0.5)
 """GDAL's retries of each HTTP request of the asset check (429 / 5xx, time-outs, resets)."""
 from s2pipe.stac.items import LOCAL_ROOTS, href_scheme, item_dict
+from s2pipe.stac.signing import is_forbidden
 
 __all__ = [
     "HEAD_BYTES", "AssetCheckFailure", "HrefNotAllowedError", "HTTPStatusError", "NotATiffError", "NotTiledError",
@@ -493,7 +494,7 @@ def check_asset(
             return {"ok": True, "attempts": k + 1, "reason": reason}
         except Exception as exc:  # noqa: BLE001 - every failure is a reason to retry, then to drop the scene
             reason = _reason(exc)
-            if signer is not None and "403" in reason:
+            if signer is not None and is_forbidden(exc):
                 signer.renew(href)  # a token expired or revoked: the next attempt asks for a new one
         if k < policy.retries:
             forget_cached_ranges(url)  # GDAL keeps a body cut short as if whole: download it again

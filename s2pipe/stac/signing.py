@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import threading
 import time
 import urllib.error
@@ -26,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 from s2pipe.errors import SigningError
 from s2pipe.runtime.retry import SEARCH_RETRY, RetryPolicy
 
-__all__ = ["PC_TOKEN_URL", "HrefSigner", "forget_tokens", "redact_library_logs"]
+__all__ = ["PC_TOKEN_URL", "HrefSigner", "forget_tokens", "redact_library_logs", "is_forbidden"]
 
 PC_TOKEN_URL = "https://planetarycomputer.microsoft.com/api/sas/v1/token"
 """Planetary Computer's SAS token service (``PC_SDK_SAS_URL`` overrides it, as in the ``planetary_computer``
@@ -154,6 +155,15 @@ class HrefSigner:
         if expiry.tzinfo is None:
             expiry = expiry.replace(tzinfo=dt.timezone.utc)
         return token, expiry.timestamp()
+
+
+_FORBIDDEN = re.compile(r"HTTP (?:response code: )?403\b")
+
+
+def is_forbidden(exc: BaseException) -> bool:
+    """Whether opening or reading a file failed with HTTP 403 (a token that expired or was revoked), as GDAL
+    ("HTTP response code: 403") or the asset check's own range request ("HTTP 403 Forbidden") reports it."""
+    return bool(_FORBIDDEN.search(f"{exc} {exc.__cause__!r}"))
 
 
 def _transient(exc: BaseException) -> bool:
