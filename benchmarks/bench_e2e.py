@@ -121,13 +121,14 @@ def read_limit(pairs: list[tuple[str, str]], transform, shape, *, threads: int =
 
 
 # ------------------------------------------------------------------------------------------ 2. s2pipe run
-def run_s2pipe(region, profile_path: Path, bbox, address: str, client) -> dict:
+def run_s2pipe(region, profile_path: Path, bbox, address: str, client, *, overviews: bool = True) -> dict:
     import yaml
 
     out = WORK / "s2pipe.zarr"
     shutil.rmtree(out, ignore_errors=True)
     cfg = {"catalog": str(profile_path), "bbox": list(bbox), "start": region.start, "end": region.end,
-           "output": str(out), "epsg": region.epsg, "gapfill": {"times": None}, "dask": {"address": address}}
+           "output": str(out), "epsg": region.epsg, "gapfill": {"times": None}, "dask": {"address": address},
+           "overviews": overviews}
     cfg_path = WORK / "run.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     _reset_peaks(client)
@@ -220,6 +221,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--memory-limit", default="4GiB", help="per worker")
     ap.add_argument("--no-odc", action="store_true", help="skip the odc-stac glue baseline")
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--no-overviews", action="store_true", help="run without the multiscale overview levels")
     a = ap.parse_args(argv)
 
     import xarray as xr
@@ -235,7 +237,7 @@ def main(argv=None) -> dict:
     bbox = tile_bbox(region)
     pairs = assets(region, profile_path)
     fig: dict = {"tile_px": a.tile, "block_px": a.block, "workers": a.workers, "threads_per_worker": 1,
-                 "assets": len(pairs)}
+                 "assets": len(pairs), "overviews": not a.no_overviews}
     from s2pipe.runtime.cluster import worker_environment
 
     with worker_environment():  # the worker processes of s2pipe's own local clusters
@@ -243,7 +245,7 @@ def main(argv=None) -> dict:
                                memory_limit=a.memory_limit, dashboard_address=None)
     with cluster, Client(cluster) as client:
         client.register_plugin(PeakRSS(), name=PeakRSS.name)
-        run = run_s2pipe(region, profile_path, bbox, cluster.scheduler_address, client)
+        run = run_s2pipe(region, profile_path, bbox, cluster.scheduler_address, client, overviews=not a.no_overviews)
         s = run["summary"]
         stages = {k: float(v) for k, v in s["stage_seconds"].items()}
         stage_total = sum(stages.values())

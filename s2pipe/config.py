@@ -208,6 +208,8 @@ class RunConfig(BaseModel):
     append: bool = Field(False, description="Extend an existing store with the acquisitions after its last date (scheduled runs) without rewriting it; its grid, bands and parameters must match (otherwise: an error). Creates the store when there is none.")
     strict: bool = Field(False, description="Fail when an asset is missing, truncated or not a valid COG, instead of leaving its scene out (recorded in the store's dropped_items / dropped_assets attributes and the run summary).")
     quicklook: bool = Field(True, description="Also save a quick-look PNG beside the store.")
+    overviews: bool = Field(True, description="Also write the multiscale overview levels of the cube (overviews/1, overviews/2, ... each 2x coarser, until the smaller side is under 256 px; GeoZarr multiscales), for GIS browsing. A store keeps the levels it was created with.")
+    zarr_format: Literal[2, 3] = Field(2, description="Zarr format of a new store: 2 (GDAL >= 3.4, QGIS 3.22+) or 3 (GDAL >= 3.12). A store keeps the format it was created with.")
     dask: DaskConfig = Field(default_factory=DaskConfig, description="Dask cluster settings.")
 
     @field_validator("output", mode="before")
@@ -344,7 +346,8 @@ class RunConfig(BaseModel):
         return out
 
 
-RUN_POLICY = ("dask", "overwrite", "quicklook", "append", "strict", "storage", "max_grid_values")
+RUN_POLICY = ("dask", "overwrite", "quicklook", "append", "strict", "storage", "max_grid_values", "overviews",
+              "zarr_format")
 """RunConfig fields that say how a run goes, not what the output holds: left out of ``parameters()``."""
 
 

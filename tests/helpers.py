@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 from pathlib import Path
 
 import dask.array as da
@@ -285,3 +286,55 @@ def flow_config(region, profile, output, **kw):
     }
     data.update(kw)
     return load_config(data)
+
+
+# ------------------------------------------------------------------------------------- other GDAL readers
+GDAL312_PACKAGES = ("rasterio==1.5.2", "numpy", "geozarr-toolkit==0.1.2")
+"""The side venv of the GDAL 3.12 reader: rasterio 1.5.2 (GDAL 3.12, Python >= 3.12) and the GeoZarr validator."""
+REQUIRE_READERS = os.environ.get("S2PIPE_REQUIRE_READERS") == "1"
+"""Set by ``.ci/run``: a missing reader (Debian's gdal-bin, python3.12) fails the reader tests instead of skipping."""
+
+
+def missing_reader(reason: str) -> None:
+    """Skip the calling test for an absent reader, or fail it where the readers are required (CI)."""
+    import pytest
+
+    if REQUIRE_READERS:
+        pytest.fail(f"{reason} (S2PIPE_REQUIRE_READERS=1: .ci/run installs every reader)")
+    pytest.skip(reason)
+
+
+def python312() -> str | None:
+    """A Python 3.12 interpreter: ``$S2PIPE_PYTHON312``, ``python3.12`` on the PATH or pyenv's, else None."""
+    import glob
+    import shutil
+    import subprocess
+
+    home = os.path.expanduser("~")
+    candidates = [os.environ.get("S2PIPE_PYTHON312"), shutil.which("python3.12"),
+                  *sorted(glob.glob(f"{home}/.pyenv/versions/3.12*/bin/python3.12"), reverse=True),
+                  "/usr/local/bin/python3.12", "/usr/bin/python3.12"]
+    for c in candidates:
+        if c and os.path.exists(c) and subprocess.run(
+                [c, "-c", "import sys, venv; assert sys.version_info[:2] == (3, 12)"], capture_output=True).returncode == 0:
+            return c
+    return None
+
+
+def gdal312_python(root: Path) -> Path | None:
+    """The Python of a side venv (``root/.venv-gdal312``, git-ignored) holding ``GDAL312_PACKAGES``, built on the
+    first call (~15 s from the package index) and kept while its package list is the same; None without Python 3.12."""
+    import subprocess
+
+    py = python312()
+    if py is None:
+        return None
+    venv = root / ".venv-gdal312"
+    stamp = venv / ".installed"
+    want = "\n".join(GDAL312_PACKAGES)
+    if not (stamp.exists() and stamp.read_text() == want):
+        subprocess.run([py, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                        *GDAL312_PACKAGES], check=True)
+        stamp.write_text(want)
+    return venv / "bin" / "python"

@@ -102,11 +102,11 @@ def _check_message(text: str, words) -> None:
 @pytest.mark.parametrize("name", sorted(BAD))
 def test_bad_config_file_is_refused_quickly_in_one_short_message(tmp_path, name):
     path = _write(tmp_path, name)
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time of this (single-threaded) validation: other load on the machine can't stretch it
     with pytest.raises(InputError) as err:
         load_config(path)
-    seconds = time.perf_counter() - t0
-    assert seconds < SECONDS, f"{name}: load_config took {seconds:.2f} s"
+    seconds = time.process_time() - t0
+    assert seconds < SECONDS, f"{name}: load_config took {seconds:.2f} s of CPU"
     _check_message(f"error: {err.value}", BAD[name][1])
     result = CliRunner().invoke(app, ["run", str(path), "--output", str(tmp_path / "cube.zarr")])
     assert result.exit_code == EXIT_INPUT, result.output

@@ -227,7 +227,7 @@ def write_task(ds: xr.Dataset, cfg: RunConfig, *, append: bool = False) -> tuple
         return append_cube(ds, cfg.output, progress=counts, storage=cfg.storage), counts.summary()
     log.info(f"writing {cfg.output} ({dict(ds.sizes)}) region by region")
     path = write_cube(ds, cfg.output, overwrite=cfg.overwrite, region_size=cfg.chunk_size, progress=counts,
-                      storage=cfg.storage)
+                      storage=cfg.storage, overviews=cfg.overviews, zarr_format=cfg.zarr_format)
     return path, counts.summary()
 
 
@@ -419,7 +419,7 @@ def regional_cube(config: RunConfig) -> dict[str, Any]:
             # Before any request: one run at a time on the store, and none that would conflict with it.
             held.enter_context(store_lock(cfg.output, storage=cfg.storage, reentrant=True))
             state = None if plan is not None or cfg.overwrite else check_parameters(
-                cfg.output, cfg.parameters(), storage=cfg.storage)
+                cfg.output, cfg.parameters(), storage=cfg.storage, zarr_format=cfg.zarr_format)
             if plan is not None and plan.search_start > cfg.end:
                 return up_to_date(f"the window ends {cfg.end}, before anything new could follow {plan.last_date.date()}")
             try:

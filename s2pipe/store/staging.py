@@ -67,11 +67,13 @@ def stage(ds: xr.Dataset, reflectance: xr.DataArray, output: Any, *, overwrite: 
     peak.attrs = {"long_name": "largest clear reflectance of each pixel over the input dates", "units": "1"}
     staged = ds.assign(reflectance_max=peak.reset_coords(drop=True).transpose("band", "y", "x"))
     try:
-        write_cube(staged, path, overwrite=overwrite, region_size=region_size, progress=progress, storage=storage)
+        write_cube(staged, path, overwrite=overwrite, region_size=region_size, progress=progress, storage=storage,
+                   overviews=False)
     except OutputConflictError:
         # left by an abandoned run with other inputs: it holds nothing of the user's, so it is replaced
         # (a live run's staging store is locked, and refused with StoreLockedError instead)
-        write_cube(staged, path, overwrite=True, region_size=region_size, progress=progress, storage=storage)
+        write_cube(staged, path, overwrite=True, region_size=region_size, progress=progress, storage=storage,
+                   overviews=False)
     return open_cube(path, storage=storage).drop_encoding()
 
 

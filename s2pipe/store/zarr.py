@@ -38,7 +38,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dask
 import dask.array as da
@@ -57,6 +57,16 @@ from s2pipe.runtime.objectstore import (
     rmtree,
     zarr_store,
     zarr_target,
+)
+from s2pipe.store.pyramid import (
+    MIN_SIDE,
+    coarsen,
+    geozarr_attrs,
+    level_group,
+    level_shapes,
+    main_variable,
+    multiscales_attrs,
+    resampling_of,
 )
 
 __all__ = [
@@ -84,6 +94,7 @@ WRITE_TASK_BYTES = 64 * 2**20
 of one task concurrently, which keeps the disk busy even with one thread per Dask worker."""
 
 Progress = Callable[[int, int], None]
+ZarrFormat = Literal[2, 3]
 
 
 def write_cube(
@@ -94,6 +105,9 @@ def write_cube(
     region_size: int | None = None,
     progress: Progress | None = None,
     storage: Any = None,
+    overviews: bool = True,
+    overview_min_side: int = MIN_SIDE,
+    zarr_format: ZarrFormat = 2,
 ) -> Path | str:
     """Write ``ds`` to the Zarr store ``path`` region by region; return the path (the URL for object stores).
 
@@ -110,10 +124,25 @@ def write_cube(
 
     ``path`` may be an object-store URL (``s3://bucket/cube.zarr``); ``storage``: its non-secret settings
     (``s2pipe.config.StorageConfig`` or a mapping with ``profile``/``endpoint_url``/``region``/``anon``).
+
+    ``overviews``: also write the multiscale overview levels (``s2pipe.store.pyramid``: ``overviews/1``,
+    ``overviews/2``, ... each 2x coarser, made while the smaller side of the level above is at least
+    ``overview_min_side`` px), after level 0 and region by region like it; they are part of the store (resumed,
+    appended). The GeoZarr ``spatial:``/``proj:``/``multiscales`` attributes are written either way.
+    ``zarr_format``: 2 (default; GDAL >= 3.4, QGIS) or 3 (GDAL >= 3.12). A resumed store keeps its own
+    layout, levels and format.
     """
+    if zarr_format not in (2, 3):
+        raise InputError(f"zarr_format={zarr_format!r}: use 2 (GDAL >= 3.4) or 3 (GDAL >= 3.12) (argument: zarr_format)")
+    if not isinstance(overview_min_side, (int, np.integer)) or overview_min_side < 2:
+        raise InputError(f"overview_min_side={overview_min_side!r} must be a number of pixels >= 2 "
+                         "(argument: overview_min_side)")
     path = location(path, storage)
     with store_lock(path):
-        out = _write_cube(ds, path, overwrite=overwrite, region_size=region_size, progress=progress)
+        out = _write_cube(ds, path, overwrite=overwrite, region_size=region_size, progress=progress,
+                          levels=level_shapes((ds.sizes["y"], ds.sizes["x"]), min_side=int(overview_min_side))
+                          if overviews and "y" in ds.sizes and "x" in ds.sizes else [],
+                          zarr_format=int(zarr_format))
     return _public(out)
 
 
@@ -233,7 +262,7 @@ class store_lock:
 
 
 def _write_cube(ds, path: Path | ObjectPath, *, overwrite: bool, region_size: int | None,
-                progress: Progress | None) -> Path | ObjectPath:
+                progress: Progress | None, levels: list[tuple[int, int]], zarr_format: int) -> Path | ObjectPath:
     ds = _prepare(ds)
     grid, inputs = _describe(ds)
     signature = _hash({"grid": grid, "inputs": inputs})
@@ -243,25 +272,66 @@ def _write_cube(ds, path: Path | ObjectPath, *, overwrite: bool, region_size: in
     if state is None:
         state = {
             "signature": signature, "grid": grid, "inputs": inputs, "region_size": region, "chunk": chunk,
+            "overviews": [list(s) for s in levels], "zarr_format": zarr_format,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        _write_template(ds, path, signature=signature, chunk=chunk)
+        _write_template(ds, path, signature=signature, chunk=chunk, levels=levels, zarr_format=zarr_format)
         write_json(state_path(path, "state.json"), state)
-    region, chunk = int(state["region_size"]), int(state["chunk"])  # a resumed run keeps the stored layout
+    # a resumed run keeps the stored layout, levels and format (a store from before levels has none)
+    region, chunk, fmt = int(state["region_size"]), int(state["chunk"]), _format_of(state)
+    if fmt != zarr_format:
+        raise OutputConflictError(f"the output store {path} is a Zarr format {fmt} store, not {zarr_format}: pass "
+                                  f"zarr_format={fmt} to resume it, overwrite=True (CLI: --overwrite) to replace it, "
+                                  "or write to a new path")
+    levels = [tuple(s) for s in state.get("overviews", [])]
 
-    _write_regions(ds, path, region=region, chunk=chunk, done_dir=state_path(path, "done"), progress=progress)
+    _write_regions(ds, path, region=region, chunk=chunk, done_dir=state_path(path, "done"), progress=progress,
+                   zarr_format=fmt)
     complete = state_path(path, "complete")
-    if not complete.exists():  # it is written last: when present, every region was already written
-        _consolidate(path)
-        complete.touch()
+    if complete.exists():
+        return path
+    _write_levels(path, n_levels=len(levels), region=region, chunk=chunk, done=lambda k: state_path(path, f"done-{k}"),
+                  zarr_format=fmt)
+    _consolidate(path, fmt)
+    complete.touch()  # written last: when present, every region of every level was written
     return path
 
 
+def _format_of(state: dict) -> int:
+    return int(state.get("zarr_format", 2))
+
+
+def _write_levels(path: Path | ObjectPath, *, n_levels: int, region: int, chunk: int, done: Callable[[int], Any],
+                  zarr_format: int, time_slice: slice | None = None) -> None:
+    """Write overview levels 1..n_levels of ``path`` region by region, each coarsened from the stored level above
+    (``done(k)``: the folder recording level k's finished regions). ``time_slice``: only these dates (an append),
+    into the same store indices."""
+    for k in range(1, n_levels + 1):
+        above = _open_level(path, k - 1, zarr_format=zarr_format)
+        if time_slice is not None:
+            above = above.isel(time=time_slice)
+        level = coarsen(_spatial_data(above).assign_coords(x=above["x"], y=above["y"]).assign_attrs(above.attrs))
+        _write_regions(level, path, region=region, chunk=chunk, done_dir=done(k), progress=None,
+                       time_offset=None if time_slice is None else time_slice.start, group=level_group(k),
+                       zarr_format=zarr_format)
+
+
+def _open_level(path: Path | ObjectPath, k: int, *, zarr_format: int) -> xr.Dataset:
+    """Level ``k`` of the store (0: the root) as written so far, lazily, with the stored chunks."""
+    target, storage_options = zarr_target(path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is not recognized as a component of a Zarr hierarchy")
+        return xr.open_zarr(target, group=None if k == 0 else level_group(k), consolidated=False,
+                            zarr_format=zarr_format, decode_coords="all", storage_options=storage_options)
+
+
 def _write_regions(ds: xr.Dataset, path: Path | ObjectPath, *, region: int, chunk: int, done_dir: Path | ObjectPath,
-                   progress: Progress | None, time_offset: int | None = None) -> int:
-    """Compute and write the spatial variables of ``ds`` region by region into the existing arrays of ``path``,
-    recording each finished region in ``done_dir``; regions recorded there are skipped. ``time_offset``: the
-    store index of ``ds``'s first date (appends). Returns the number of regions written."""
+                   progress: Progress | None, time_offset: int | None = None, group: str | None = None,
+                   zarr_format: int = 2) -> int:
+    """Compute and write the spatial variables of ``ds`` region by region into the existing arrays of ``path``
+    (of its ``group``: an overview level), recording each finished region in ``done_dir``; regions recorded there
+    are skipped. ``time_offset``: the store index of ``ds``'s first date (appends). Returns the number of regions
+    written."""
     ny, nx = ds.sizes["y"], ds.sizes["x"]
     regions = [(iy, ix) for iy in range(math.ceil(ny / region)) for ix in range(math.ceil(nx / region))]
     done_dir.mkdir(parents=True, exist_ok=True)
@@ -290,8 +360,8 @@ def _write_regions(ds: xr.Dataset, path: Path | ObjectPath, *, region: int, chun
         if time_region is not None:
             sel["time"] = time_region
         full = {dim: sel.get(dim, slice(None)) for dim in sub.dims}
-        return sub.to_zarr(target, region=full, mode="r+", zarr_format=2, consolidated=False, compute=False,
-                           storage_options=storage_options)
+        return sub.to_zarr(target, group=group, region=full, mode="r+", zarr_format=zarr_format, consolidated=False,
+                           compute=False, storage_options=storage_options)
 
     def finished(r: tuple[int, int]) -> None:
         nonlocal n_done
@@ -348,14 +418,20 @@ def store_state(path: str | os.PathLike | ObjectPath, *, storage: Any = None) ->
 
 
 def check_parameters(path: str | os.PathLike | ObjectPath, parameters: dict[str, Any], *,
-                     storage: Any = None) -> dict | None:
+                     storage: Any = None, zarr_format: int | None = None) -> dict | None:
     """Refuse, before any work, to resume the store at ``path`` with other run parameters
     (``RunConfig.parameters()``): ``OutputConflictError`` names each differing field with both values
     (``clear_classes [4, 5, 6, 7] (store) vs [4, 5, 6] (this run)``). Returns the store's state (None: no s2pipe
-    store there yet). The location (``output``) is not compared: a copied or moved store resumes."""
+    store there yet). The location (``output``) is not compared: a copied or moved store resumes. ``zarr_format``:
+    also refuse a store of another Zarr format."""
     state = store_state(path, storage=storage)
     if state is None:
         return None
+    if zarr_format is not None and _format_of(state) != zarr_format:
+        raise OutputConflictError(
+            f"the output store {location(path, storage)} is a Zarr format {_format_of(state)} store, not "
+            f"{zarr_format}: set zarr_format: {_format_of(state)} to resume it, pass overwrite=True (CLI: --overwrite) "
+            "to replace it, or write to a new path")
     stored = (state.get("inputs", {}).get("attrs", {}) or {}).get("parameters")
     if isinstance(stored, dict):
         diffs = value_diffs(stored, parameters, new_is="this run", ignore=LOCATION_PARAMETERS)
@@ -397,30 +473,37 @@ def _append_cube(ds, path: Path | ObjectPath, *, progress: Progress | None) -> P
         state["append"] = pending
         write_json(state_path(path, "state.json"), state)  # first: an interruption from here on is resumable
         complete.unlink(missing_ok=True)
-        (path / ".zmetadata").unlink(missing_ok=True)  # stale shapes; readers fall back to the arrays' own metadata
+        _drop_consolidated(path, _format_of(state))  # stale shapes; readers fall back to the arrays' own metadata
     elif pending["times"] != new_times or pending["inputs"]["variables"].keys() != inputs["variables"].keys():
         raise OutputConflictError(
             f"the store {path} has an interrupted append of the dates {pending['times'][0]}..{pending['times'][-1]} "
             f"pending; run the same window again to finish it first (this run brings {new_times[0]}..{new_times[-1]})")
     n_old, n_new = int(pending["n_old"]), len(new_times)
-    _grow_time(path, ds, n_old=n_old, n_new=n_new)
+    fmt, n_levels = _format_of(state), len(state.get("overviews", []))
+    region, chunk = int(state["region_size"]), int(state["chunk"])
+    for k in range(n_levels + 1):
+        _grow_time(path, ds, n_old=n_old, n_new=n_new, zarr_format=fmt, group=level_group(k) if k else None)
     done_dir = state_path(path, f"append-{pending['id']}")
-    _write_regions(ds, path, region=int(state["region_size"]), chunk=int(state["chunk"]), done_dir=done_dir,
-                   progress=progress, time_offset=n_old)
+    _write_regions(ds, path, region=region, chunk=chunk, done_dir=done_dir, progress=progress, time_offset=n_old,
+                   zarr_format=fmt)
+    _write_levels(path, n_levels=n_levels, region=region, chunk=chunk, zarr_format=fmt,
+                  done=lambda k: state_path(path, f"append-{pending['id']}-{k}"),
+                  time_slice=slice(n_old, n_old + n_new))
 
-    root = _open_group(path)
+    root = _open_group(path, fmt)
     signature_grid = {**grid, "time": state["grid"]["time"] + new_times}
     signature = _hash({"grid": signature_grid, "inputs": inputs})
-    root.attrs.put({**ds.attrs, "s2pipe_signature": signature})
+    root.attrs.put(_root_attrs(ds, signature=signature, levels=[tuple(v) for v in state.get("overviews", [])]))
     history = list(state.get("appends", []))
     history.append({"dates": [new_times[0], new_times[-1]], "n_dates": n_new,
                     "appended": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     state = {k: v for k, v in state.items() if k != "append"}
     state.update(signature=signature, grid=signature_grid, inputs=inputs, appends=history)
     write_json(state_path(path, "state.json"), state)
-    _consolidate(path)
+    _consolidate(path, fmt)
     complete.touch()
-    rmtree(done_dir)
+    for k in range(n_levels + 1):
+        rmtree(state_path(path, f"append-{pending['id']}" + (f"-{k}" if k else "")))
     return path
 
 
@@ -448,14 +531,16 @@ def _append_conflicts(state: dict, grid: dict, inputs: dict) -> list[str]:
     return out
 
 
-def _grow_time(path: Path | ObjectPath, ds: xr.Dataset, *, n_old: int, n_new: int) -> None:
-    """Resize every array with a ``time`` dim from ``n_old`` to ``n_old + n_new`` dates (idempotent) and write
-    the new dates into the time coordinate with its stored CF encoding, and any non-spatial time variables."""
+def _grow_time(path: Path | ObjectPath, ds: xr.Dataset, *, n_old: int, n_new: int, zarr_format: int = 2,
+               group: str | None = None) -> None:
+    """Resize every array with a ``time`` dim of the root (or of ``group``, an overview level) from ``n_old`` to
+    ``n_old + n_new`` dates (idempotent) and write the new dates into its time coordinate with the stored CF
+    encoding, and any non-spatial time variables."""
     from xarray.coding.times import decode_cf_datetime, encode_cf_datetime
 
-    root = _open_group(path)
+    root = _open_group(path, zarr_format, group)
     for name, arr in root.arrays():
-        dims = list(arr.attrs.get("_ARRAY_DIMENSIONS", []))
+        dims = list(arr.attrs.get("_ARRAY_DIMENSIONS", [])) if zarr_format == 2 else list(arr.metadata.dimension_names or [])
         if "time" not in dims:
             continue
         ax = dims.index("time")
@@ -475,11 +560,11 @@ def _grow_time(path: Path | ObjectPath, ds: xr.Dataset, *, n_old: int, n_new: in
                          f"({tarr.dtype}); append dates on the store's time resolution")
     tarr[n_old:] = values
     other = [v for v in ds.data_vars if "time" in ds[v].dims and not {"y", "x"} <= set(ds[v].dims)]
-    if other:
+    if other and group is None:  # overview levels hold only the spatial variables
         part = ds[other].drop_vars(list(ds[other].coords))
         target, storage_options = zarr_target(path)
-        part.to_zarr(target, region={"time": slice(n_old, n_old + n_new)}, mode="r+", zarr_format=2, consolidated=False,
-                     storage_options=storage_options)
+        part.to_zarr(target, region={"time": slice(n_old, n_old + n_new)}, mode="r+", zarr_format=zarr_format,
+                     consolidated=False, storage_options=storage_options)
 
 
 def open_cube(path: str | os.PathLike | ObjectPath, *, allow_incomplete: bool = False, storage: Any = None) -> xr.Dataset:
@@ -670,10 +755,56 @@ def _spatial_data(ds: xr.Dataset) -> xr.Dataset:
     return out.drop_vars(list(out.coords))
 
 
-def _write_template(ds: xr.Dataset, path: Path | ObjectPath, *, signature: str, chunk: int) -> None:
-    """Metadata, coordinates, attributes and non-spatial variables; spatial variables stay unwritten."""
+def _write_template(ds: xr.Dataset, path: Path | ObjectPath, *, signature: str, chunk: int,
+                    levels: list[tuple[int, int]], zarr_format: int) -> None:
+    """Metadata, coordinates, attributes and non-spatial variables of level 0 and of each overview level (their
+    GeoZarr attributes included); spatial variables stay unwritten."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_group_template(ds, path, attrs=_root_attrs(ds, signature=signature, levels=levels), chunk=chunk,
+                          zarr_format=zarr_format, group=None)
+    level = _skeleton(ds)
+    for k in range(1, len(levels) + 1):
+        level = _prepare(coarsen(level))
+        grid = grid_of(level)
+        attrs = {"title": f"overview level {k} of the store: {2 ** k}x coarser in x and y", "crs": grid.crs,
+                 "transform": [float(v) for v in list(grid.transform)[:6]], "s2pipe:level": k,
+                 "s2pipe:resampling": {n: resampling_of(level[n]) for n in _spatial_data(level).data_vars},
+                 **geozarr_attrs(grid.crs, list(grid.transform)[:6], grid.shape)}
+        _write_group_template(level, path, attrs=attrs, chunk=chunk, zarr_format=zarr_format, group=level_group(k))
+    (path / STATE_DIR).mkdir(exist_ok=True)
+
+
+def _skeleton(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with lazy zeros for its spatial variables: the shapes, dtypes and attributes, nothing computed."""
+    out = ds.copy()
+    for name in _spatial_data(ds).data_vars:
+        var = ds[name]
+        out[name] = xr.Variable(var.dims, da.zeros(var.shape, dtype=var.dtype, chunks=-1), var.attrs)
+    return out
+
+
+def _root_attrs(ds: xr.Dataset, *, signature: str, levels: list[tuple[int, int]]) -> dict[str, Any]:
+    """The root group's attributes: ``ds``'s, the signature, and the GeoZarr ``spatial:``/``proj:`` (and, with
+    overview levels, ``multiscales``) attributes of the grid (derived from it: not part of the signature)."""
+    grid = grid_of(ds)
+    t = [float(v) for v in list(grid.transform)[:6]]
+    attrs = {**ds.attrs, "s2pipe_signature": signature, **geozarr_attrs(grid.crs, t, grid.shape, multiscales=True)}
+    main = main_variable(_spatial_data(ds))
+    shapes, transforms = [tuple(grid.shape)], [t]
+    for k, shape in enumerate(levels, start=1):
+        shapes.append(tuple(shape))
+        transforms.append([t[0] * 2 ** k, t[1], t[2], t[3], t[4] * 2 ** k, t[5]])
+    attrs.update(multiscales_attrs(main, list(zip(shapes, transforms)), resampling=resampling_of(ds[main])))
+    return attrs
+
+
+def _write_group_template(ds: xr.Dataset, path: Path | ObjectPath, *, attrs: dict, chunk: int, zarr_format: int,
+                          group: str | None) -> None:
+    """The template of one group (the root or an overview level): see ``_write_template``."""
     tmpl = ds.copy()
-    tmpl.attrs["s2pipe_signature"] = signature
+    tmpl.attrs = attrs
+    if zarr_format == 3:  # variable-length strings: v3's fixed-length ones are not in the spec yet (zarr warns)
+        tmpl = tmpl.assign_coords({c: tmpl[c].astype(object) for c in tmpl.coords if tmpl[c].dtype.kind == "U"})
     encoding: dict[str, dict] = {}
     for name in ds.data_vars:
         var = ds[name]
@@ -687,13 +818,11 @@ def _write_template(ds: xr.Dataset, path: Path | ObjectPath, *, signature: str, 
                 encoding[name]["_FillValue"] = np.nan
         else:
             tmpl[name] = var.compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, message=".*(Consolidated metadata|vlen-utf8).*")
         target, storage_options = zarr_target(path)
-        tmpl.to_zarr(target, mode="w", zarr_format=2, consolidated=False, compute=False, encoding=encoding,
-                     storage_options=storage_options)
-    (path / STATE_DIR).mkdir(exist_ok=True)
+        tmpl.to_zarr(target, group=group, mode="w" if group is None else "w-", zarr_format=zarr_format,
+                     consolidated=False, compute=False, encoding=encoding, storage_options=storage_options)
 
 
 def _existing_state(path: Path | ObjectPath, signature: str, grid: dict, inputs: dict, *, overwrite: bool) -> dict | None:
@@ -732,8 +861,8 @@ def _existing_state(path: Path | ObjectPath, signature: str, grid: dict, inputs:
         raise OutputConflictError(
             f"the output store {path} holds a cube with a different {_diff(state, grid, inputs)}; {fix}"
         )
-    root_attrs = path / ".zattrs"
-    stored = json.loads(root_attrs.read_text()).get("s2pipe_signature") if root_attrs.exists() else None
+    root_attrs = _group_attrs(path)
+    stored = root_attrs.get("s2pipe_signature") if root_attrs is not None else None
     if stored == signature:
         return None  # our own template, interrupted before any region: write it again
     if stored is not None:
@@ -794,20 +923,43 @@ def _short(value: Any, n: int = 120) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
-def _open_group(path: Path | ObjectPath):
+def _open_group(path: Path | ObjectPath, zarr_format: int = 2, group: str | None = None):
     import zarr
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is not recognized as a component of a Zarr hierarchy")
-        return zarr.open_group(zarr_store(path), mode="r+", zarr_format=2)
+        return zarr.open_group(zarr_store(path), path=group or "", mode="r+", zarr_format=zarr_format,
+                               use_consolidated=False)
 
 
-def _consolidate(path: Path | ObjectPath) -> None:
+def _consolidate(path: Path | ObjectPath, zarr_format: int = 2) -> None:
     import zarr
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is not recognized as a component of a Zarr hierarchy")
-        zarr.consolidate_metadata(zarr_store(path), zarr_format=2)
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        zarr.consolidate_metadata(zarr_store(path), zarr_format=zarr_format)
+
+
+def _drop_consolidated(path: Path | ObjectPath, zarr_format: int) -> None:
+    """Remove the store's consolidated metadata (stale once arrays change shape); readers then read the arrays'
+    own metadata until ``_consolidate`` writes it again."""
+    if zarr_format == 2:
+        (path / ".zmetadata").unlink(missing_ok=True)
+        return
+    meta_file = path / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    if meta.pop("consolidated_metadata", None) is not None:
+        meta_file.write_text(json.dumps(meta, indent=2))
+
+
+def _group_attrs(path: Path | ObjectPath) -> dict | None:
+    """The root group's attributes read from its metadata file (format 2 or 3), or None without one."""
+    if (path / ".zattrs").exists():
+        return json.loads((path / ".zattrs").read_text())
+    if (path / "zarr.json").exists():
+        return json.loads((path / "zarr.json").read_text()).get("attributes", {})
+    return None
 
 
 def _distributed_client():
