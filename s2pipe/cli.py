@@ -1,6 +1,7 @@
 """The ``s2pipe`` command line."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -264,25 +265,59 @@ def serve_demo(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 7822,
 ) -> None:
     """Serve the demo region with a real STAC API on 127.0.0.1 until Ctrl-C or SIGTERM (for QGIS, pystac-client, ...)."""
-    import signal
-    import time
-
     from s2pipe.stac.server import LocalStacServer
     from s2pipe.synthetic.demo import generate_demo
 
     region = generate_demo(root)
+    with _until_stopped(), LocalStacServer([region.collection_path, region.items_path], port=port) as server:
+        typer.echo(f"STAC API at {server.url} (collection sentinel-2-l2a); Ctrl-C to stop")
+        _wait_forever()
 
-    def stop(signum, frame):  # SIGTERM (docker stop, a service manager) ends it like Ctrl-C
+
+@app.command("serve")
+def serve(
+    folder: Annotated[Path, typer.Argument(help="Folder of the outputs: every *.collection.json and *.item.json under it is served.")],
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (serve-demo's is 7822, so both can run).")] = 7823,
+) -> None:
+    """Serve the STAC metadata of the outputs under FOLDER (cubes, maps, change maps, forecasts) with a real STAC
+    API on 127.0.0.1 until Ctrl-C or SIGTERM; search it with pystac-client as the inputs.
+
+    Each output's Collection and Item are served as written beside it, except their hrefs: a relative asset href
+    or link is served as an absolute path on this machine (as the demo's input items have them), and a
+    derived_from link to another served output as that item's URL in the API. Zarr stores and hidden folders
+    are not searched.
+    """
+    from s2pipe.stac.server import serve_folder
+
+    try:
+        with _until_stopped(), serve_folder(folder, port=port) as served:
+            typer.echo(f"STAC API at {served.url}: {len(served.items)} items in the collections "
+                       f"{', '.join(served.collections)}; Ctrl-C to stop")
+            _wait_forever()
+    except S2PipeError as exc:
+        raise _fail(exc) from None
+
+
+@contextlib.contextmanager
+def _until_stopped():
+    """Ctrl-C and SIGTERM (docker stop, a service manager) end the block alike, quietly (a server in it stops)."""
+    import signal
+
+    def stop(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    with LocalStacServer([region.collection_path, region.items_path], port=port) as server:
-        typer.echo(f"STAC API at {server.url} (collection sentinel-2-l2a); Ctrl-C to stop")
-        try:
-            while True:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            pass
+    try:
+        yield
+    except KeyboardInterrupt:
+        pass
+
+
+def _wait_forever() -> None:
+    import time
+
+    while True:
+        time.sleep(1)
 
 
 @app.command()

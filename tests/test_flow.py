@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pystac
 import pytest
 import rasterio
 import xarray as xr
@@ -600,6 +601,13 @@ def test_forecast_flows_train_and_predict_on_the_cube(flow_run, tmp_path):
     assert np.isfinite(fc.forecast.values).mean() > 0.9
     with rasterio.open(f'ZARR:"{done["output"]}":/forecast') as src:
         assert src.crs.to_epsg() == int(cube.attrs["crs"].split(":")[1])
+    from s2pipe.products.stac_metadata import (
+        stac_paths,  # its STAC beside it, derived from the cube's
+    )
+
+    item = pystac.Item.from_file(stac_paths(done["output"])["item"])
+    assert item.properties["s2pipe:model"] == "m.pt" and list(item.properties["cube:variables"]) == ["forecast"]
+    assert [link.get_absolute_href() for link in item.links if link.rel == "derived_from"] == [str(stac_paths(out)["item"])]
 
 
 def test_mapping_flows_train_predict_change(flow_run, tmp_path):
@@ -647,6 +655,16 @@ def test_mapping_flows_train_predict_change(flow_run, tmp_path):
             assert src.colormap(1)[2][:3] == (60, 60, 60)  # "road" colour by name
             assert np.array_equal(src.read(1), proba.argmax(axis=0))  # class ids 0, 1, 2 = channel order
     assert "scores_vs_labels" in late and "scores_vs_labels" not in early
+    from s2pipe.products.stac_metadata import (
+        stac_paths,  # each folder's STAC beside it, derived from the cube's
+    )
+
+    for product in (late, early):
+        item = pystac.Item.from_file(product["stac_item"])
+        assert product["stac_item"] == str(stac_paths(product["output"])["item"])
+        assert {"class_map", "class_map_style", "probability", "entropy", "margin", "overview", "summary"} <= set(item.assets)
+        assert item.datetime.strftime("%Y-%m-%d") == product["last_date"]
+        assert [link.get_absolute_href() for link in item.links if link.rel == "derived_from"] == [str(stac_paths(out)["item"])]
 
     change = map_change(early["class_map"], late["class_map"], str(tmp_path / "change.tif"), target=["road"],
                         output_gpkg=str(tmp_path / "change.gpkg"), png=str(tmp_path / "change.png"), min_pixels=1)
@@ -658,6 +676,11 @@ def test_mapping_flows_train_predict_change(flow_run, tmp_path):
     assert info["features"] == change["polygons"] and info["geometry_type"] == "MultiPolygon"
     assert (change["polygons"] > 0) == (sum(change["changed_pixels"].values()) > 0)  # min_pixels=1: every patch
     assert Path(change["png"]).is_file()
+    item = pystac.Item.from_file(change["stac_item"])
+    assert {"change", "polygons", "overview"} <= set(item.assets)
+    assert [link.get_absolute_href() for link in item.links if link.rel == "derived_from"] == [early["stac_item"],
+                                                                                              late["stac_item"]]
+    assert item.properties["s2pipe:polygons"] == change["polygons"] and item.properties["s2pipe:change_kind"] == "appeared"
 
 
 def test_map_cli_train_predict_change(flow_run, tmp_path):

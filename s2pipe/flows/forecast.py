@@ -2,7 +2,8 @@
 
 ``forecast-train``: training pixels (class raster / bbox, optional 4 neighbours) of a time window of the cube
 -> ``fit_dynamics`` -> a saved model. ``forecast-predict``: the model -> ``forecast_cube`` over the whole cube
-(chunk by chunk on the Dask cluster) -> a forecast Zarr store with the cube's grid conventions.
+(chunk by chunk on the Dask cluster) -> a forecast Zarr store with the cube's grid conventions, and its STAC
+Collection and Item beside it (``s2pipe.products.stac_metadata.write_cube_stac``).
 Thin orchestration: the numerical work lives in ``s2pipe.ml.pixels`` and ``s2pipe.forecast``.
 """
 import time
@@ -18,6 +19,7 @@ from s2pipe.errors import InputError
 from s2pipe.flows.regional_cube import run_logger
 from s2pipe.forecast import fit_dynamics, forecast_cube, load_dynamics
 from s2pipe.ml.pixels import align_mask, as_yx, training_pixels
+from s2pipe.products.stac_metadata import write_cube_stac
 from s2pipe.runtime.cluster import dask_client
 from s2pipe.runtime.placement import inference_placement
 from s2pipe.runtime.progress import ProgressLine
@@ -124,8 +126,11 @@ def predict_task(cube_path: str, model_path: str, output: str, steps: int, histo
             out.attrs["interval_level"] = float(level)
         log.info(f"forecasting {steps} steps after {out.attrs['forecast_from']} for {history.sizes['y']} x "
                  f"{history.sizes['x']} px")
-        return write_cube(out, output, overwrite=overwrite,
+        path = write_cube(out, output, overwrite=overwrite,
                           progress=ProgressLine("writing forecast", unit="regions", logger=log))
+    stac = write_cube_stac(path)
+    log.info(f"STAC metadata written: {stac['collection']}, {stac['item']}")
+    return path
 
 
 @flow(name="forecast-predict")

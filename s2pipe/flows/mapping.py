@@ -9,6 +9,7 @@ of the date sequence; trees: of their one mode, the window's dates).
 ``margin`` layers), ``class_map.tif``, ``entropy.tif``, ``margin.tif`` (COGs), ``map.png`` and ``summary.json``
 in an output folder.
 ``map-change``: two class-map COGs -> the change of target classes as a COG and GeoPackage polygons.
+Each map folder and change map gets its STAC Collection and Item beside it (``s2pipe.products.stac_metadata``).
 ``demo-maps``: the three on the demo region (roads and mangroves, and the road built in 2022).
 Thin orchestration: the work lives in ``s2pipe.ml.labels``, ``s2pipe.mapping``, ``s2pipe.products.maps``, ``s2pipe.ml.metrics``.
 """
@@ -40,6 +41,7 @@ from s2pipe.products.maps import (
     write_uncertainty,
 )
 from s2pipe.products.quicklook import map_quicklook
+from s2pipe.products.stac_metadata import stac_paths, write_change_stac, write_map_stac
 from s2pipe.runtime.cluster import dask_client
 from s2pipe.runtime.placement import inference_placement
 from s2pipe.store.zarr import open_cube, write_json
@@ -239,8 +241,11 @@ def predict_task(cube_path: str, model_path: str, output: str, end: str | None, 
         scores = score_map(classes, raster, classes=mapper.config.classes)
         summary["scores_vs_labels"] = scores.to_dict()
         log.info(f"agreement with the labels (training area included): OA {scores.overall_accuracy:.1%}")
+    summary["stac_item"] = str(stac_paths(out)["item"])
     write_json(out / "summary.json", summary)
-    log.info(f"map written to {out}: {tif.name}, {zarr_path.name}, entropy.tif, margin.tif, {png.name}")
+    stac = write_map_stac(out)
+    log.info(f"map written to {out}: {tif.name}, {zarr_path.name}, entropy.tif, margin.tif, {png.name}; STAC "
+             f"{stac['item']}")
     return summary
 
 
@@ -293,6 +298,13 @@ def change_task(earlier: str, later: str, target: list, kind: str, min_pixels: i
     if png:
         summary["png"] = str(map_quicklook(None, b, png, earlier=a, change=change,
                                            title=f"{_short(earlier)} -> {_short(later)}"))
+    try:
+        stac = write_change_stac(files.raster, earlier=earlier, later=later, properties={
+            "s2pipe:change_kind": kind, "s2pipe:change_target_names": change.attrs["target_names"],
+            "s2pipe:changed_pixels": counts, "s2pipe:polygons": files.n_polygons, "s2pipe:min_pixels": min_pixels})
+        summary["stac_item"] = str(stac["item"])
+    except InputError as exc:  # maps from elsewhere, without their dates: the change itself is written
+        run_logger().warning(f"no STAC metadata for {files.raster}: {exc}")
     return summary
 
 
