@@ -333,6 +333,11 @@ def info(path: Annotated[Path, typer.Argument(help="A Zarr store written by s2pi
     params = ds.attrs.get("parameters")
     if params:
         typer.echo("parameters: " + json.dumps(params))
+    layout = (ds.attrs.get("multiscales") or {}).get("layout", [])[1:]
+    if layout:  # the overview levels, by the URI a GIS opens each with
+        typer.echo("overview levels: " + ", ".join(
+            f"{e['asset'].rsplit('/', 1)[0]} {e['spatial:shape'][0]}x{e['spatial:shape'][1]} px "
+            f"({e['spatial:transform'][0]:g} m)" for e in layout))
 
 
 forecast_app = typer.Typer(

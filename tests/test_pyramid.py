@@ -144,30 +144,59 @@ def test_gdal_opens_each_level_georeferenced(levelled):
 
 
 def test_a_crash_in_a_level_resumes_without_rewriting_level_0(tmp_path, levelled, monkeypatch):
+    """Level 1 is written with level 0; a crash while level 2 is written from the store leaves level 0 and 1 whole,
+    and the rerun writes only what is missing."""
+    import s2pipe.store.zarr as store
+
     path = tmp_path / "c.zarr"
-    real, calls = pyramid._coarsen_block, []
+    real_block, real_levels, calls = pyramid._coarsen_block, store._write_levels, []
+
+    def levels(*args, **kwargs):
+        calls.append("levels")
+        return real_levels(*args, **kwargs)
 
     def failing(block, method):
-        calls.append(1)
-        if len(calls) > 10:
+        if calls and len(calls) > 3:
             raise RuntimeError("simulated crash in a level")
-        return real(block, method)
+        calls.append(1) if calls else None
+        return real_block(block, method)
 
+    monkeypatch.setattr(store, "_write_levels", levels)
     monkeypatch.setattr(pyramid, "_coarsen_block", failing)
     with dask.config.set(scheduler="synchronous"), pytest.raises(RuntimeError, match="crash in a level"):
         write_cube(make_dataset(), path, region_size=16, overview_min_side=MIN_SIDE)
-    monkeypatch.setattr(pyramid, "_coarsen_block", real)
-    assert len(list((path / STATE_DIR / "done").iterdir())) == 12  # level 0 was whole
+    monkeypatch.setattr(pyramid, "_coarsen_block", real_block)
+    assert len(list((path / STATE_DIR / "done").iterdir())) == 12  # level 0 (and with it level 1) was whole
     assert not (path / STATE_DIR / "complete").exists()
     with pytest.raises(Exception, match="incomplete"):
         open_cube(path)
-    before = chunk_mtimes(path)
+    before = {k: chunk_mtimes(path, v) for k, v in (("0", "reflectance"), ("1", "overviews/1/reflectance"))}
     write_cube(make_dataset(), path, region_size=16, overview_min_side=MIN_SIDE)
-    assert chunk_mtimes(path) == before, "level 0 was written again"
+    assert {k: chunk_mtimes(path, v) for k, v in (("0", "reflectance"), ("1", "overviews/1/reflectance"))} == before
+    _assert_levels_equal(path, levelled)
+
+
+def test_an_interrupted_write_resumes_with_its_levels(tmp_path, levelled):
+    path = tmp_path / "c.zarr"
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_three(done, total):
+        if done == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        write_cube(make_dataset(), path, region_size=16, overview_min_side=MIN_SIDE, progress=stop_after_three)
+    write_cube(make_dataset(), path, region_size=16, overview_min_side=MIN_SIDE)
+    _assert_levels_equal(path, levelled)
+
+
+def _assert_levels_equal(path, reference) -> None:
     for k in range(4):
-        a, b = _level(path, k), _level(levelled, k)
+        a, b = _level(path, k), _level(reference, k)
         for name in ("reflectance", "weight", "observed"):
-            np.testing.assert_array_equal(a[name].values, b[name].values)
+            np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=f"{name} level {k}")
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
@@ -224,3 +253,40 @@ def test_levels_on_an_object_store(levelled):
     for k in range(4):
         got = xr.open_zarr(url, group=level_group(k) if k else None, consolidated=True)
         np.testing.assert_array_equal(got.reflectance.values, _level(levelled, k).reflectance.values)
+
+
+def test_info_lists_the_levels(levelled):
+    from typer.testing import CliRunner
+
+    from s2pipe.cli import app
+
+    result = CliRunner().invoke(app, ["info", str(levelled)])
+    assert result.exit_code == 0, result.output
+    assert ("overview levels: overviews/1 20x28 px (20 m), overviews/2 10x14 px (40 m), overviews/3 5x7 px (80 m)"
+            in result.output)
+
+
+def test_level_1_is_written_from_the_same_blocks_computed_once(tmp_path, levelled):
+    """Level 0's blocks feed level 1 in the same tasks: each source block is computed once, not once per level."""
+    calls = []
+
+    def counted(block):
+        if block.size:  # not the shape probe map_blocks makes
+            calls.append(block.shape)
+        return block
+
+    ds = make_dataset()
+    ds["reflectance"] = ds.reflectance.copy(data=ds.reflectance.data.map_blocks(counted, dtype="float32"))
+    with dask.config.set(scheduler="threads", num_workers=2):
+        write_cube(ds, tmp_path / "c.zarr", region_size=16, overview_min_side=MIN_SIDE)
+    assert len(calls) == ds.reflectance.data.npartitions
+    _assert_levels_equal(tmp_path / "c.zarr", levelled)
+
+
+def test_levels_through_a_distributed_cluster(tmp_path, levelled):
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster):
+        write_cube(make_dataset(), tmp_path / "c.zarr", region_size=16, overview_min_side=MIN_SIDE)
+    _assert_levels_equal(tmp_path / "c.zarr", levelled)

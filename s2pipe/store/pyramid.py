@@ -39,7 +39,7 @@ from affine import Affine
 
 __all__ = [
     "OVERVIEW_GROUP", "MIN_SIDE", "Resampling", "CONVENTIONS", "level_group", "level_shapes", "resampling_of",
-    "coarsen", "geozarr_attrs", "multiscales_attrs", "main_variable",
+    "coarsen", "coarsen_variables", "geozarr_attrs", "multiscales_attrs", "main_variable",
 ]
 
 OVERVIEW_GROUP = "overviews"
@@ -112,13 +112,16 @@ def _coarsen_block(block: np.ndarray, method: Resampling) -> np.ndarray:
         x = block.astype(np.float32 if block.dtype.itemsize <= 4 else np.float64, copy=False)
         if py or px:
             x = np.pad(x, [(0, 0)] * len(lead) + [(0, py), (0, px)], constant_values=np.nan)
-        q = x.reshape(*lead, cy, 2, cx, 2)
-        valid = ~np.isnan(q)
-        total = np.where(valid, q, 0).sum(axis=(-3, -1))
-        count = valid.sum(axis=(-3, -1))
+        if not np.isnan(x).any():  # the common case: a plain mean, ~5x faster than the NaN-aware sums
+            out = _pair_sum(x)
+            out *= x.dtype.type(0.25)
+            return out.astype(block.dtype, copy=False)
+        valid = ~np.isnan(x)
+        total = _pair_sum(np.where(valid, x, x.dtype.type(0)))
+        count = _pair_sum(valid.view(np.uint8))
         with np.errstate(invalid="ignore", divide="ignore"):
-            out = total / count
-        return out.astype(block.dtype, copy=False)
+            total /= count  # NaN where no fine pixel is valid
+        return total.astype(block.dtype, copy=False)
     if method != "mode":
         raise ValueError(f"method={method!r}: use 'average' or 'mode' (argument: method)")
     x = block
@@ -126,6 +129,10 @@ def _coarsen_block(block: np.ndarray, method: Resampling) -> np.ndarray:
     if py or px:
         pad = [(0, 0)] * len(lead) + [(0, py), (0, px)]
         x, ok = np.pad(x, pad), np.pad(ok, pad)
+    if block.size and block.dtype.kind in "bu" and int(block.max()) <= 1:  # 0/1 flags: set where >= half are set
+        set_ = sum(x[..., i::2, j::2].astype(np.uint8) for i in (0, 1) for j in (0, 1))
+        valid = sum(ok[..., i::2, j::2].astype(np.uint8) for i in (0, 1) for j in (0, 1))
+        return (2 * set_ >= valid).astype(block.dtype)
     q = x.reshape(*lead, cy, 2, cx, 2)
     m = ok.reshape(*lead, cy, 2, cx, 2)
     vals = [q[..., i, :, j] for i in (0, 1) for j in (0, 1)]  # the four fine pixels of each coarse one
@@ -140,6 +147,16 @@ def _coarsen_block(block: np.ndarray, method: Resampling) -> np.ndarray:
         best = np.where(better, v, best)
         best_count = np.where(better, c, best_count)
     return best.astype(block.dtype, copy=False)
+
+
+def _pair_sum(x: np.ndarray) -> np.ndarray:
+    """Sum of each 2x2 cell of the last two axes (both even): row pairs first, then column pairs, so each pass reads
+    contiguous memory (~3 GB/s here, against ~0.5 for a sum over a reshaped (.., 2, .., 2) view)."""
+    ny, nx = x.shape[-2:]
+    rows = x.reshape(*x.shape[:-2], ny // 2, 2, nx)
+    s = rows[..., 0, :] + rows[..., 1, :]
+    pairs = s.reshape(*s.shape[:-1], nx // 2, 2)
+    return pairs[..., 0] + pairs[..., 1]
 
 
 def _even_chunks(chunks: tuple[int, ...]) -> tuple[int, ...] | None:
@@ -190,21 +207,27 @@ def coarsen(ds: xr.Dataset, *, methods: Mapping[str, Resampling] | None = None) 
     t = grid.transform
     coarse = Affine(t.a * 2, t.b, t.c, t.d, t.e * 2, t.f)
     ny, nx = math.ceil(ds.sizes["y"] / 2), math.ceil(ds.sizes["x"] / 2)
+    coords = {c: ds[c] for c in ds.coords if c not in ("x", "y", "spatial_ref") and not {"x", "y"} & set(ds[c].dims)}
+    coords["x"] = xr.Variable("x", (coarse.c + (np.arange(nx) + 0.5) * coarse.a), ds["x"].attrs)
+    coords["y"] = xr.Variable("y", (coarse.f + (np.arange(ny) + 0.5) * coarse.e), ds["y"].attrs)
+    res = xr.Dataset(coarsen_variables(ds, methods=methods).data_vars, coords=coords, attrs=dict(ds.attrs))
+    res.attrs["crs"] = grid.crs
+    res.attrs["transform"] = [float(v) for v in list(coarse)[:6]]
+    return res
+
+
+def coarsen_variables(ds: xr.Dataset, *, methods: Mapping[str, Resampling] | None = None) -> xr.Dataset:
+    """The (y, x) variables of ``ds`` coarsened 2x, without coordinates or grid: what ``coarsen`` computes, for
+    callers that place the result themselves (a region of a store). Variables without (y, x) are dropped."""
     methods = dict(methods or {})
     out = {}
     for name, var in ds.data_vars.items():
         if tuple(var.dims[-2:]) != ("y", "x"):
             continue
         method = methods.get(name) or resampling_of(var)
-        data = _coarsen_array(var.data, method, axes=(var.ndim - 2, var.ndim - 1))
-        out[name] = xr.Variable(var.dims, data, var.attrs)
-    coords = {c: ds[c] for c in ds.coords if c not in ("x", "y", "spatial_ref") and not {"x", "y"} & set(ds[c].dims)}
-    coords["x"] = xr.Variable("x", (coarse.c + (np.arange(nx) + 0.5) * coarse.a), ds["x"].attrs)
-    coords["y"] = xr.Variable("y", (coarse.f + (np.arange(ny) + 0.5) * coarse.e), ds["y"].attrs)
-    res = xr.Dataset(out, coords=coords, attrs=dict(ds.attrs))
-    res.attrs["crs"] = grid.crs
-    res.attrs["transform"] = [float(v) for v in list(coarse)[:6]]
-    return res
+        out[name] = xr.Variable(var.dims, _coarsen_array(var.data, method, axes=(var.ndim - 2, var.ndim - 1)),
+                                var.attrs)
+    return xr.Dataset(out)
 
 
 def main_variable(ds: xr.Dataset) -> str:

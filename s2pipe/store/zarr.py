@@ -61,6 +61,7 @@ from s2pipe.runtime.objectstore import (
 from s2pipe.store.pyramid import (
     MIN_SIDE,
     coarsen,
+    coarsen_variables,
     geozarr_attrs,
     level_group,
     level_shapes,
@@ -272,10 +273,11 @@ def _write_cube(ds, path: Path | ObjectPath, *, overwrite: bool, region_size: in
     if state is None:
         state = {
             "signature": signature, "grid": grid, "inputs": inputs, "region_size": region, "chunk": chunk,
-            "overviews": [list(s) for s in levels], "zarr_format": zarr_format,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "overviews": [list(s) for s in levels], "overview_chunk": _overview_chunk(region, chunk),
+            "zarr_format": zarr_format, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        _write_template(ds, path, signature=signature, chunk=chunk, levels=levels, zarr_format=zarr_format)
+        _write_template(ds, path, signature=signature, chunk=chunk, levels=levels, zarr_format=zarr_format,
+                        level_chunk=state["overview_chunk"])
         write_json(state_path(path, "state.json"), state)
     # a resumed run keeps the stored layout, levels and format (a store from before levels has none)
     region, chunk, fmt = int(state["region_size"]), int(state["chunk"]), _format_of(state)
@@ -284,14 +286,15 @@ def _write_cube(ds, path: Path | ObjectPath, *, overwrite: bool, region_size: in
                                   f"zarr_format={fmt} to resume it, overwrite=True (CLI: --overwrite) to replace it, "
                                   "or write to a new path")
     levels = [tuple(s) for s in state.get("overviews", [])]
+    fused = _fused_level(state)
 
     _write_regions(ds, path, region=region, chunk=chunk, done_dir=state_path(path, "done"), progress=progress,
-                   zarr_format=fmt)
+                   zarr_format=fmt, fused_level=fused)
     complete = state_path(path, "complete")
     if complete.exists():
         return path
-    _write_levels(path, n_levels=len(levels), region=region, chunk=chunk, done=lambda k: state_path(path, f"done-{k}"),
-                  zarr_format=fmt)
+    _write_levels(path, levels=range(2 if fused else 1, len(levels) + 1), region=region,
+                  chunk=_level_chunk(state), done=lambda k: state_path(path, f"done-{k}"), zarr_format=fmt)
     _consolidate(path, fmt)
     complete.touch()  # written last: when present, every region of every level was written
     return path
@@ -301,12 +304,33 @@ def _format_of(state: dict) -> int:
     return int(state.get("zarr_format", 2))
 
 
-def _write_levels(path: Path | ObjectPath, *, n_levels: int, region: int, chunk: int, done: Callable[[int], Any],
+def _overview_chunk(region: int, chunk: int) -> int:
+    """Spatial chunk of the overview levels: one that also divides half a region (``region`` = k x ``chunk``), so
+    that level 1 can be written with level 0, region by region, without two regions sharing a chunk."""
+    if region % 2 == 0 and (region // 2) % chunk == 0:
+        return chunk
+    return chunk // 2 if chunk % 2 == 0 and (region // 2) % (chunk // 2) == 0 else chunk
+
+
+def _level_chunk(state: dict) -> int:
+    return int(state.get("overview_chunk", state["chunk"]))
+
+
+def _fused_level(state: dict) -> tuple[str, int] | None:
+    """(group, chunk) of level 1 when it is written together with level 0 (the regions are even and the level's
+    chunks divide half a region), else None (level 1 is then written after level 0, from the store)."""
+    region, c1 = int(state["region_size"]), _level_chunk(state)
+    if not state.get("overviews") or region % 2 or (region // 2) % c1:
+        return None
+    return level_group(1), c1
+
+
+def _write_levels(path: Path | ObjectPath, *, levels: range, region: int, chunk: int, done: Callable[[int], Any],
                   zarr_format: int, time_slice: slice | None = None) -> None:
-    """Write overview levels 1..n_levels of ``path`` region by region, each coarsened from the stored level above
+    """Write the overview ``levels`` of ``path`` region by region, each coarsened from the stored level above
     (``done(k)``: the folder recording level k's finished regions). ``time_slice``: only these dates (an append),
     into the same store indices."""
-    for k in range(1, n_levels + 1):
+    for k in levels:
         above = _open_level(path, k - 1, zarr_format=zarr_format)
         if time_slice is not None:
             above = above.isel(time=time_slice)
@@ -327,11 +351,12 @@ def _open_level(path: Path | ObjectPath, k: int, *, zarr_format: int) -> xr.Data
 
 def _write_regions(ds: xr.Dataset, path: Path | ObjectPath, *, region: int, chunk: int, done_dir: Path | ObjectPath,
                    progress: Progress | None, time_offset: int | None = None, group: str | None = None,
-                   zarr_format: int = 2) -> int:
+                   zarr_format: int = 2, fused_level: tuple[str, int] | None = None) -> int:
     """Compute and write the spatial variables of ``ds`` region by region into the existing arrays of ``path``
     (of its ``group``: an overview level), recording each finished region in ``done_dir``; regions recorded there
-    are skipped. ``time_offset``: the store index of ``ds``'s first date (appends). Returns the number of regions
-    written."""
+    are skipped. ``time_offset``: the store index of ``ds``'s first date (appends). ``fused_level``: (group, chunk)
+    of overview level 1, written from the same blocks in the same tasks (no second read of level 0). Returns the
+    number of regions written."""
     ny, nx = ds.sizes["y"], ds.sizes["x"]
     regions = [(iy, ix) for iy in range(math.ceil(ny / region)) for ix in range(math.ceil(nx / region))]
     done_dir.mkdir(parents=True, exist_ok=True)
@@ -350,8 +375,11 @@ def _write_regions(ds: xr.Dataset, path: Path | ObjectPath, *, region: int, chun
     target = {dim: (chunk if dim in ("y", "x") else _dates_per_task(data, chunk) if dim == "time" else -1)
               for dim in data.dims}
     data = _chunked(data, target)
+    target_t = target.get("time", -1)
     time_region = None if time_offset is None else slice(time_offset, time_offset + ds.sizes["time"])
     target, storage_options = zarr_target(path)
+    if fused_level is not None:
+        level0, level1 = _open_group(path, zarr_format, group), _open_group(path, zarr_format, fused_level[0])
 
     def delayed_region(r: tuple[int, int]):
         iy, ix = r
@@ -360,8 +388,22 @@ def _write_regions(ds: xr.Dataset, path: Path | ObjectPath, *, region: int, chun
         if time_region is not None:
             sel["time"] = time_region
         full = {dim: sel.get(dim, slice(None)) for dim in sub.dims}
-        return sub.to_zarr(target, group=group, region=full, mode="r+", zarr_format=zarr_format, consolidated=False,
-                           compute=False, storage_options=storage_options)
+        if fused_level is None:
+            return sub.to_zarr(target, group=group, region=full, mode="r+", zarr_format=zarr_format,
+                               consolidated=False, compute=False, storage_options=storage_options)
+        # Level 1 from the same blocks: one dask.array.store of both levels' arrays, so that the blocks are computed
+        # once (two to_zarr graphs are optimised apart, and each would compute them). The spatial variables have no
+        # encoding to apply (write_cube's template gives them none), so their values go to the arrays as they are.
+        coarse = _chunked(coarsen_variables(sub), {d: fused_level[1] if d in ("y", "x") else -1 if d != "time"
+                                                   else target_t for d in sub.dims})
+        half = {d: slice(s.start // 2, -(-s.stop // 2)) if d in ("y", "x") else s for d, s in full.items()}
+        sources, targets, where = [], [], []
+        for part, arrays, at in ((sub, level0, full), (coarse, level1, half)):
+            for name, var in part.data_vars.items():
+                sources.append(var.data)
+                targets.append(arrays[name])
+                where.append(tuple(at[d] for d in var.dims))
+        return list(da.store(sources, targets, regions=where, lock=False, compute=False))
 
     def finished(r: tuple[int, int]) -> None:
         nonlocal n_done
@@ -379,7 +421,8 @@ def _write_regions(ds: xr.Dataset, path: Path | ObjectPath, *, region: int, chun
             batch = max(2, _n_threads(None))
             for i in range(0, len(todo), batch):
                 part = todo[i:i + batch]
-                dask.compute(*[delayed_region(r) for r in part])
+                work = [delayed_region(r) for r in part]
+                dask.compute(*[x for w in work for x in (w if isinstance(w, list) else [w])])
                 for r in part:
                     finished(r)
     return len(todo)
@@ -484,9 +527,11 @@ def _append_cube(ds, path: Path | ObjectPath, *, progress: Progress | None) -> P
     for k in range(n_levels + 1):
         _grow_time(path, ds, n_old=n_old, n_new=n_new, zarr_format=fmt, group=level_group(k) if k else None)
     done_dir = state_path(path, f"append-{pending['id']}")
+    fused = _fused_level(state)
     _write_regions(ds, path, region=region, chunk=chunk, done_dir=done_dir, progress=progress, time_offset=n_old,
-                   zarr_format=fmt)
-    _write_levels(path, n_levels=n_levels, region=region, chunk=chunk, zarr_format=fmt,
+                   zarr_format=fmt, fused_level=fused)
+    _write_levels(path, levels=range(2 if fused else 1, n_levels + 1), region=region, chunk=_level_chunk(state),
+                  zarr_format=fmt,
                   done=lambda k: state_path(path, f"append-{pending['id']}-{k}"),
                   time_slice=slice(n_old, n_old + n_new))
 
@@ -505,6 +550,10 @@ def _append_cube(ds, path: Path | ObjectPath, *, progress: Progress | None) -> P
     for k in range(n_levels + 1):
         rmtree(state_path(path, f"append-{pending['id']}" + (f"-{k}" if k else "")))
     return path
+
+
+def _both(*_: Any) -> None:
+    """Joins the two writes of a region (level 0 and level 1) into one task to wait for."""
 
 
 def _append_conflicts(state: dict, grid: dict, inputs: dict) -> list[str]:
@@ -756,7 +805,7 @@ def _spatial_data(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _write_template(ds: xr.Dataset, path: Path | ObjectPath, *, signature: str, chunk: int,
-                    levels: list[tuple[int, int]], zarr_format: int) -> None:
+                    levels: list[tuple[int, int]], zarr_format: int, level_chunk: int) -> None:
     """Metadata, coordinates, attributes and non-spatial variables of level 0 and of each overview level (their
     GeoZarr attributes included); spatial variables stay unwritten."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -770,7 +819,8 @@ def _write_template(ds: xr.Dataset, path: Path | ObjectPath, *, signature: str, 
                  "transform": [float(v) for v in list(grid.transform)[:6]], "s2pipe:level": k,
                  "s2pipe:resampling": {n: resampling_of(level[n]) for n in _spatial_data(level).data_vars},
                  **geozarr_attrs(grid.crs, list(grid.transform)[:6], grid.shape)}
-        _write_group_template(level, path, attrs=attrs, chunk=chunk, zarr_format=zarr_format, group=level_group(k))
+        _write_group_template(level, path, attrs=attrs, chunk=level_chunk, zarr_format=zarr_format,
+                              group=level_group(k))
     (path / STATE_DIR).mkdir(exist_ok=True)
 
 
@@ -1002,12 +1052,15 @@ def _run_distributed(client, todo, delayed_region, finished, *, window: int) -> 
     def submit() -> None:
         r = next(pending, None)
         if r is not None:
+            work = delayed_region(r)
             if busy:
                 w = min(busy, key=busy.get)
                 busy[w] += 1
-                f = client.compute(delayed_region(r), workers=[w], allow_other_workers=True)
+                f = client.compute(work, workers=[w], allow_other_workers=True)
             else:
-                w, f = None, client.compute(delayed_region(r))
+                w, f = None, client.compute(work)
+            if isinstance(f, list):  # several collections optimised together (the writes of two levels): wait for all
+                f = client.submit(_both, *f, pure=False)
             futures[f] = (r, w)
             ac.add(f)
 
