@@ -326,6 +326,14 @@ def extent_list(rect: QgsRectangle) -> list[float]:
     return [round(v, 3) for v in (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())]
 
 
+def _validity(layer) -> dict[str, Any]:
+    """Whether ``layer`` is valid, its provider and source, and QGIS's error summary when it is not."""
+    out: dict[str, Any] = {"valid": layer.isValid(), "provider": layer.providerType(), "source": layer.source()}
+    if not layer.isValid():
+        out["error"] = layer.error().summary()
+    return out
+
+
 def describe_raster(layer: QgsRasterLayer) -> dict[str, Any]:
     """Validity, provider, CRS, extent, size, bands and legend of a raster layer.
 
@@ -337,9 +345,8 @@ def describe_raster(layer: QgsRasterLayer) -> dict[str, Any]:
     -------
     dict
     """
-    out: dict[str, Any] = {"valid": layer.isValid(), "provider": layer.providerType(), "source": layer.source()}
+    out = _validity(layer)
     if not layer.isValid():
-        out["error"] = layer.error().summary()
         return out
     out.update({"crs": layer.crs().authid() or layer.crs().description(), "extent": extent_list(layer.extent()),
                 "width": layer.width(), "height": layer.height(), "band_count": layer.bandCount(),
@@ -390,9 +397,8 @@ def describe_vector(layer: QgsVectorLayer) -> dict[str, Any]:
     -------
     dict
     """
-    out: dict[str, Any] = {"valid": layer.isValid(), "provider": layer.providerType(), "source": layer.source()}
+    out = _validity(layer)
     if not layer.isValid():
-        out["error"] = layer.error().summary()
         return out
     out.update({"crs": layer.crs().authid(), "extent": extent_list(layer.extent()),
                 "features": layer.featureCount(), "geometry": QgsWkbTypes.displayString(layer.wkbType()),

@@ -338,3 +338,19 @@ def gdal312_python(root: Path) -> Path | None:
                         *GDAL312_PACKAGES], check=True)
         stamp.write_text(want)
     return venv / "bin" / "python"
+
+
+def wait_for_api(url: str, proc, *, timeout: float = 60.0) -> None:
+    """Wait until the STAC API that the subprocess ``proc`` serves at ``url`` answers ``/collections``; fail with
+    the process's stderr if it exits first, or after ``timeout`` seconds."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url + "/collections", timeout=2).close()
+            return
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "no answer"
+            time.sleep(0.2)

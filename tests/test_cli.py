@@ -166,10 +166,9 @@ def test_demo_data_then_serve_demo(demo_home):
     background job's children may ignore, hence SIGTERM here)."""
     import json
     import signal
-    import time
-    import urllib.request
 
     import pystac_client
+    from helpers import wait_for_api
 
     root = demo_home / "out" / "demo"
     items = json.loads((root / "items.json").read_text())["features"]
@@ -183,14 +182,7 @@ def test_demo_data_then_serve_demo(demo_home):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url + "/collections", timeout=2).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "no answer"
-                time.sleep(0.2)
+        wait_for_api(url, proc)
         client = pystac_client.Client.open(url)
         found = list(client.search(collections=["sentinel-2-l2a"], max_items=None).items())
         assert {it.id for it in found} == {f["id"] for f in items}

@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -23,7 +22,7 @@ import pystac
 import pytest
 import rasterio
 import xarray as xr
-from helpers import NB, NT, NX, NY, TRANSFORM, make_dataset
+from helpers import NB, NT, NX, NY, TRANSFORM, make_dataset, wait_for_api
 from pyproj import Transformer
 from pystac.extensions.classification import ClassificationExtension
 from typer.testing import CliRunner
@@ -529,14 +528,7 @@ def test_s2pipe_serve_is_searched_with_pystac_client(products):
                             stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url + "/collections", timeout=2).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "no answer"
-                time.sleep(0.2)
+        wait_for_api(url, proc)
         client = pystac_client.Client.open(url)
         found = {it.id: it for it in client.search(collections=["cube", "map-a"], max_items=None).items()}
         assert set(found) == {"cube", "map-a"}
