@@ -46,11 +46,11 @@ def test_kernels_match_a_pixel_by_pixel_loop(shape):
     x = rng.uniform(0, 1, shape).astype("float32")
     x[x < 0.3] = np.nan
     x[..., :2, :2] = np.nan  # a coarse pixel with no valid fine pixel stays NaN
-    np.testing.assert_allclose(pyramid._coarsen_block(x, "average"), _brute(x, "average"), rtol=1e-6)
+    np.testing.assert_allclose(pyramid.coarsen_block(x, "average"), _brute(x, "average"), rtol=1e-6)
     classes = rng.integers(0, 3, shape).astype("uint8")
-    np.testing.assert_array_equal(pyramid._coarsen_block(classes, "mode"), _brute(classes, "mode"))
+    np.testing.assert_array_equal(pyramid.coarsen_block(classes, "mode"), _brute(classes, "mode"))
     flags = np.array([[1, 0, 1, 0, 0], [0, 1, 0, 0, 0]], dtype="uint8")  # 2 of 4 set -> set; 1 of 4 -> not
-    np.testing.assert_array_equal(pyramid._coarsen_block(flags, "mode"), [[1, 0, 0]])
+    np.testing.assert_array_equal(pyramid.coarsen_block(flags, "mode"), [[1, 0, 0]])
 
 
 @pytest.mark.parametrize("dask_backed", [False, True])
@@ -149,7 +149,7 @@ def test_a_crash_in_a_level_resumes_without_rewriting_level_0(tmp_path, levelled
     import s2pipe.store.zarr as store
 
     path = tmp_path / "c.zarr"
-    real_block, real_levels, calls = pyramid._coarsen_block, store._write_levels, []
+    real_block, real_levels, calls = pyramid.coarsen_block, store._write_levels, []
 
     def levels(*args, **kwargs):
         calls.append("levels")
@@ -162,10 +162,10 @@ def test_a_crash_in_a_level_resumes_without_rewriting_level_0(tmp_path, levelled
         return real_block(block, method)
 
     monkeypatch.setattr(store, "_write_levels", levels)
-    monkeypatch.setattr(pyramid, "_coarsen_block", failing)
+    monkeypatch.setattr(pyramid, "coarsen_block", failing)
     with dask.config.set(scheduler="synchronous"), pytest.raises(RuntimeError, match="crash in a level"):
         write_cube(make_dataset(), path, region_size=16, overview_min_side=MIN_SIDE)
-    monkeypatch.setattr(pyramid, "_coarsen_block", real_block)
+    monkeypatch.setattr(pyramid, "coarsen_block", real_block)
     assert len(list((path / STATE_DIR / "done").iterdir())) == 12  # level 0 (and with it level 1) was whole
     assert not (path / STATE_DIR / "complete").exists()
     with pytest.raises(Exception, match="incomplete"):
@@ -283,10 +283,18 @@ def test_level_1_is_written_from_the_same_blocks_computed_once(tmp_path, levelle
     _assert_levels_equal(tmp_path / "c.zarr", levelled)
 
 
-def test_levels_through_a_distributed_cluster(tmp_path, levelled):
+def test_levels_through_a_distributed_cluster(tmp_path):
+    """Worker processes, regions in flight together, and a source whose regions share upstream keys (a global
+    maximum, as normalisation has): the same store as the threaded scheduler writes."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+    def normalized():
+        ds = make_dataset()
+        return ds.assign(reflectance=ds.reflectance / ds.reflectance.max())
+
+    with dask.config.set(scheduler="threads"):
+        write_cube(normalized(), tmp_path / "ref.zarr", region_size=16, overview_min_side=MIN_SIDE)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster):
-        write_cube(make_dataset(), tmp_path / "c.zarr", region_size=16, overview_min_side=MIN_SIDE)
-    _assert_levels_equal(tmp_path / "c.zarr", levelled)
+        write_cube(normalized(), tmp_path / "c.zarr", region_size=16, overview_min_side=MIN_SIDE)
+    _assert_levels_equal(tmp_path / "c.zarr", tmp_path / "ref.zarr")

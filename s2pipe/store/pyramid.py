@@ -39,7 +39,7 @@ from affine import Affine
 
 __all__ = [
     "OVERVIEW_GROUP", "MIN_SIDE", "Resampling", "CONVENTIONS", "level_group", "level_shapes", "resampling_of",
-    "coarsen", "coarsen_variables", "geozarr_attrs", "multiscales_attrs", "main_variable",
+    "coarsen", "coarsen_block", "coarsen_variables", "geozarr_attrs", "multiscales_attrs", "main_variable",
 ]
 
 OVERVIEW_GROUP = "overviews"
@@ -98,7 +98,7 @@ def resampling_of(var: xr.DataArray) -> Resampling:
     return "average" if var.dtype.kind in "fc" else "mode"
 
 
-def _coarsen_block(block: np.ndarray, method: Resampling) -> np.ndarray:
+def coarsen_block(block: np.ndarray, method: Resampling) -> np.ndarray:
     """Coarsen the last two axes (y, x) of ``block`` 2x: NaN-aware mean or mode (ties: larger value).
 
     An odd side is padded; a coarse pixel at such an edge covers the fine pixels that exist.
@@ -171,7 +171,7 @@ def _even_chunks(chunks: tuple[int, ...]) -> tuple[int, ...] | None:
 def _coarsen_array(data: Any, method: Resampling, *, axes: tuple[int, int]) -> Any:
     """Coarsen NumPy or Dask ``data`` 2x along ``axes`` (y, x; the last two)."""
     if not isinstance(data, da.Array):
-        return _coarsen_block(np.asarray(data), method)
+        return coarsen_block(np.asarray(data), method)
     for ax in axes:
         even = _even_chunks(data.chunks[ax])
         if even is not None:
@@ -179,7 +179,7 @@ def _coarsen_array(data: Any, method: Resampling, *, axes: tuple[int, int]) -> A
     out_chunks = tuple(
         tuple((c + 1) // 2 for c in ch) if i in axes else ch for i, ch in enumerate(data.chunks)
     )
-    return data.map_blocks(_coarsen_block, method, dtype=data.dtype, chunks=out_chunks,
+    return data.map_blocks(coarsen_block, method, dtype=data.dtype, chunks=out_chunks,
                            meta=np.empty((0,) * data.ndim, dtype=data.dtype))
 
 

@@ -61,7 +61,6 @@ from s2pipe.runtime.objectstore import (
 from s2pipe.store.pyramid import (
     MIN_SIDE,
     coarsen,
-    coarsen_variables,
     geozarr_attrs,
     level_group,
     level_shapes,
@@ -305,11 +304,9 @@ def _format_of(state: dict) -> int:
 
 
 def _overview_chunk(region: int, chunk: int) -> int:
-    """Spatial chunk of the overview levels: one that also divides half a region (``region`` = k x ``chunk``), so
-    that level 1 can be written with level 0, region by region, without two regions sharing a chunk."""
-    if region % 2 == 0 and (region // 2) % chunk == 0:
-        return chunk
-    return chunk // 2 if chunk % 2 == 0 and (region // 2) % (chunk // 2) == 0 else chunk
+    """Spatial chunk of the overview levels: half of level 0's (when even), so that each block of level 0 covers
+    whole chunks of level 1 and level 1 can be written with it, block by block."""
+    return chunk // 2 if chunk % 2 == 0 else chunk
 
 
 def _level_chunk(state: dict) -> int:
@@ -317,10 +314,10 @@ def _level_chunk(state: dict) -> int:
 
 
 def _fused_level(state: dict) -> tuple[str, int] | None:
-    """(group, chunk) of level 1 when it is written together with level 0 (the regions are even and the level's
-    chunks divide half a region), else None (level 1 is then written after level 0, from the store)."""
-    region, c1 = int(state["region_size"]), _level_chunk(state)
-    if not state.get("overviews") or region % 2 or (region // 2) % c1:
+    """(group, chunk) of level 1 when it is written together with level 0 (even regions and chunks, level 1's chunks
+    half of level 0's), else None (level 1 is then written after level 0, from the store)."""
+    region, chunk, c1 = int(state["region_size"]), int(state["chunk"]), _level_chunk(state)
+    if not state.get("overviews") or region % 2 or chunk % 2 or 2 * c1 != chunk:
         return None
     return level_group(1), c1
 
@@ -375,7 +372,6 @@ def _write_regions(ds: xr.Dataset, path: Path | ObjectPath, *, region: int, chun
     target = {dim: (chunk if dim in ("y", "x") else _dates_per_task(data, chunk) if dim == "time" else -1)
               for dim in data.dims}
     data = _chunked(data, target)
-    target_t = target.get("time", -1)
     time_region = None if time_offset is None else slice(time_offset, time_offset + ds.sizes["time"])
     target, storage_options = zarr_target(path)
     if fused_level is not None:
@@ -391,19 +387,19 @@ def _write_regions(ds: xr.Dataset, path: Path | ObjectPath, *, region: int, chun
         if fused_level is None:
             return sub.to_zarr(target, group=group, region=full, mode="r+", zarr_format=zarr_format,
                                consolidated=False, compute=False, storage_options=storage_options)
-        # Level 1 from the same blocks: one dask.array.store of both levels' arrays, so that the blocks are computed
-        # once (two to_zarr graphs are optimised apart, and each would compute them). The spatial variables have no
-        # encoding to apply (write_cube's template gives them none), so their values go to the arrays as they are.
-        coarse = _chunked(coarsen_variables(sub), {d: fused_level[1] if d in ("y", "x") else -1 if d != "time"
-                                                   else target_t for d in sub.dims})
-        half = {d: slice(s.start // 2, -(-s.stop // 2)) if d in ("y", "x") else s for d, s in full.items()}
-        sources, targets, where = [], [], []
-        for part, arrays, at in ((sub, level0, full), (coarse, level1, half)):
-            for name, var in part.data_vars.items():
-                sources.append(var.data)
-                targets.append(arrays[name])
-                where.append(tuple(at[d] for d in var.dims))
-        return list(da.store(sources, targets, regions=where, lock=False, compute=False))
+        # Level 1 from the same blocks, in the same tasks: each block is written to level 0 and, coarsened, to level
+        # 1 (two to_zarr graphs would be optimised apart and compute every block twice). A block covers whole
+        # chunks of both levels (level 1's chunks are half of level 0's). The spatial variables have no encoding
+        # to apply (write_cube's template gives them none), so their values go to the arrays as they are.
+        written = []
+        for name, var in sub.data_vars.items():
+            starts = tuple(full[d].start or 0 for d in var.dims)
+            axes = (var.dims.index("y"), var.dims.index("x"))
+            written.append(var.data.map_blocks(
+                _write_two_levels, level0[name], level1[name], starts, axes, resampling_of(var),
+                dtype=bool, chunks=tuple((1,) * len(c) for c in var.data.chunks),
+                meta=np.empty((0,) * var.ndim, dtype=bool)).ravel())
+        return da.concatenate(written)
 
     def finished(r: tuple[int, int]) -> None:
         nonlocal n_done
@@ -421,8 +417,7 @@ def _write_regions(ds: xr.Dataset, path: Path | ObjectPath, *, region: int, chun
             batch = max(2, _n_threads(None))
             for i in range(0, len(todo), batch):
                 part = todo[i:i + batch]
-                work = [delayed_region(r) for r in part]
-                dask.compute(*[x for w in work for x in (w if isinstance(w, list) else [w])])
+                dask.compute(*[delayed_region(r) for r in part])
                 for r in part:
                     finished(r)
     return len(todo)
@@ -552,8 +547,23 @@ def _append_cube(ds, path: Path | ObjectPath, *, progress: Progress | None) -> P
     return path
 
 
-def _both(*_: Any) -> None:
-    """Joins the two writes of a region (level 0 and level 1) into one task to wait for."""
+def _write_two_levels(block: np.ndarray, level0: Any, level1: Any, starts: tuple[int, ...], axes: tuple[int, int],
+                      method: str, block_info=None) -> np.ndarray:
+    """Write one block of a region to its level-0 zarr array and, coarsened 2x along ``axes`` (y, x), to level 1.
+
+    ``starts``: the region's first index along each dim in the store; the block's place in the region comes from
+    ``block_info``. Returns a one-element flag (the task's result: nothing to carry)."""
+    from s2pipe.store import pyramid
+
+    loc = block_info[0]["array-location"]
+    level0[tuple(slice(s + a, s + b) for s, (a, b) in zip(starts, loc))] = block
+    coarse = pyramid.coarsen_block(block, method)
+    at1 = []
+    for i, (s, (a, _)) in enumerate(zip(starts, loc)):
+        first = (s + a) // 2 if i in axes else s + a
+        at1.append(slice(first, first + coarse.shape[i]))
+    level1[tuple(at1)] = coarse
+    return np.ones((1,) * block.ndim, dtype=bool)
 
 
 def _append_conflicts(state: dict, grid: dict, inputs: dict) -> list[str]:
@@ -1059,8 +1069,6 @@ def _run_distributed(client, todo, delayed_region, finished, *, window: int) -> 
                 f = client.compute(work, workers=[w], allow_other_workers=True)
             else:
                 w, f = None, client.compute(work)
-            if isinstance(f, list):  # several collections optimised together (the writes of two levels): wait for all
-                f = client.submit(_both, *f, pure=False)
             futures[f] = (r, w)
             ac.add(f)
 
