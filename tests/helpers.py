@@ -310,9 +310,10 @@ def python312() -> str | None:
     import shutil
     import subprocess
 
-    home = os.path.expanduser("~")
+    roots = dict.fromkeys(r for r in (os.environ.get("PYENV_ROOT"), os.path.expanduser("~/.pyenv"), "/root/.pyenv")
+                          if r)  # pyenv's own builds: its shims need a PYENV_VERSION to run one
     candidates = [os.environ.get("S2PIPE_PYTHON312"), shutil.which("python3.12"),
-                  *sorted(glob.glob(f"{home}/.pyenv/versions/3.12*/bin/python3.12"), reverse=True),
+                  *[p for r in roots for p in sorted(glob.glob(f"{r}/versions/3.12*/bin/python3.12"), reverse=True)],
                   "/usr/local/bin/python3.12", "/usr/bin/python3.12"]
     for c in candidates:
         if c and os.path.exists(c) and subprocess.run(
