@@ -39,7 +39,7 @@ from affine import Affine
 
 __all__ = [
     "OVERVIEW_GROUP", "MIN_SIDE", "Resampling", "CONVENTIONS", "level_group", "level_shapes", "resampling_of",
-    "coarsen", "coarsen_block", "coarsen_variables", "geozarr_attrs", "multiscales_attrs", "main_variable",
+    "coarsen", "coarsen_block", "geozarr_attrs", "multiscales_attrs", "main_variable",
 ]
 
 OVERVIEW_GROUP = "overviews"
@@ -210,15 +210,6 @@ def coarsen(ds: xr.Dataset, *, methods: Mapping[str, Resampling] | None = None) 
     coords = {c: ds[c] for c in ds.coords if c not in ("x", "y", "spatial_ref") and not {"x", "y"} & set(ds[c].dims)}
     coords["x"] = xr.Variable("x", (coarse.c + (np.arange(nx) + 0.5) * coarse.a), ds["x"].attrs)
     coords["y"] = xr.Variable("y", (coarse.f + (np.arange(ny) + 0.5) * coarse.e), ds["y"].attrs)
-    res = xr.Dataset(coarsen_variables(ds, methods=methods).data_vars, coords=coords, attrs=dict(ds.attrs))
-    res.attrs["crs"] = grid.crs
-    res.attrs["transform"] = [float(v) for v in list(coarse)[:6]]
-    return res
-
-
-def coarsen_variables(ds: xr.Dataset, *, methods: Mapping[str, Resampling] | None = None) -> xr.Dataset:
-    """The (y, x) variables of ``ds`` coarsened 2x, without coordinates or grid: what ``coarsen`` computes, for
-    callers that place the result themselves (a region of a store). Variables without (y, x) are dropped."""
     methods = dict(methods or {})
     out = {}
     for name, var in ds.data_vars.items():
@@ -227,7 +218,10 @@ def coarsen_variables(ds: xr.Dataset, *, methods: Mapping[str, Resampling] | Non
         method = methods.get(name) or resampling_of(var)
         out[name] = xr.Variable(var.dims, _coarsen_array(var.data, method, axes=(var.ndim - 2, var.ndim - 1)),
                                 var.attrs)
-    return xr.Dataset(out)
+    res = xr.Dataset(out, coords=coords, attrs=dict(ds.attrs))
+    res.attrs["crs"] = grid.crs
+    res.attrs["transform"] = [float(v) for v in list(coarse)[:6]]
+    return res
 
 
 def main_variable(ds: xr.Dataset) -> str:

@@ -272,7 +272,7 @@ def _write_cube(ds, path: Path | ObjectPath, *, overwrite: bool, region_size: in
     if state is None:
         state = {
             "signature": signature, "grid": grid, "inputs": inputs, "region_size": region, "chunk": chunk,
-            "overviews": [list(s) for s in levels], "overview_chunk": _overview_chunk(region, chunk),
+            "overviews": [list(s) for s in levels], "overview_chunk": _overview_chunk(chunk),
             "zarr_format": zarr_format, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         _write_template(ds, path, signature=signature, chunk=chunk, levels=levels, zarr_format=zarr_format,
@@ -280,10 +280,7 @@ def _write_cube(ds, path: Path | ObjectPath, *, overwrite: bool, region_size: in
         write_json(state_path(path, "state.json"), state)
     # a resumed run keeps the stored layout, levels and format (a store from before levels has none)
     region, chunk, fmt = int(state["region_size"]), int(state["chunk"]), _format_of(state)
-    if fmt != zarr_format:
-        raise OutputConflictError(f"the output store {path} is a Zarr format {fmt} store, not {zarr_format}: pass "
-                                  f"zarr_format={fmt} to resume it, overwrite=True (CLI: --overwrite) to replace it, "
-                                  "or write to a new path")
+    _check_format(state, zarr_format, path)
     levels = [tuple(s) for s in state.get("overviews", [])]
     fused = _fused_level(state)
 
@@ -303,7 +300,17 @@ def _format_of(state: dict) -> int:
     return int(state.get("zarr_format", 2))
 
 
-def _overview_chunk(region: int, chunk: int) -> int:
+def _check_format(state: dict, zarr_format: int, path: Path | ObjectPath) -> None:
+    """Refuse to resume a store of another Zarr format (``OutputConflictError`` naming both and the fixes)."""
+    fmt = _format_of(state)
+    if fmt != zarr_format:
+        raise OutputConflictError(
+            f"the output store {path} is a Zarr format {fmt} store, not {zarr_format}: pass zarr_format={fmt} "
+            f"(run configuration: zarr_format: {fmt}) to resume it, overwrite=True (CLI: --overwrite) to replace "
+            "it, or write to a new path")
+
+
+def _overview_chunk(chunk: int) -> int:
     """Spatial chunk of the overview levels: half of level 0's (when even), so that each block of level 0 covers
     whole chunks of level 1 and level 1 can be written with it, block by block."""
     return chunk // 2 if chunk % 2 == 0 else chunk
@@ -465,11 +472,8 @@ def check_parameters(path: str | os.PathLike | ObjectPath, parameters: dict[str,
     state = store_state(path, storage=storage)
     if state is None:
         return None
-    if zarr_format is not None and _format_of(state) != zarr_format:
-        raise OutputConflictError(
-            f"the output store {location(path, storage)} is a Zarr format {_format_of(state)} store, not "
-            f"{zarr_format}: set zarr_format: {_format_of(state)} to resume it, pass overwrite=True (CLI: --overwrite) "
-            "to replace it, or write to a new path")
+    if zarr_format is not None:
+        _check_format(state, zarr_format, location(path, storage))
     stored = (state.get("inputs", {}).get("attrs", {}) or {}).get("parameters")
     if isinstance(stored, dict):
         diffs = value_diffs(stored, parameters, new_is="this run", ignore=LOCATION_PARAMETERS)
